@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Export torchvision classifiers as TorchScript backbones for `tl`.
+
+For each model name this writes, into the backbones folder:
+
+  NAME.features.pt    [N,3,H,W] float (normalised) -> [N,D] features
+  NAME.classifier.pt  [N,3,H,W] float (normalised) -> [N,C] logits
+  NAME.json           sidecar: architecture, feature dim, preprocessing, class names,
+                      weights provenance and the sha256 of every file
+
+Both TorchScript files are traced, frozen (`torch.jit.freeze` folds BatchNorm into the
+convolutions) and hold channels-last weights; the traced graph converts its input to
+channels-last itself, so callers pass ordinary contiguous tensors. Every export is checked
+against the eager model before it is written, and the saved file is re-loaded and checked
+again.
+
+Weights:
+  --weights imagenet[:ENUM]  torchvision download (needs internet); ENUM defaults to DEFAULT
+  --weights none             random initialisation (offline; marked as such in the sidecar)
+  --weights FILE             a local torchvision state_dict (.pth/.pt or .safetensors)
+
+The architecture `tiny` is a small seeded conv net used by the test-suite.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+TINY_CLASSES = [
+    "tench", "goldfish", "tabby", "tiger cat", "Persian cat",
+    "Siamese cat", "Egyptian cat", "golden retriever", "zebra", "espresso",
+]
+SIDECAR_FORMAT = "tl-backbone/1"
+
+
+class ExportError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Tiny(nn.Module):
+    """A deliberately small conv net: fast enough for unit tests on two cores."""
+
+    def __init__(self, num_classes: int = len(TINY_CLASSES)):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class ChannelsLast(nn.Module):
+    """Converts the input to channels-last so the frozen channels-last convolutions run fast."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x.contiguous(memory_format=torch.channels_last))
+
+
+class VggFeatures(nn.Module):
+    """VGG's pooled conv features, flattened: 512*7*7 = 25088 for a 224 input."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.features = model.features
+        self.avgpool = model.avgpool
+
+    def forward(self, x):
+        return torch.flatten(self.avgpool(self.features(x)), 1)
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    if found is None:
+        raise ExportError("model has no nn.Linear classifier layer to cut off")
+    return found
+
+
+def set_submodule(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def feature_extractor(arch: str, model: nn.Module) -> nn.Module:
+    """The backbone without its final classifier layer."""
+    import copy
+
+    if arch.startswith("vgg"):
+        return VggFeatures(model)
+    body = copy.deepcopy(model)
+    name, _ = last_linear(body)
+    set_submodule(body, name, nn.Identity())
+    return body
+
+
+def build_model(arch: str, weights: str, num_classes: int | None):
+    """Returns (model, weights_info, resize, crop, class_names)."""
+    resize, crop = 256, 224
+    if arch == "tiny":
+        torch.manual_seed(0)
+        model = Tiny()
+        with torch.no_grad():  # non-trivial BatchNorm statistics so that freezing is exercised
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.running_mean.uniform_(-0.1, 0.1)
+                    module.running_var.uniform_(0.5, 1.5)
+        return model.eval(), {"source": "tiny-seeded", "pretrained": False, "sha256": None}, resize, crop, TINY_CLASSES
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        raise ExportError(f"unknown torchvision classification model '{arch}' (try one of: vgg16, resnet50, mobilenet_v2, ...)")
+    categories = list(torchvision.models._meta._IMAGENET_CATEGORIES)
+
+    if weights == "none":
+        model = torchvision.models.get_model(arch, weights=None)
+        info = {"source": "none", "pretrained": False, "sha256": None,
+                "note": "random initialisation: for shapes and speed only, not for accuracy"}
+    elif weights == "imagenet" or weights.startswith("imagenet:"):
+        enum_name = weights.split(":", 1)[1] if ":" in weights else "DEFAULT"
+        weights_enum = torchvision.models.get_model_weights(arch)[enum_name] if enum_name != "DEFAULT" \
+            else torchvision.models.get_model_weights(arch).DEFAULT
+        try:
+            model = torchvision.models.get_model(arch, weights=weights_enum)
+        except Exception as exc:  # network failures come in many types
+            raise ExportError(f"could not download {arch} {weights_enum}: {exc} "
+                              "(offline? use --weights FILE with a local state_dict)") from None
+        transform = weights_enum.transforms()
+        resize = int(transform.resize_size[0])
+        crop = int(transform.crop_size[0])
+        categories = list(weights_enum.meta["categories"])
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
+        info = {"source": "imagenet", "pretrained": True, "torchvision_weights": str(weights_enum),
+                "url": weights_enum.url, "sha256": sha256_file(cached) if cached.exists() else None}
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise ExportError(f"{path}: weights file not found")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                for key in ("state_dict", "model"):
+                    if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                        state = state[key]
+        except Exception as exc:
+            raise ExportError(f"{path}: cannot read weights: {exc}") from None
+        model = torchvision.models.get_model(arch, weights=None)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ExportError(f"{path}: not a state_dict for torchvision {arch}: {first}") from None
+        info = {"source": "file", "pretrained": True, "file": str(path.resolve()), "sha256": sha256_file(path)}
+    if num_classes is not None and num_classes != len(categories):
+        raise ExportError(f"--num-classes {num_classes} does not match the {len(categories)} class names")
+    return model.eval(), info, resize, crop, categories
+
+
+def trace_frozen(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    wrapped = ChannelsLast(module).eval().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapped, example, check_trace=False)
+    return torch.jit.freeze(traced.eval())
+
+
+def check_close(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
+    scale = float(want.abs().max()) + 1e-6
+    err = float((got - want).abs().max()) / scale
+    if got.shape != want.shape or err > 1e-3:
+        raise ExportError(f"{name}: exported output differs from eager (relative error {err:.2e}, shapes {tuple(got.shape)} vs {tuple(want.shape)})")
+    return err
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_atomic_module(module: torch.jit.ScriptModule, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, _umask_mode())
+    try:
+        torch.jit.save(module, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _umask_mode())
+    with os.fdopen(fd, "w") as handle:
+        json.dump(value, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def export(arch: str, weights: str, out_dir: Path, name: str | None = None, force: bool = False,
+           check_batch: int = 2) -> Path:
+    name = name or arch
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sidecar_path = out_dir / f"{name}.json"
+    features_path = out_dir / f"{name}.features.pt"
+    classifier_path = out_dir / f"{name}.classifier.pt"
+    if not force:
+        for path in (sidecar_path, features_path, classifier_path):
+            if path.exists():
+                raise ExportError(f"{path}: already exists (use --force to overwrite)")
+
+    model, info, resize, crop, classes = build_model(arch, weights, None)
+    generator = torch.Generator().manual_seed(1234)
+    example = torch.randn(check_batch, 3, crop, crop, generator=generator)
+
+    features_eager = feature_extractor(arch, model).eval()
+    with torch.no_grad():
+        want_logits = model(example)
+        want_feats = features_eager(example)
+    feature_dim = int(want_feats.shape[1])
+
+    features_ts = trace_frozen(features_eager, example)
+    classifier_ts = trace_frozen(model, example)
+    with torch.no_grad():
+        errs = {
+            "features": check_close(f"{name} features", features_ts(example), want_feats),
+            "classifier": check_close(f"{name} classifier", classifier_ts(example), want_logits),
+        }
+    save_atomic_module(features_ts, features_path)
+    save_atomic_module(classifier_ts, classifier_path)
+    with torch.no_grad():  # the reloaded files must give the same numbers
+        check_close(f"{features_path}", torch.jit.load(str(features_path))(example), want_feats)
+        check_close(f"{classifier_path}", torch.jit.load(str(classifier_path))(example), want_logits)
+
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "name": name,
+        "architecture": arch,
+        "feature_dim": feature_dim,
+        "num_classes": len(classes),
+        "input_size": crop,
+        "resize_size": resize,
+        "crop_size": crop,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "class_names": classes,
+        "weights": info,
+        "features_file": features_path.name,
+        "features_sha256": sha256_file(features_path),
+        "classifier_file": classifier_path.name,
+        "classifier_sha256": sha256_file(classifier_path),
+        "frozen": True,
+        "channels_last": True,
+        "max_relative_error_vs_eager": max(errs.values()),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(sidecar_path, sidecar)
+    return sidecar_path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("models", nargs="+", help="torchvision model names (vgg16 resnet50 mobilenet_v2 ...) or 'tiny'")
+    parser.add_argument("--weights", default="imagenet", help="imagenet[:ENUM] | none | FILE (default: imagenet)")
+    parser.add_argument("--out", default=os.environ.get("TL_BACKBONES", "backbones"), help="backbones folder (default: $TL_BACKBONES or ./backbones)")
+    parser.add_argument("--name", help="file stem to write instead of the model name (one model only)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.name and len(args.models) != 1:
+        parser.error("--name takes exactly one model")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    for arch in args.models:
+        try:
+            path = export(arch, args.weights, Path(args.out), args.name, args.force)
+        except ExportError as exc:
+            print(f"export_backbones: error: {exc}", file=sys.stderr)
+            return 1
+        sidecar = json.loads(path.read_text())
+        tag = "" if sidecar["weights"]["pretrained"] else "  [random weights: shapes/speed only]"
+        print(f"exported {arch} -> {path} (feature dim {sidecar['feature_dim']}, {sidecar['num_classes']} classes){tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

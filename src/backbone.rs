@@ -1,0 +1,272 @@
+//! Backbones: exported TorchScript files plus their JSON sidecar.
+//!
+//! `--backbone NAME` looks for `NAME.json` in the backbones folder; a path may name the
+//! sidecar, the `.features.pt` file, or any TorchScript image model (then ImageNet
+//! preprocessing is assumed and the feature size is read off the first batch).
+use crate::error::{IoContext, Result, TlError, TorchContext};
+use crate::preprocess::PreprocessConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{CModule, Device};
+
+pub const SIDECAR_FORMAT: &str = "tl-backbone/1";
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub format: String,
+    pub name: String,
+    pub architecture: String,
+    pub feature_dim: i64,
+    #[serde(default)]
+    pub num_classes: i64,
+    pub resize_size: u32,
+    pub crop_size: u32,
+    #[serde(default = "default_interpolation")]
+    pub interpolation: String,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    #[serde(default)]
+    pub weights: serde_json::Value,
+    pub features_file: String,
+    #[serde(default)]
+    pub features_sha256: Option<String>,
+    #[serde(default)]
+    pub classifier_file: Option<String>,
+    #[serde(default)]
+    pub classifier_sha256: Option<String>,
+}
+
+fn default_interpolation() -> String {
+    "bilinear".into()
+}
+
+impl Sidecar {
+    pub fn pretrained(&self) -> bool {
+        self.weights.get("pretrained").and_then(|v| v.as_bool()).unwrap_or(true)
+    }
+    pub fn preprocess(&self) -> PreprocessConfig {
+        PreprocessConfig { resize: self.resize_size, crop: self.crop_size, mean: self.mean, std: self.std }
+    }
+}
+
+/// Where a backbone's files are, and what its sidecar says.
+#[derive(Clone, Debug)]
+pub struct BackboneSpec {
+    pub name: String,
+    pub sidecar_path: Option<PathBuf>,
+    pub sidecar: Option<Sidecar>,
+    pub features_path: PathBuf,
+    pub classifier_path: Option<PathBuf>,
+}
+
+/// The default folder for exported backbones: `$TL_BACKBONES`, else `./backbones`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("TL_BACKBONES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("backbones"))
+}
+
+/// Names of the backbones exported in `dir` (their sidecars).
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    name.strip_suffix(".json").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn is_torchscript_name(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("pt" | "pth" | "ts" | "torchscript" | "jit"))
+}
+
+impl BackboneSpec {
+    /// Resolve `--backbone` against the backbones folder.
+    pub fn resolve(spec: &str, dir: &Path) -> Result<BackboneSpec> {
+        let as_path = Path::new(spec);
+        if as_path.extension().is_some_and(|e| e == "json") {
+            return Self::from_sidecar(as_path);
+        }
+        if is_torchscript_name(as_path) || as_path.is_file() {
+            if !as_path.exists() {
+                return Err(TlError::file(as_path, "backbone file not found"));
+            }
+            let file_name = as_path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let stem = file_name
+                .strip_suffix(".features.pt")
+                .or_else(|| file_name.strip_suffix(".classifier.pt"))
+                .map(str::to_string)
+                .or_else(|| as_path.file_stem().map(|s| s.to_string_lossy().to_string()))
+                .unwrap_or_default();
+            let sidecar = as_path.with_file_name(format!("{stem}.json"));
+            if sidecar.is_file() {
+                let mut resolved = Self::from_sidecar(&sidecar)?;
+                if !file_name.ends_with(".features.pt") {
+                    // The path names a model of its own; use it as the feature extractor.
+                    resolved.features_path = as_path.to_path_buf();
+                }
+                return Ok(resolved);
+            }
+            return Ok(BackboneSpec {
+                name: stem,
+                sidecar_path: None,
+                sidecar: None,
+                features_path: as_path.to_path_buf(),
+                classifier_path: None,
+            });
+        }
+        let sidecar = dir.join(format!("{spec}.json"));
+        if sidecar.is_file() {
+            return Self::from_sidecar(&sidecar);
+        }
+        let available = list(dir);
+        let hint = if available.is_empty() {
+            format!("no backbones exported in {} yet", dir.display())
+        } else {
+            format!("available in {}: {}", dir.display(), available.join(", "))
+        };
+        Err(TlError::invalid(format!(
+            "backbone '{spec}' not found ({hint}); export it with: scripts/export_backbones.py {spec} --out {}",
+            dir.display()
+        )))
+    }
+
+    pub fn from_sidecar(path: &Path) -> Result<BackboneSpec> {
+        if !path.is_file() {
+            return Err(TlError::file(path, "backbone sidecar not found"));
+        }
+        let text = std::fs::read_to_string(path).with_path(path)?;
+        let sidecar: Sidecar = serde_json::from_str(&text)
+            .map_err(|e| TlError::file(path, format!("not a tl backbone sidecar: {e}")))?;
+        if sidecar.format != SIDECAR_FORMAT {
+            return Err(TlError::file(path, format!("unsupported sidecar format '{}' (expected {SIDECAR_FORMAT})", sidecar.format)));
+        }
+        if sidecar.crop_size == 0 || sidecar.resize_size < sidecar.crop_size {
+            return Err(TlError::file(path, format!("resize_size {} must be >= crop_size {} > 0", sidecar.resize_size, sidecar.crop_size)));
+        }
+        if sidecar.std.iter().any(|s| *s <= 0.0) {
+            return Err(TlError::file(path, "std must be positive"));
+        }
+        if sidecar.num_classes > 0 && sidecar.class_names.len() as i64 != sidecar.num_classes {
+            return Err(TlError::file(path, format!("num_classes {} but {} class names", sidecar.num_classes, sidecar.class_names.len())));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let features_path = dir.join(&sidecar.features_file);
+        let classifier_path = sidecar.classifier_file.as_ref().map(|f| dir.join(f));
+        Ok(BackboneSpec {
+            name: sidecar.name.clone(),
+            sidecar_path: Some(path.to_path_buf()),
+            sidecar: Some(sidecar),
+            features_path,
+            classifier_path,
+        })
+    }
+
+    pub fn preprocess(&self) -> PreprocessConfig {
+        self.sidecar.as_ref().map(|s| s.preprocess()).unwrap_or_default()
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        self.sidecar.as_ref().map(|s| s.class_names.as_slice()).unwrap_or(&[])
+    }
+
+    /// A warning to print when the weights are not pretrained (or unknown).
+    pub fn weights_warning(&self) -> Option<String> {
+        match &self.sidecar {
+            Some(s) if !s.pretrained() => Some(format!(
+                "backbone '{}' has random weights (exported with --weights none): use it for shapes and speed, not accuracy",
+                s.name
+            )),
+            None => Some(format!(
+                "{}: no sidecar found; assuming ImageNet preprocessing (resize 256, crop 224, ImageNet mean/std)",
+                self.features_path.display()
+            )),
+            _ => None,
+        }
+    }
+
+    /// sha256 of the feature extractor, checked against the sidecar's record.
+    pub fn verified_features_hash(&self) -> Result<String> {
+        verified_hash(&self.features_path, self.sidecar.as_ref().and_then(|s| s.features_sha256.as_deref()), self.sidecar_path.as_deref())
+    }
+
+    pub fn load_features(&self, device: Device) -> Result<LoadedModule> {
+        let hash = self.verified_features_hash()?;
+        let module = load_module(&self.features_path, device)?;
+        Ok(LoadedModule { module, sha256: hash, path: self.features_path.clone() })
+    }
+
+    pub fn load_classifier(&self, device: Device) -> Result<LoadedModule> {
+        let path = self.classifier_path.as_ref().ok_or_else(|| {
+            TlError::invalid(format!(
+                "backbone '{}' has no ImageNet classifier file in its sidecar; use --run with a trained head, or re-export it",
+                self.name
+            ))
+        })?;
+        let expected = self.sidecar.as_ref().and_then(|s| s.classifier_sha256.as_deref());
+        let hash = verified_hash(path, expected, self.sidecar_path.as_deref())?;
+        let module = load_module(path, device)?;
+        Ok(LoadedModule { module, sha256: hash, path: path.clone() })
+    }
+}
+
+fn verified_hash(path: &Path, expected: Option<&str>, sidecar: Option<&Path>) -> Result<String> {
+    if !path.is_file() {
+        return Err(TlError::file(path, "backbone file not found"));
+    }
+    let hash = crate::util::sha256_file(path)?;
+    if let Some(expected) = expected {
+        if expected != hash {
+            let side = sidecar.map(|p| p.display().to_string()).unwrap_or_default();
+            return Err(TlError::file(
+                path,
+                format!("does not match its sidecar {side} (sha256 {}… vs {}…); re-export the backbone", &hash[..12], &expected[..expected.len().min(12)]),
+            ));
+        }
+    }
+    Ok(hash)
+}
+
+/// Load a TorchScript file, turning libtorch's messages into a one-line error.
+pub fn load_module(path: &Path, device: Device) -> Result<CModule> {
+    let meta = std::fs::metadata(path).with_path(path)?;
+    if meta.len() == 0 {
+        return Err(TlError::file(path, "empty file, not a TorchScript model"));
+    }
+    std::fs::File::open(path).with_path(path)?;
+    let mut module = CModule::load_on_device(path, device).map_err(|e| {
+        let msg = crate::error::torch_message(&e);
+        let hint = if msg.contains("zip archive") || msg.contains("PytorchStreamReader") || msg.contains("constants.pkl") {
+            "not a TorchScript file".to_string()
+        } else {
+            format!("cannot load TorchScript model: {msg}")
+        };
+        TlError::file(path, hint)
+    })?;
+    module.f_set_eval().torch_ctx(|| format!("{}: set_eval", path.display()))?;
+    Ok(module)
+}
+
+pub struct LoadedModule {
+    pub module: CModule,
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+impl LoadedModule {
+    pub fn forward(&self, x: &tch::Tensor) -> Result<tch::Tensor> {
+        let out = self.module.forward_ts(&[x]).torch_ctx(|| format!("{}: forward", self.path.display()))?;
+        if out.dim() != 2 {
+            return Err(TlError::file(&self.path, format!("model output has shape {:?}; expected [batch, features]", out.size())));
+        }
+        Ok(out)
+    }
+}

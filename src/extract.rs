@@ -1,0 +1,198 @@
+//! Feature extraction: cache look-up, then parallel decoding overlapped with batched
+//! backbone inference for the misses.
+//!
+//! Decoding runs on a rayon pool in a producer thread that stays at most two batches
+//! ahead (a bounded channel), so memory does not grow with the dataset; libtorch runs on
+//! the calling thread. The backbone is only loaded when something is not cached.
+use crate::backbone::{BackboneSpec, LoadedModule};
+use crate::cache::{FeatureCache, Lookup};
+use crate::error::{Result, TlError, TorchContext};
+use crate::preprocess::{self, PreprocessConfig};
+use crate::progress;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    pub batch_size: usize,
+    pub decode_threads: usize,
+    pub device: Device,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExtractStats {
+    pub images: usize,
+    pub cached: usize,
+    pub computed: usize,
+    pub failed: usize,
+    pub corrupt_cache_entries: usize,
+    pub seconds: f64,
+    pub compute_seconds: f64,
+    /// Images per second over the computed (not cached) images.
+    pub images_per_second: f64,
+}
+
+pub struct Extracted {
+    /// One entry per input path: the features, or why the image could not be used.
+    pub features: Vec<std::result::Result<Vec<f32>, String>>,
+    pub dim: usize,
+    pub stats: ExtractStats,
+    pub corrupt: Vec<String>,
+    pub backbone_sha256: String,
+}
+
+struct Batch {
+    indices: Vec<usize>,
+    data: Vec<f32>,
+    failures: Vec<(usize, String)>,
+}
+
+/// Features for `paths`, from the cache where possible.
+pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, cache: &FeatureCache, opts: &ExtractOptions) -> Result<Extracted> {
+    let start = Instant::now();
+    let cfg = spec.preprocess();
+    let expected_dim = spec.sidecar.as_ref().map(|s| s.feature_dim as usize);
+
+    // 1. Content keys and cache look-ups, in parallel.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.decode_threads.max(1))
+        .build()
+        .map_err(|e| TlError::invalid(format!("cannot start decode threads: {e}")))?;
+    let lookups: Vec<(std::result::Result<String, String>, Lookup)> = pool.install(|| {
+        paths
+            .par_iter()
+            .map(|p| match crate::cache::file_key(p) {
+                Ok(key) => {
+                    let lookup = cache.get(&key, expected_dim);
+                    (Ok(key), lookup)
+                }
+                Err(e) => (Err(e.to_string()), Lookup::Miss),
+            })
+            .collect()
+    });
+
+    let mut features: Vec<std::result::Result<Vec<f32>, String>> = Vec::with_capacity(paths.len());
+    let mut keys: Vec<Option<String>> = Vec::with_capacity(paths.len());
+    let mut misses = Vec::new();
+    let mut stats = ExtractStats { images: paths.len(), ..Default::default() };
+    let mut corrupt = Vec::new();
+    for (i, (key, lookup)) in lookups.into_iter().enumerate() {
+        match (key, lookup) {
+            (Err(e), _) => {
+                features.push(Err(e));
+                keys.push(None);
+                stats.failed += 1;
+            }
+            (Ok(key), Lookup::Hit(v)) => {
+                features.push(Ok(v));
+                keys.push(Some(key));
+                stats.cached += 1;
+            }
+            (Ok(key), other) => {
+                if let Lookup::Corrupt(why) = other {
+                    corrupt.push(why);
+                }
+                features.push(Err("not computed".into()));
+                keys.push(Some(key));
+                misses.push(i);
+            }
+        }
+    }
+    stats.corrupt_cache_entries = corrupt.len();
+    let mut dim = features.iter().find_map(|f| f.as_ref().ok().map(Vec::len)).or(expected_dim).unwrap_or(0);
+
+    // 2. Compute the misses: decode on the pool while the backbone runs.
+    if !misses.is_empty() {
+        let compute_start = Instant::now();
+        let module = spec.load_features(opts.device)?;
+        if module.sha256 != backbone_sha256 {
+            return Err(TlError::file(&module.path, "changed while tl was running"));
+        }
+        let bar = progress::bar(misses.len() as u64, "extract", opts.progress);
+        let numel = cfg.numel();
+        let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
+        let batch_size = opts.batch_size.max(1);
+        let result: Result<()> = std::thread::scope(|scope| {
+            let misses = &misses;
+            let pool = &pool;
+            scope.spawn(move || {
+                for chunk in misses.chunks(batch_size) {
+                    let loaded: Vec<(usize, std::result::Result<Vec<f32>, String>)> = pool.install(|| {
+                        chunk
+                            .par_iter()
+                            .map(|&i| {
+                                let mut buf = vec![0f32; numel];
+                                let r = preprocess::load_into(&paths[i], &cfg, &mut buf).map(|_| buf).map_err(|e| e.to_string());
+                                (i, r)
+                            })
+                            .collect()
+                    });
+                    let mut batch = Batch { indices: Vec::new(), data: Vec::with_capacity(chunk.len() * numel), failures: Vec::new() };
+                    for (i, r) in loaded {
+                        match r {
+                            Ok(buf) => {
+                                batch.indices.push(i);
+                                batch.data.extend_from_slice(&buf);
+                            }
+                            Err(e) => batch.failures.push((i, e)),
+                        }
+                    }
+                    if tx.send(batch).is_err() {
+                        break; // the consumer stopped on an error
+                    }
+                }
+            });
+            for batch in rx.iter() {
+                for (i, why) in batch.failures {
+                    features[i] = Err(why);
+                    stats.failed += 1;
+                    bar.inc(1);
+                }
+                if batch.indices.is_empty() {
+                    continue;
+                }
+                let out = run_batch(&module, &batch.data, batch.indices.len(), &cfg, opts.device)?;
+                let d = out.len() / batch.indices.len();
+                if let Some(e) = expected_dim {
+                    if e != d {
+                        return Err(TlError::file(
+                            &module.path,
+                            format!("outputs {d} features per image but its sidecar says feature_dim {e}"),
+                        ));
+                    }
+                }
+                dim = d;
+                for (j, &i) in batch.indices.iter().enumerate() {
+                    let v = out[j * d..(j + 1) * d].to_vec();
+                    if let Some(key) = &keys[i] {
+                        cache.put(key, &v)?;
+                    }
+                    features[i] = Ok(v);
+                    stats.computed += 1;
+                }
+                bar.inc(batch.indices.len() as u64);
+            }
+            Ok(())
+        });
+        result?;
+        bar.finish_and_clear();
+        stats.compute_seconds = compute_start.elapsed().as_secs_f64();
+        if stats.compute_seconds > 0.0 {
+            stats.images_per_second = stats.computed as f64 / stats.compute_seconds;
+        }
+    }
+    stats.seconds = start.elapsed().as_secs_f64();
+    Ok(Extracted { features, dim, stats, corrupt, backbone_sha256: backbone_sha256.to_string() })
+}
+
+fn run_batch(module: &LoadedModule, data: &[f32], n: usize, cfg: &PreprocessConfig, device: Device) -> Result<Vec<f32>> {
+    let side = cfg.crop as i64;
+    let input = Tensor::from_slice(data).view([n as i64, 3, side, side]).to_device(device);
+    let out = tch::no_grad(|| module.forward(&input))?;
+    let out = out.to_device(Device::Cpu).to_kind(tch::Kind::Float).contiguous().view([-1]);
+    Vec::<f32>::try_from(&out).torch_ctx(|| "reading features".into())
+}

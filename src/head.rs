@@ -1,0 +1,104 @@
+//! The trainable head on top of frozen features: feature standardisation (statistics of
+//! the training set, stored with the weights) followed by a linear layer, or by one hidden
+//! layer with dropout.
+use crate::error::{Result, TlError, TorchContext};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    /// 0 = linear head; otherwise the width of one hidden ReLU layer.
+    pub hidden: i64,
+    pub dropout: f64,
+    pub in_dim: i64,
+    pub num_classes: i64,
+}
+
+pub struct Head {
+    pub config: HeadConfig,
+    pub vs: nn::VarStore,
+    mean: Tensor,
+    std: Tensor,
+    fc1: nn::Linear,
+    fc2: Option<nn::Linear>,
+}
+
+impl Head {
+    /// A freshly initialised head (uses libtorch's global RNG: seed it first).
+    pub fn new(config: HeadConfig, device: Device) -> Result<Head> {
+        if config.in_dim <= 0 || config.num_classes < 2 {
+            return Err(TlError::invalid(format!(
+                "a head needs features and at least 2 classes (got {} features, {} classes)",
+                config.in_dim, config.num_classes
+            )));
+        }
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let mean = root.zeros_no_train("feature_mean", &[config.in_dim]);
+        let std = root.ones_no_train("feature_std", &[config.in_dim]);
+        let (fc1, fc2) = if config.hidden > 0 {
+            (
+                nn::linear(&root / "fc1", config.in_dim, config.hidden, Default::default()),
+                Some(nn::linear(&root / "fc2", config.hidden, config.num_classes, Default::default())),
+            )
+        } else {
+            (nn::linear(&root / "fc", config.in_dim, config.num_classes, Default::default()), None)
+        };
+        Ok(Head { config, vs, mean, std, fc1, fc2 })
+    }
+
+    /// Set the standardisation statistics from training features `[N, D]`.
+    pub fn set_statistics(&mut self, features: &Tensor) {
+        tch::no_grad(|| {
+            let mean = features.mean_dim(0, false, Kind::Float);
+            let std = features.std_dim(0, false, false);
+            // Features that never vary (dead ReLUs) would divide by zero.
+            let std = std.where_self(&std.gt(1e-6), &std.ones_like());
+            self.mean.copy_(&mean);
+            self.std.copy_(&std);
+        });
+    }
+
+    pub fn forward_t(&self, features: &Tensor, train: bool) -> Tensor {
+        let x = (features - &self.mean) / &self.std;
+        match &self.fc2 {
+            None => self.fc1.forward(&x),
+            Some(fc2) => fc2.forward(&self.fc1.forward(&x).relu().dropout(self.config.dropout, train)),
+        }
+    }
+
+    pub fn forward(&self, features: &Tensor) -> Tensor {
+        self.forward_t(features, false)
+    }
+
+    /// Save the weights (safetensors), atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".{}.tmp.safetensors", path.file_name().unwrap().to_string_lossy()));
+        self.vs.save(&tmp).torch_ctx(|| format!("{}: saving head", path.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| TlError::file(path, e.to_string()))
+    }
+
+    pub fn load(config: HeadConfig, path: &Path, device: Device) -> Result<Head> {
+        if !path.is_file() {
+            return Err(TlError::file(path, "head weights not found (is this a tl run folder?)"));
+        }
+        let mut head = Head::new(config, device)?;
+        head.vs
+            .load(path)
+            .map_err(|e| TlError::file(path, format!("cannot load head weights: {}", crate::error::torch_message(&e))))?;
+        head.vs.freeze();
+        Ok(head)
+    }
+
+    /// All weights as one flat vector (for reproducibility checks).
+    pub fn flat_weights(&self) -> Vec<f32> {
+        let mut named = self.vs.variables().into_iter().collect::<Vec<_>>();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+            .iter()
+            .flat_map(|(_, t)| Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default())
+            .collect()
+    }
+}

@@ -1,0 +1,386 @@
+//! Image decoding and the eval transform: Resize(shorter side) + CenterCrop + Normalize.
+//!
+//! The resize reproduces Pillow's antialiased bilinear filter (the one torchvision's
+//! `Resize` uses on PIL images) including its 22-bit fixed-point arithmetic and its
+//! rounding between the horizontal and vertical passes, so the only difference from
+//! torchvision's eval transform left is the JPEG decoder. Only the rows and columns that
+//! survive the centre crop are computed.
+//!
+//! The same coefficients, in floating point, give dense resize matrices for the
+//! differentiable path used by `tl attack` (see [`ResizeMatrices`]).
+use crate::error::{Result, TlError};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessConfig {
+    /// Shorter side after resizing.
+    pub resize: u32,
+    /// Side of the centre crop.
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            resize: 256,
+            crop: 224,
+            mean: crate::backbone::IMAGENET_MEAN,
+            std: crate::backbone::IMAGENET_STD,
+        }
+    }
+}
+
+/// Bumped whenever preprocessing changes numerically, so that cached features are not reused.
+pub const PREPROCESS_VERSION: u32 = 1;
+
+impl PreprocessConfig {
+    /// A short stable identifier of everything that changes the numbers.
+    pub fn fingerprint(&self) -> String {
+        let text = format!(
+            "v{PREPROCESS_VERSION};resize={};crop={};mean={:?};std={:?};pil-bilinear",
+            self.resize, self.crop, self.mean, self.std
+        );
+        crate::util::hex(&blake3::hash(text.as_bytes()).as_bytes()[..6])
+    }
+    pub fn numel(&self) -> usize {
+        3 * (self.crop as usize) * (self.crop as usize)
+    }
+}
+
+/// Decode an image file's bytes to 8-bit RGB. Grayscale, alpha, CMYK and 16-bit images are
+/// converted (alpha is dropped, as Pillow's `convert('RGB')` does).
+pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(TlError::file(path, "empty file (0 bytes)"));
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| TlError::file(path, e.to_string()))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| TlError::file(path, "not an image (unrecognised content)"))?;
+    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+        return Err(TlError::file(path, "truncated JPEG (no end-of-image marker)"));
+    }
+    let img = reader
+        .decode()
+        .map_err(|e| TlError::file(path, format!("cannot decode {format:?}: {e}")))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(TlError::file(path, "image has zero width or height"));
+    }
+    Ok(img.into_rgb8())
+}
+
+/// A complete JPEG ends with FF D9 (some writers append padding after it).
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| TlError::file(path, e.to_string()))?;
+    decode_rgb_bytes(&bytes, path)
+}
+
+/// torchvision's `Resize(int)` output size: shorter side to `size`, the other truncated.
+pub fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let new_long = ((size as u64 * long as u64) as f64 / short as f64) as u32;
+    if width <= height {
+        (size, new_long.max(1))
+    } else {
+        (new_long.max(1), size)
+    }
+}
+
+/// torchvision's `center_crop` offset: Python's round(), which rounds half to even.
+pub fn crop_offset(size: u32, crop: u32) -> u32 {
+    ((size as f64 - crop as f64) / 2.0).round_ties_even().max(0.0) as u32
+}
+
+/// Pillow's bilinear filter coefficients for output positions `first..first+count` of a
+/// resize from `in_size` to `out_size`: for each, the first input index and its weights.
+pub fn bilinear_coeffs(in_size: u32, out_size: u32, first: u32, count: u32) -> Vec<(usize, Vec<f64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // bilinear support is 1.0
+    (first..first + count)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+            let mut weights: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) * ss).abs();
+                    if t < 1.0 {
+                        1.0 - t
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f64 = weights.iter().sum();
+            if total != 0.0 {
+                weights.iter_mut().for_each(|w| *w /= total);
+            }
+            (xmin as usize, weights)
+        })
+        .collect()
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+struct FixedCoeffs {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    ksize: usize,
+    k: Vec<i32>,
+}
+
+fn fixed_coeffs(in_size: u32, out_size: u32, first: u32, count: u32) -> FixedCoeffs {
+    let coeffs = bilinear_coeffs(in_size, out_size, first, count);
+    let ksize = coeffs.iter().map(|(_, w)| w.len()).max().unwrap_or(1).max(1);
+    let mut k = vec![0i32; ksize * coeffs.len()];
+    let mut start = Vec::with_capacity(coeffs.len());
+    let mut len = Vec::with_capacity(coeffs.len());
+    for (i, (s, w)) in coeffs.iter().enumerate() {
+        start.push(*s);
+        len.push(w.len());
+        for (j, v) in w.iter().enumerate() {
+            let scaled = v * (1u32 << PRECISION_BITS) as f64;
+            k[i * ksize + j] = (if *v < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32;
+        }
+    }
+    FixedCoeffs { start, len, ksize, k }
+}
+
+#[inline]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resize (Pillow bilinear, antialiased), centre-crop and normalise `img` into `out`
+/// (CHW, `3 * crop * crop` floats).
+pub fn preprocess_into(img: &RgbImage, cfg: &PreprocessConfig, out: &mut [f32]) {
+    let crop_u8 = resize_crop_u8(img, cfg.resize, cfg.crop);
+    normalize_into(&crop_u8, cfg, out);
+}
+
+/// The resized and cropped image, 8-bit RGB, interleaved (HWC), `crop * crop * 3` bytes.
+pub fn resize_crop_u8(img: &RgbImage, resize: u32, crop: u32) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let (rw, rh) = resized_size(w, h, resize);
+    let (left, top) = (crop_offset(rw, crop), crop_offset(rh, crop));
+    let (cw, ch) = (crop.min(rw), crop.min(rh));
+    let horiz = fixed_coeffs(w, rw, left, cw);
+    let vert = fixed_coeffs(h, rh, top, ch);
+    let row_first = vert.start.iter().copied().min().unwrap_or(0);
+    let row_last = vert.start.iter().zip(&vert.len).map(|(s, l)| s + l).max().unwrap_or(0);
+    let src = img.as_raw();
+    let stride = w as usize * 3;
+    let cw = cw as usize;
+    let half = 1i32 << (PRECISION_BITS - 1);
+
+    // Horizontal pass over the rows the vertical pass will read.
+    let mut temp = vec![0u8; (row_last - row_first) * cw * 3];
+    for (ti, y) in (row_first..row_last).enumerate() {
+        let row = &src[y * stride..(y + 1) * stride];
+        let dst = &mut temp[ti * cw * 3..(ti + 1) * cw * 3];
+        for xx in 0..cw {
+            let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
+            let base = horiz.start[xx] * 3;
+            let (mut r, mut g, mut b) = (half, half, half);
+            for (j, &kv) in k.iter().enumerate() {
+                let p = base + j * 3;
+                r += row[p] as i32 * kv;
+                g += row[p + 1] as i32 * kv;
+                b += row[p + 2] as i32 * kv;
+            }
+            dst[xx * 3] = clip8(r);
+            dst[xx * 3 + 1] = clip8(g);
+            dst[xx * 3 + 2] = clip8(b);
+        }
+    }
+    // Vertical pass.
+    let ch = ch as usize;
+    let tstride = cw * 3;
+    let mut out = vec![0u8; ch * cw * 3];
+    let mut acc = vec![0i32; tstride];
+    for yy in 0..ch {
+        acc.iter_mut().for_each(|a| *a = half);
+        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
+        let base = vert.start[yy] - row_first;
+        for (j, &kv) in k.iter().enumerate() {
+            let row = &temp[(base + j) * tstride..(base + j + 1) * tstride];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * kv;
+            }
+        }
+        for (o, &a) in out[yy * tstride..(yy + 1) * tstride].iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    // A crop larger than the resized image is zero-padded by torchvision; we only allow
+    // crop <= resize, so the output is always crop x crop.
+    debug_assert_eq!(out.len(), (crop * crop * 3) as usize);
+    out
+}
+
+/// HWC u8 -> normalised CHW f32, in torchvision's order of operations.
+pub fn normalize_into(hwc: &[u8], cfg: &PreprocessConfig, out: &mut [f32]) {
+    let plane = (cfg.crop * cfg.crop) as usize;
+    assert_eq!(out.len(), 3 * plane);
+    assert_eq!(hwc.len(), 3 * plane);
+    for c in 0..3 {
+        let (mean, std) = (cfg.mean[c], cfg.std[c]);
+        let dst = &mut out[c * plane..(c + 1) * plane];
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = (hwc[i * 3 + c] as f32 / 255.0 - mean) / std;
+        }
+    }
+}
+
+/// Decode and preprocess one file into `out`.
+pub fn load_into(path: &Path, cfg: &PreprocessConfig, out: &mut [f32]) -> Result<()> {
+    let img = decode_rgb(path)?;
+    preprocess_into(&img, cfg, out);
+    Ok(())
+}
+
+/// One preprocessed image as a `[1,3,crop,crop]` tensor.
+pub fn load_tensor(path: &Path, cfg: &PreprocessConfig) -> Result<Tensor> {
+    let mut buf = vec![0f32; cfg.numel()];
+    load_into(path, cfg, &mut buf)?;
+    Ok(Tensor::from_slice(&buf).view([1, 3, cfg.crop as i64, cfg.crop as i64]))
+}
+
+/// `[1,3,H,W]` float tensor in [0,1] from an RGB image.
+pub fn image_to_unit_tensor(img: &RgbImage) -> Tensor {
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(img.as_raw())
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .to_kind(Kind::Float)
+        / 255.0
+}
+
+/// 8-bit image from a `[1,3,H,W]` or `[3,H,W]` tensor in [0,1] (rounded to nearest).
+pub fn unit_tensor_to_image(t: &Tensor) -> RgbImage {
+    let t = if t.dim() == 4 { t.squeeze_dim(0) } else { t.shallow_clone() };
+    let (h, w) = (t.size()[1], t.size()[2]);
+    let bytes = (t.to_device(Device::Cpu).clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous();
+    let data: Vec<u8> = Vec::<u8>::try_from(bytes.view([-1])).expect("uint8 tensor to vec");
+    RgbImage::from_raw(w as u32, h as u32, data).expect("image buffer size")
+}
+
+/// Save an RGB image as PNG, atomically; the format follows the extension (PNG if none).
+pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
+    let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
+    if !matches!(format, image::ImageFormat::Png | image::ImageFormat::Bmp | image::ImageFormat::Tiff) {
+        return Err(TlError::file(path, "output must be a lossless format (.png, .bmp or .tiff)"));
+    }
+    let mut bytes = Vec::new();
+    img.write_to(&mut Cursor::new(&mut bytes), format).map_err(|e| TlError::file(path, e.to_string()))?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// Dense resize-and-crop matrices with Pillow's coefficients (in floating point), for the
+/// differentiable path: `crop = Rh · image · Rwᵀ`, per channel.
+pub struct ResizeMatrices {
+    /// `[crop, H]`
+    pub rows: Tensor,
+    /// `[W, crop]` (already transposed)
+    pub cols_t: Tensor,
+}
+
+impl ResizeMatrices {
+    pub fn new(width: u32, height: u32, cfg: &PreprocessConfig, device: Device) -> ResizeMatrices {
+        let (rw, rh) = resized_size(width, height, cfg.resize);
+        let (left, top) = (crop_offset(rw, cfg.crop), crop_offset(rh, cfg.crop));
+        let dense = |in_size: u32, out: u32, first: u32| {
+            let coeffs = bilinear_coeffs(in_size, out, first, cfg.crop.min(out));
+            let mut m = vec![0f32; coeffs.len() * in_size as usize];
+            for (i, (s, w)) in coeffs.iter().enumerate() {
+                for (j, v) in w.iter().enumerate() {
+                    m[i * in_size as usize + s + j] = *v as f32;
+                }
+            }
+            Tensor::from_slice(&m).view([coeffs.len() as i64, in_size as i64]).to_device(device)
+        };
+        let rows = dense(height, rh, top);
+        let cols_t = dense(width, rw, left).transpose(0, 1).contiguous();
+        ResizeMatrices { rows, cols_t }
+    }
+
+    /// `[N,3,H,W]` in [0,1] -> `[N,3,crop,crop]` in [0,1].
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        self.rows.matmul(&x.matmul(&self.cols_t))
+    }
+}
+
+/// Normalise `[N,3,H,W]` pixels in [0,1] with the backbone's mean/std (inside the graph).
+pub fn normalize_tensor(x: &Tensor, cfg: &PreprocessConfig) -> Tensor {
+    let device = x.device();
+    let mean = Tensor::from_slice(&cfg.mean).view([1, 3, 1, 1]).to_device(device);
+    let std = Tensor::from_slice(&cfg.std).view([1, 3, 1, 1]).to_device(device);
+    (x - mean) / std
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torchvision_sizes() {
+        assert_eq!(resized_size(500, 375, 256), (341, 256));
+        assert_eq!(resized_size(375, 500, 256), (256, 341));
+        assert_eq!(resized_size(256, 256, 256), (256, 256));
+        assert_eq!(crop_offset(341, 224), 58); // (341-224)/2 = 58.5 rounds to even
+        assert_eq!(crop_offset(343, 224), 60); // 59.5 -> 60
+        assert_eq!(crop_offset(256, 224), 16);
+    }
+
+    #[test]
+    fn coefficients_sum_to_one_and_identity_is_exact() {
+        for (i, o) in [(500, 341), (100, 256), (375, 256), (7, 3)] {
+            for (_, w) in bilinear_coeffs(i, o, 0, o) {
+                assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            }
+        }
+        let img = RgbImage::from_fn(224, 224, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8]));
+        let out = resize_crop_u8(&img, 224, 224);
+        assert_eq!(out, img.as_raw().clone());
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let img = RgbImage::from_pixel(640, 480, image::Rgb([10, 128, 250]));
+        let out = resize_crop_u8(&img, 256, 224);
+        assert_eq!(out.len(), 224 * 224 * 3);
+        assert!(out.chunks(3).all(|p| p == [10, 128, 250]));
+    }
+
+    #[test]
+    fn dense_matrices_match_fixed_point_path() {
+        let img = RgbImage::from_fn(97, 61, |x, y| image::Rgb([(x * 2) as u8, (y * 4) as u8, ((x + y) * 3 % 256) as u8]));
+        let cfg = PreprocessConfig { resize: 40, crop: 32, ..Default::default() };
+        let fixed = resize_crop_u8(&img, cfg.resize, cfg.crop);
+        let m = ResizeMatrices::new(97, 61, &cfg, Device::Cpu);
+        let dense = m.apply(&image_to_unit_tensor(&img)) * 255.0;
+        let fixed_t = Tensor::from_slice(&fixed).view([32, 32, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float);
+        let diff = (dense - fixed_t).abs().max().double_value(&[]);
+        assert!(diff <= 1.01, "max difference {diff}");
+    }
+}
