@@ -191,8 +191,8 @@ pub struct DreamArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 0.05)]
     pub lr: f64,
-    /// Total-variation weight (per-pixel normalised).
-    #[arg(long, default_value_t = 2.0)]
+    /// Total-variation weight (TV is the mean absolute difference of neighbouring pixels).
+    #[arg(long, default_value_t = 5.0)]
     pub tv: f64,
     /// L2 penalty on the image's distance from mid-grey.
     #[arg(long, default_value_t = 0.0)]
@@ -208,6 +208,12 @@ pub struct DreamArgs {
     /// Turn off the random jitter/scale/rotation applied at each step.
     #[arg(long)]
     pub no_transforms: bool,
+    /// How the image is parametrised.
+    #[arg(long, value_enum, default_value_t = crate::dream::Parametrization::Fourier)]
+    pub param: crate::dream::Parametrization,
+    /// What is maximised: the target's logit or its log-probability.
+    #[arg(long, value_enum, default_value_t = crate::dream::Objective::Logprob)]
+    pub objective: crate::dream::Objective,
     /// Also write a strip of frames every K steps (<out>-strip.png).
     #[arg(long)]
     pub save_every: Option<usize>,

@@ -3,6 +3,10 @@ use tl::cli::{Cli, Command};
 use tl::commands::{self, Context};
 
 fn main() {
+    // Behave like other Unix tools when the reader of our output goes away (`tl … | head`).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Err(err) = run(cli) {
         eprintln!("tl: error: {err:#}");
