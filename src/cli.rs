@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "tl", version, about = "Transfer learning on images: frozen TorchScript backbones, cached features, linear heads — and a look inside the network (dreams, adversarial attacks).", long_about = None)]
+#[command(name = "tl", version, args_override_self = true, about = "Transfer learning on images: frozen TorchScript backbones, cached features, linear heads — and a look inside the network (dreams, adversarial attacks).", long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -68,7 +68,7 @@ pub struct TrainArgs {
     /// Seed for the split, the head's initialisation and the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 100)]
     pub epochs: usize,
     /// Head training batch size.
     #[arg(long, default_value_t = 64)]
@@ -76,21 +76,29 @@ pub struct TrainArgs {
     /// Feature-extraction batch size.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-2)]
     pub lr: f64,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
     pub optimizer: OptimizerKind,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
-    #[arg(long, default_value_t = 1e-2)]
+    /// Decoupled weight decay (AdamW) or L2 in the update (Adam, SGD).
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// L2 penalty on the head's weights added to the loss (l2/2·‖W‖²), as in L2-regularised
+    /// logistic regression; `auto` is 1/(training images), scikit-learn's C=1.
+    #[arg(long, default_value = "auto")]
+    pub l2: String,
+    /// Standardise features (training-set mean/std, stored with the head) before the head.
+    #[arg(long)]
+    pub standardize: bool,
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
     #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     pub schedule: Schedule,
     /// Stop after this many epochs without validation-loss improvement (0: never).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 10)]
     pub patience: usize,
     /// Width of one hidden layer (0: a linear head).
     #[arg(long, default_value_t = 0)]
@@ -104,6 +112,10 @@ pub struct TrainArgs {
     /// Write into an existing, non-empty --out folder.
     #[arg(long)]
     pub force: bool,
+    /// Also save the features and labels used (train_x, train_y, val_x, val_y) to this
+    /// safetensors file, e.g. to compare with another classifier.
+    #[arg(long)]
+    pub save_features: Option<PathBuf>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }

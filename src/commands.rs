@@ -164,7 +164,17 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
     let val_x = tensor_2d(&vx, vy.len(), d, device);
     let val_y = Tensor::from_slice(&vy).to_device(device);
 
-    let head_config = HeadConfig { hidden: args.hidden, dropout: args.dropout, in_dim: d as i64, num_classes: n_classes as i64 };
+    if let Some(path) = &args.save_features {
+        let tmp = path.with_file_name(format!(".{}.tmp.safetensors", path.file_name().unwrap_or_default().to_string_lossy()));
+        let named = [("train_x", &train_x), ("train_y", &train_y), ("val_x", &val_x), ("val_y", &val_y)];
+        Tensor::write_safetensors(&named, &tmp).map_err(|e| TlError::torch(format!("{}: saving features", path.display()), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| TlError::file(path, e.to_string()))?;
+    }
+    let head_config = HeadConfig { hidden: args.hidden, dropout: args.dropout, in_dim: d as i64, num_classes: n_classes as i64, standardize: args.standardize };
+    let l2 = match args.l2.as_str() {
+        "auto" => 1.0 / ty.len() as f64,
+        v => v.parse::<f64>().ok().filter(|v| *v >= 0.0).ok_or_else(|| TlError::invalid(format!("--l2 must be 'auto' or a number >= 0, got '{v}'")))?,
+    };
     let train_config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.head_batch_size,
@@ -173,6 +183,7 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         momentum: args.momentum,
         weight_decay: args.weight_decay,
         label_smoothing: args.label_smoothing,
+        l2,
         schedule: args.schedule,
         patience: args.patience,
         seed: args.seed,

@@ -35,9 +35,11 @@ pub fn torch_message(err: &tch::TchError) -> String {
     let text = text.split("Exception raised from").next().unwrap_or(&text);
     let line = text
         .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("Internal torch error"))
+        .map(|l| l.trim().trim_start_matches("Internal torch error:").trim())
+        .find(|l| !l.is_empty())
         .unwrap_or("unknown libtorch error");
+    // Keep the first sentence; libtorch appends paragraphs of advice.
+    let line = line.split(". ").next().unwrap_or(line);
     line.trim_start_matches("Torch(\"").trim_end_matches("\")").to_string()
 }
 

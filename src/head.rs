@@ -13,6 +13,13 @@ pub struct HeadConfig {
     pub dropout: f64,
     pub in_dim: i64,
     pub num_classes: i64,
+    /// Standardise features with the training set's mean and std before the first layer.
+    #[serde(default = "yes")]
+    pub standardize: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub struct Head {
@@ -50,6 +57,9 @@ impl Head {
 
     /// Set the standardisation statistics from training features `[N, D]`.
     pub fn set_statistics(&mut self, features: &Tensor) {
+        if !self.config.standardize {
+            return;
+        }
         tch::no_grad(|| {
             let mean = features.mean_dim(0, false, Kind::Float);
             let std = features.std_dim(0, false, false);
@@ -65,6 +75,15 @@ impl Head {
         match &self.fc2 {
             None => self.fc1.forward(&x),
             Some(fc2) => fc2.forward(&self.fc1.forward(&x).relu().dropout(self.config.dropout, train)),
+        }
+    }
+
+    /// Sum of squared weights (biases excluded), for the L2 penalty.
+    pub fn weight_norm_sq(&self) -> Tensor {
+        let w1 = self.fc1.ws.square().sum(Kind::Float);
+        match &self.fc2 {
+            None => w1,
+            Some(fc2) => w1 + fc2.ws.square().sum(Kind::Float),
         }
     }
 

@@ -33,6 +33,9 @@ pub struct TrainConfig {
     pub momentum: f64,
     pub weight_decay: f64,
     pub label_smoothing: f64,
+    /// L2 penalty on the head's weights (not biases), added to the mean loss as
+    /// `l2/2·‖W‖²`: the objective of L2-regularised logistic regression.
+    pub l2: f64,
     pub schedule: Schedule,
     /// Epochs without validation-loss improvement before stopping; 0 disables.
     pub patience: usize,
@@ -127,9 +130,10 @@ pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val
             let x = train.x.index_select(0, &idx);
             let y = train.y.index_select(0, &idx);
             let logits = head.forward_t(&x, true);
-            let loss = logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
+            let ce = logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
+            let loss = if cfg.l2 > 0.0 { &ce + head.weight_norm_sq() * (cfg.l2 / 2.0) } else { ce.shallow_clone() };
             opt.backward_step(&loss);
-            loss_sum += loss.double_value(&[]) * len as f64;
+            loss_sum += ce.double_value(&[]) * len as f64;
             correct += tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
             start += len;
         }
