@@ -198,12 +198,12 @@ pub fn diff_image(a: &RgbImage, b: &RgbImage) -> RgbImage {
     RgbImage::from_raw(a.width(), a.height(), data).expect("same size")
 }
 
-fn parse_eps_list(text: &str) -> Result<Vec<f64>> {
+fn parse_eps_list(text: &str, norm: Norm) -> Result<Vec<f64>> {
     let mut out = Vec::new();
     for part in text.split(',') {
         let v = parse_fraction(part).map_err(|e| TlError::invalid(format!("--eps: {e}")))?;
-        if v <= 0.0 || v > 1.0 {
-            return Err(TlError::invalid(format!("--eps must be in (0, 1] (pixel units; e.g. 4/255), got {}", part.trim())));
+        if v <= 0.0 || (norm == Norm::Linf && v > 1.0) {
+            return Err(TlError::invalid(format!("--eps must be in (0, 1] for L-inf (pixel units; e.g. 4/255) and > 0 for L2, got {}", part.trim())));
         }
         out.push(v);
     }
@@ -249,7 +249,7 @@ pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
         (Some(_), true) => return Err(TlError::invalid("give --target or --untargeted, not both")),
         (None, false) => return Err(TlError::invalid("which class should the network see? give --target NAME (or --untargeted)")),
     };
-    let eps_list = parse_eps_list(&args.eps)?;
+    let eps_list = parse_eps_list(&args.eps, args.norm)?;
     if args.steps == 0 {
         return Err(TlError::invalid("--steps must be positive"));
     }
