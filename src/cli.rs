@@ -201,7 +201,8 @@ pub struct DreamArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 256)]
     pub steps: usize,
-    #[arg(long, default_value_t = 0.05)]
+    /// Adam learning rate on the image parameters.
+    #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
     /// Total-variation weight (TV is the mean absolute difference of neighbouring pixels).
     #[arg(long, default_value_t = 5.0)]

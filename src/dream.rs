@@ -70,11 +70,11 @@ pub fn total_variation(x: &Tensor) -> Tensor {
 fn random_transform(x: &Tensor, rng: &mut SplitMix64) -> Tensor {
     let mut uniform = |lo: f64, hi: f64| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let side = x.size()[2] as f64;
-    let max_shift = (side / 28.0).round().max(1.0);
+    let max_shift = (side / 16.0).round().max(1.0);
     let dy = uniform(-max_shift, max_shift + 1.0).floor() as i64;
     let dx = uniform(-max_shift, max_shift + 1.0).floor() as i64;
-    let scale = uniform(0.95, 1.05);
-    let angle = uniform(-5.0, 5.0).to_radians();
+    let scale = uniform(0.9, 1.1);
+    let angle = uniform(-10.0, 10.0).to_radians();
     let rolled = x.roll([dy, dx], [2, 3]);
     let (c, s) = (angle.cos() / scale, angle.sin() / scale);
     let theta = Tensor::from_slice(&[c as f32, -s as f32, 0.0, s as f32, c as f32, 0.0]).view([1, 2, 3]).to_device(x.device());

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The main job, end to end: export MobileNetV2 with real ImageNet weights, train a
+# Cats-vs-Dogs head on frozen features, evaluate it, predict, dream an "ideal cat", and
+# fool the network with an imperceptible perturbation of a dog photo.
+# Settings: configs/demo.env (each can be overridden from the environment).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/setup.sh
+# shellcheck source=configs/demo.env
+source configs/demo.env
+TL="$ROOT/target/release/tl"
+PY="$ROOT/.venv/bin/python"
+OUT="$TL_DEMO_OUT"
+mkdir -p "$OUT"
+step() { printf '\n=== %s\n' "$*"; }
+
+DATA="$TL_DEMO_DATA"
+if [ ! -d "$DATA" ]; then
+    step "no photo set at $DATA: generating a small synthetic two-class set instead (results say little)"
+    DATA="$OUT/sample_data"
+    "$PY" - "$DATA" <<'PYEOF'
+import sys, numpy as np
+from pathlib import Path
+from PIL import Image
+root = Path(sys.argv[1]); rng = np.random.default_rng(0)
+for name, colour in (("cat", (200, 120, 60)), ("dog", (70, 90, 160))):
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(40):
+        arr = np.clip(np.array(colour) + rng.normal(0, 40, (180, 240, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / name / f"{name}.{i}.jpg")
+PYEOF
+fi
+
+step "1. export MobileNetV2 (TorchScript, frozen, channels-last) -> backbones/"
+if [ -f backbones/mobilenet_v2.json ]; then
+    echo "backbones/mobilenet_v2.json exists; reusing it"
+elif [ -f "$TL_DEMO_WEIGHTS" ]; then
+    "$PY" scripts/export_backbones.py mobilenet_v2 --weights "$TL_DEMO_WEIGHTS"
+else
+    echo "no local weights at $TL_DEMO_WEIGHTS: trying the torchvision download"
+    "$PY" scripts/export_backbones.py mobilenet_v2 --weights imagenet \
+        || "$PY" scripts/export_backbones.py mobilenet_v2 --weights none
+fi
+"$TL" doctor
+
+step "2. train a linear head on frozen features ($DATA, ${TL_DEMO_VAL_SPLIT} held out)"
+"$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/run" --force
+step "   ... again with other head settings: every feature now comes from the cache"
+"$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/run-hidden" --force --hidden 256 -q
+
+step "3. evaluate on the held-out half"
+"$TL" eval "$OUT/run" "$DATA" --split val --top-losses 5
+
+CLASSES=$(ls "$DATA")
+FIRST_CLASS=$(echo "$CLASSES" | head -1)
+LAST_CLASS=$(echo "$CLASSES" | tail -1)
+CAT_IMG=$(find "$DATA/$FIRST_CLASS" -type f | sort | head -1)
+DOG_IMG=$(find "$DATA/$LAST_CLASS" -type f | sort | head -1)
+step "4. predict"
+"$TL" predict "$OUT/run" "$CAT_IMG" "$DOG_IMG"
+"$TL" predict --backbone mobilenet_v2 "$CAT_IMG" --top-k 5
+
+step "5. dream: what does the network think a '$FIRST_CLASS' looks like?"
+"$TL" dream --run "$OUT/run" --class "$FIRST_CLASS" --steps "$TL_DEMO_DREAM_STEPS" --save-every 64 -o "$OUT/dream_${FIRST_CLASS}.png" --force
+"$TL" dream --backbone mobilenet_v2 --class "Siamese cat" --steps "$TL_DEMO_DREAM_STEPS" -o "$OUT/dream_siamese.png" --force
+"$TL" dream --backbone mobilenet_v2 --class "Siamese cat" --steps "$TL_DEMO_DREAM_STEPS" --tv 0 -o "$OUT/dream_siamese_tv0.png" --force
+
+# Attack a photo the head gets right (the first few in name order).
+for f in $(find "$DATA/$LAST_CLASS" -type f | sort | head -20); do
+    if "$TL" predict "$OUT/run" "$f" -k 1 | grep -q "	$LAST_CLASS "; then DOG_IMG="$f"; break; fi
+done
+step "6. attack: make the network see a '$FIRST_CLASS' in $(basename "$DOG_IMG") (eps $TL_DEMO_ATTACK_EPS)"
+"$TL" attack "$DOG_IMG" --run "$OUT/run" --target "$FIRST_CLASS" --eps "$TL_DEMO_ATTACK_EPS" -o "$OUT/attack_adversarial.png" --diff "$OUT/attack_diff.png" --force
+"$TL" predict "$OUT/run" "$OUT/attack_adversarial.png"
+"$PY" scripts/side_by_side.py "$OUT/attack_side_by_side.png" "$DOG_IMG:original" "$OUT/attack_adversarial.png:adversarial ($FIRST_CLASS)" "$OUT/attack_diff.png:difference (amplified)"
+
+step "done: run folder $OUT/run, images in $OUT/"
+ls "$OUT"

@@ -1,0 +1,98 @@
+"""Tests of scripts/export_backbones.py (no internet, no GPU)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import export_backbones as eb  # noqa: E402
+
+SHARED_WEIGHTS = ROOT.parent / "shared" / "models" / "mobilenet_v2-imagenet.safetensors"
+SHARED_CATS = ROOT.parent / "shared" / "data" / "cats_dogs" / "cat"
+
+
+def test_tiny_export_files_sidecar_and_reload(tmp_path):
+    sidecar_path = eb.export("tiny", "none", tmp_path)
+    sidecar = json.loads(sidecar_path.read_text())
+    assert sidecar["format"] == eb.SIDECAR_FORMAT
+    assert sidecar["feature_dim"] == 32 and sidecar["num_classes"] == len(sidecar["class_names"]) == 10
+    assert (sidecar["resize_size"], sidecar["crop_size"]) == (256, 224)
+    assert sidecar["weights"]["pretrained"] is False
+    features = torch.jit.load(str(tmp_path / sidecar["features_file"]))
+    classifier = torch.jit.load(str(tmp_path / sidecar["classifier_file"]))
+    assert eb.sha256_file(tmp_path / sidecar["features_file"]) == sidecar["features_sha256"]
+    x = torch.randn(2, 3, 224, 224)
+    model, *_ = eb.build_model("tiny", "none", None)
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(x), model(x), rtol=1e-4, atol=1e-4)
+        assert features(x).shape == (2, 32)
+        # Other input sizes work too (dream --size, attack at any resolution goes through the crop).
+        assert classifier(torch.randn(1, 3, 97, 131)).shape == (1, 10)
+
+
+def test_existing_export_is_not_overwritten(tmp_path):
+    eb.export("tiny", "none", tmp_path)
+    with pytest.raises(eb.ExportError, match="already exists"):
+        eb.export("tiny", "none", tmp_path)
+    eb.export("tiny", "none", tmp_path, force=True)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_file(tmp_path, suffix):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("mobilenet_v3_small", weights=None).eval()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": model.state_dict()}, path)
+    else:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    sidecar = json.loads(eb.export("mobilenet_v3_small", str(path), tmp_path / "out").read_text())
+    assert sidecar["weights"]["source"] == "file" and sidecar["weights"]["pretrained"] is True
+    assert sidecar["weights"]["sha256"] == eb.sha256_file(path)
+    assert sidecar["feature_dim"] == 1024  # the input of the last Linear
+    exported = torch.jit.load(str(tmp_path / "out" / sidecar["classifier_file"]))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x), rtol=1e-3, atol=1e-3)
+
+
+def test_wrong_weights_and_names_fail_clearly(tmp_path):
+    wrong = tmp_path / "wrong.pth"
+    torch.save(eb.Tiny().state_dict(), wrong)
+    with pytest.raises(eb.ExportError, match="not a state_dict for torchvision mobilenet_v3_small"):
+        eb.export("mobilenet_v3_small", str(wrong), tmp_path)
+    with pytest.raises(eb.ExportError, match="weights file not found"):
+        eb.export("mobilenet_v3_small", str(tmp_path / "missing.pth"), tmp_path)
+    with pytest.raises(eb.ExportError, match="unknown torchvision"):
+        eb.export("not_a_model", "none", tmp_path)
+
+
+def test_vgg_features_are_the_pooled_conv_features():
+    model = torchvision.models.vgg11(weights=None).eval()
+    features = eb.feature_extractor("vgg11", model)
+    with torch.no_grad():
+        assert features(torch.randn(1, 3, 224, 224)).shape == (1, 512 * 7 * 7)
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file() or not SHARED_CATS.is_dir(), reason="../shared weights or photos not present")
+def test_shared_mobilenet_weights_see_a_cat(tmp_path):
+    from PIL import Image
+    import torchvision.transforms as T
+
+    sidecar = json.loads(eb.export("mobilenet_v2", str(SHARED_WEIGHTS), tmp_path).read_text())
+    assert sidecar["feature_dim"] == 1280 and sidecar["weights"]["pretrained"]
+    classifier = torch.jit.load(str(tmp_path / sidecar["classifier_file"]))
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(sidecar["mean"], sidecar["std"])])
+    cats = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+    photo = sorted(SHARED_CATS.iterdir())[0]
+    with torch.no_grad():
+        top5 = classifier(tf(Image.open(photo).convert("RGB"))[None])[0].topk(5).indices.tolist()
+    names = [sidecar["class_names"][i] for i in top5]
+    assert cats & set(names), f"{photo.name}: top-5 {names}"
