@@ -27,9 +27,18 @@ fn libtorch_version(lib_dir: &std::path::Path) -> Option<String> {
     if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("__version__") {
-                return Some(rest.trim_start_matches([' ', '=', ':']).split('=').next_back()?.trim().trim_matches(['\'', '"']).to_string());
+                return Some(
+                    rest.trim_start_matches([' ', '=', ':'])
+                        .split('=')
+                        .next_back()?
+                        .trim()
+                        .trim_matches(['\'', '"'])
+                        .to_string(),
+                );
             }
         }
     }
-    std::fs::read_to_string(root.join("build-version")).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(root.join("build-version"))
+        .ok()
+        .map(|s| s.trim().to_string())
 }

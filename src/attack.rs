@@ -70,7 +70,13 @@ pub fn predict_probs(classifier: &Classifier, img: &RgbImage) -> Result<Vec<f32>
 }
 
 fn top5(classifier: &Classifier, probs: &[f32]) -> Vec<Top> {
-    crate::report::top_k(probs, 5).into_iter().map(|i| Top { class: classifier.classes[i].clone(), probability: probs[i] as f64 }).collect()
+    crate::report::top_k(probs, 5)
+        .into_iter()
+        .map(|i| Top {
+            class: classifier.classes[i].clone(),
+            probability: probs[i] as f64,
+        })
+        .collect()
 }
 
 /// Did the attack reach its goal on these probabilities?
@@ -111,7 +117,13 @@ fn project(delta: &Tensor, x0: &Tensor, cfg: &AttackConfig) -> Tensor {
 }
 
 /// Attack one decoded image. Returns the adversarial image and the steps used.
-pub fn attack_image(classifier: &Classifier, img: &RgbImage, original: usize, cfg: &AttackConfig, bar: &indicatif::ProgressBar) -> Result<(RgbImage, usize)> {
+pub fn attack_image(
+    classifier: &Classifier,
+    img: &RgbImage,
+    original: usize,
+    cfg: &AttackConfig,
+    bar: &indicatif::ProgressBar,
+) -> Result<(RgbImage, usize)> {
     let device = classifier.device;
     let (w, h) = img.dimensions();
     let x0 = preprocess::image_to_unit_tensor(img).to_device(device);
@@ -138,15 +150,27 @@ pub fn attack_image(classifier: &Classifier, img: &RgbImage, original: usize, cf
         // Straight-through quantisation: the forward pass sees the 8-bit image.
         let dq = &d + (quantize(&d, cfg) - &d).detach();
         let x = &x0 + dq;
-        let logits = classifier.logits(&normalize_tensor(&resize.apply(&x), &classifier.preprocess))?;
-        let lg = Vec::<f32>::try_from(logits.get(0).detach().to_device(Device::Cpu)).unwrap_or_default();
+        let logits =
+            classifier.logits(&normalize_tensor(&resize.apply(&x), &classifier.preprocess))?;
+        let lg =
+            Vec::<f32>::try_from(logits.get(0).detach().to_device(Device::Cpu)).unwrap_or_default();
         let (winner_margin, hit) = match cfg.target {
             Some(t) => {
-                let other = lg.iter().enumerate().filter(|(i, _)| *i != t).map(|(_, v)| *v).fold(f32::MIN, f32::max);
+                let other = lg
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != t)
+                    .map(|(_, v)| *v)
+                    .fold(f32::MIN, f32::max);
                 (lg[t] - other, lg[t] - other >= margin as f32)
             }
             None => {
-                let other = lg.iter().enumerate().filter(|(i, _)| *i != original).map(|(_, v)| *v).fold(f32::MIN, f32::max);
+                let other = lg
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != original)
+                    .map(|(_, v)| *v)
+                    .fold(f32::MIN, f32::max);
                 (other - lg[original], other - lg[original] >= margin as f32)
             }
         };
@@ -154,7 +178,11 @@ pub fn attack_image(classifier: &Classifier, img: &RgbImage, original: usize, cf
         if hit {
             // Check on the 8-bit image through the predict path before stopping.
             let candidate = preprocess::unit_tensor_to_image(&(&x0 + quantize(&delta, cfg)));
-            if reached(&predict_probs(classifier, &candidate)?, original, cfg.target) {
+            if reached(
+                &predict_probs(classifier, &candidate)?,
+                original,
+                cfg.target,
+            ) {
                 return Ok((candidate, step));
             }
             margin = (margin * 2.0).max(0.5);
@@ -187,14 +215,34 @@ pub fn distortion(a: &RgbImage, b: &RgbImage) -> (f64, f64, f64) {
         sq += d * d;
     }
     let mse = sq / a.as_raw().len() as f64;
-    let psnr = if mse == 0.0 { f64::INFINITY } else { 10.0 * (1.0 / mse).log10() };
+    let psnr = if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (1.0 / mse).log10()
+    };
     (linf, sq.sqrt(), psnr)
 }
 
 /// Perturbation amplified for viewing: grey is zero, full range is the largest change.
 pub fn diff_image(a: &RgbImage, b: &RgbImage) -> RgbImage {
-    let max = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as i32 - *y as i32).abs()).max().unwrap_or(0).max(1) as f32;
-    let data = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (127.5 + 127.5 * (*y as f32 - *x as f32) / max).round().clamp(0.0, 255.0) as u8).collect();
+    let max = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (*x as i32 - *y as i32).abs())
+        .max()
+        .unwrap_or(0)
+        .max(1) as f32;
+    let data = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| {
+            (127.5 + 127.5 * (*y as f32 - *x as f32) / max)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect();
     RgbImage::from_raw(a.width(), a.height(), data).expect("same size")
 }
 
@@ -215,10 +263,17 @@ fn output_names(inputs: &[PathBuf]) -> Vec<String> {
     inputs
         .iter()
         .map(|p| {
-            let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "image".into());
             let n = seen.entry(stem.clone()).or_insert(0usize);
             *n += 1;
-            if *n == 1 { format!("{stem}.png") } else { format!("{stem}-{n}.png") }
+            if *n == 1 {
+                format!("{stem}.png")
+            } else {
+                format!("{stem}-{n}.png")
+            }
         })
         .collect()
 }
@@ -233,7 +288,12 @@ fn eps_label(eps: f64) -> String {
 }
 
 pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
-    let classifier = Classifier::from_args(args.network.run.as_deref(), args.network.backbone.as_deref(), &ctx.backbones, ctx.device)?;
+    let classifier = Classifier::from_args(
+        args.network.run.as_deref(),
+        args.network.backbone.as_deref(),
+        &ctx.backbones,
+        ctx.device,
+    )?;
     if let Some(w) = &classifier.warning {
         eprintln!("warning: {w}");
     }
@@ -247,7 +307,11 @@ pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
         }
         (None, true) => None,
         (Some(_), true) => return Err(TlError::invalid("give --target or --untargeted, not both")),
-        (None, false) => return Err(TlError::invalid("which class should the network see? give --target NAME (or --untargeted)")),
+        (None, false) => {
+            return Err(TlError::invalid(
+                "which class should the network see? give --target NAME (or --untargeted)",
+            ))
+        }
     };
     let eps_list = parse_eps_list(&args.eps, args.norm)?;
     if args.steps == 0 {
@@ -257,16 +321,26 @@ pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
     let sweep = eps_list.len() > 1;
     let many = inputs.len() > 1 || sweep;
     if many && args.out.extension().is_some() && !args.out.is_dir() {
-        return Err(TlError::file(&args.out, "several images or eps values need an output folder, not a file name"));
+        return Err(TlError::file(
+            &args.out,
+            "several images or eps values need an output folder, not a file name",
+        ));
     }
     if !many && args.out.exists() && !args.force {
-        return Err(TlError::file(&args.out, "already exists (pass --force to overwrite)"));
+        return Err(TlError::file(
+            &args.out,
+            "already exists (pass --force to overwrite)",
+        ));
     }
     if args.diff.is_some() && many {
         return Err(TlError::invalid("--diff takes one image and one eps"));
     }
     let names = output_names(&inputs);
-    let overall = progress::bar((inputs.len() * eps_list.len()) as u64, "attack", ctx.progress);
+    let overall = progress::bar(
+        (inputs.len() * eps_list.len()) as u64,
+        "attack",
+        ctx.progress,
+    );
     let mut outcomes: Vec<AttackOutcome> = Vec::new();
     for &eps in &eps_list {
         let alpha = match &args.alpha {
@@ -283,11 +357,23 @@ pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
             let out_path = if !many {
                 args.out.clone()
             } else if sweep {
-                args.out.join(format!("eps-{}", eps_label(eps).replace('/', "_"))).join(name)
+                args.out
+                    .join(format!("eps-{}", eps_label(eps).replace('/', "_")))
+                    .join(name)
             } else {
                 args.out.join(name)
             };
-            let outcome = attack_one(&classifier, path, &out_path, eps, alpha, target, args, ctx, many)?;
+            let outcome = attack_one(
+                &classifier,
+                path,
+                &out_path,
+                eps,
+                alpha,
+                target,
+                args,
+                ctx,
+                many,
+            )?;
             if !args.json {
                 print_line(&outcome, many);
             }
@@ -296,14 +382,30 @@ pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
         }
     }
     overall.finish_and_clear();
-    let summaries: Vec<serde_json::Value> = eps_list.iter().map(|&eps| summary(&outcomes, eps)).collect();
+    let summaries: Vec<serde_json::Value> = eps_list
+        .iter()
+        .map(|&eps| summary(&outcomes, eps))
+        .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "network": classifier.description, "outcomes": outcomes, "summary": summaries })).unwrap());
     } else if many {
-        println!("\n{:>10}  {:>8}  {:>9}  {:>12}  {:>8}", "eps", "success", "attacked", "median steps", "mean L2");
+        println!(
+            "\n{:>10}  {:>8}  {:>9}  {:>12}  {:>8}",
+            "eps", "success", "attacked", "median steps", "mean L2"
+        );
         for s in &summaries {
-            let steps = s["median_steps"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-            println!("{:>10}  {:>7.1}%  {:>9}  {:>12}  {:>8.3}", s["eps_label"].as_str().unwrap_or(""), s["success_rate"].as_f64().unwrap_or(0.0) * 100.0, s["attacked"].as_u64().unwrap_or(0), steps, s["mean_l2"].as_f64().unwrap_or(0.0));
+            let steps = s["median_steps"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:>10}  {:>7.1}%  {:>9}  {:>12}  {:>8.3}",
+                s["eps_label"].as_str().unwrap_or(""),
+                s["success_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                s["attacked"].as_u64().unwrap_or(0),
+                steps,
+                s["mean_l2"].as_f64().unwrap_or(0.0)
+            );
         }
     }
     if outcomes.iter().all(|o| o.skipped.is_some()) {
@@ -313,7 +415,10 @@ pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
 }
 
 fn summary(outcomes: &[AttackOutcome], eps: f64) -> serde_json::Value {
-    let attacked: Vec<&AttackOutcome> = outcomes.iter().filter(|o| o.eps == eps && o.skipped.is_none()).collect();
+    let attacked: Vec<&AttackOutcome> = outcomes
+        .iter()
+        .filter(|o| o.eps == eps && o.skipped.is_none())
+        .collect();
     let ok: Vec<&&AttackOutcome> = attacked.iter().filter(|o| o.success).collect();
     let mut steps: Vec<usize> = ok.iter().map(|o| o.steps).collect();
     steps.sort();
@@ -332,7 +437,17 @@ fn summary(outcomes: &[AttackOutcome], eps: f64) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attack_one(classifier: &Classifier, path: &Path, out_path: &Path, eps: f64, alpha: f64, target: Option<usize>, args: &AttackArgs, ctx: &Context, many: bool) -> Result<AttackOutcome> {
+fn attack_one(
+    classifier: &Classifier,
+    path: &Path,
+    out_path: &Path,
+    eps: f64,
+    alpha: f64,
+    target: Option<usize>,
+    args: &AttackArgs,
+    ctx: &Context,
+    many: bool,
+) -> Result<AttackOutcome> {
     let start = Instant::now();
     let mut outcome = AttackOutcome {
         input: path.to_path_buf(),
@@ -367,7 +482,12 @@ fn attack_one(classifier: &Classifier, path: &Path, out_path: &Path, eps: f64, a
     let watched = target.unwrap_or(original);
     outcome.prob_before = before[watched] as f64;
     if target == Some(original) {
-        let why = format!("{}: already classified as '{}' (p={:.3}); nothing to attack", path.display(), outcome.original_class, before[original]);
+        let why = format!(
+            "{}: already classified as '{}' (p={:.3}); nothing to attack",
+            path.display(),
+            outcome.original_class,
+            before[original]
+        );
         if many {
             outcome.skipped = Some(why);
             return Ok(outcome);
@@ -375,9 +495,21 @@ fn attack_one(classifier: &Classifier, path: &Path, out_path: &Path, eps: f64, a
         return Err(TlError::invalid(why));
     }
     if out_path.exists() && !args.force {
-        return Err(TlError::file(out_path, "already exists (pass --force to overwrite)"));
+        return Err(TlError::file(
+            out_path,
+            "already exists (pass --force to overwrite)",
+        ));
     }
-    let cfg = AttackConfig { norm: args.norm, eps, alpha, steps: args.steps, margin: args.margin, random_start: !args.no_random_start, seed: args.seed, target };
+    let cfg = AttackConfig {
+        norm: args.norm,
+        eps,
+        alpha,
+        steps: args.steps,
+        margin: args.margin,
+        random_start: !args.no_random_start,
+        seed: args.seed,
+        target,
+    };
     let bar = progress::bar(args.steps as u64, "steps", ctx.progress && !many);
     let (adv, steps) = attack_image(classifier, &img, original, &cfg, &bar)?;
     bar.finish_and_clear();
@@ -398,7 +530,10 @@ fn attack_one(classifier: &Classifier, path: &Path, out_path: &Path, eps: f64, a
     outcome.seconds = start.elapsed().as_secs_f64();
     if let Some(diff) = &args.diff {
         if diff.exists() && !args.force {
-            return Err(TlError::file(diff, "already exists (pass --force to overwrite)"));
+            return Err(TlError::file(
+                diff,
+                "already exists (pass --force to overwrite)",
+            ));
         }
         preprocess::save_image(&diff_image(&img, &reloaded), diff)?;
     }
@@ -410,7 +545,12 @@ fn print_line(o: &AttackOutcome, many: bool) {
         println!("{}: skipped: {why}", o.input.display());
         return;
     }
-    let fmt_top = |t: &[Top]| t.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect::<Vec<_>>().join(", ");
+    let fmt_top = |t: &[Top]| {
+        t.iter()
+            .map(|c| format!("{} {:.3}", c.class, c.probability))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if many {
         println!(
             "{}  {}  {} -> {}  p {:.3} -> {:.3}  Linf {:.1}/255  L2 {:.3}  PSNR {:.1} dB  {} steps",
@@ -430,8 +570,27 @@ fn print_line(o: &AttackOutcome, many: bool) {
         println!("original:     {}", fmt_top(&o.original_top5));
         println!("adversarial:  {}", fmt_top(&o.adversarial_top5));
         println!("target p:     {:.4} -> {:.4}", o.prob_before, o.prob_after);
-        println!("perturbation: Linf {:.4} ({:.1}/255), L2 {:.4}, PSNR {:.1} dB", o.linf, o.linf * 255.0, o.l2, o.psnr_db);
-        println!("steps:        {} in {:.1}s (eps {})", o.steps, o.seconds, eps_label(o.eps));
-        println!("result:       {} — saved {} is classified as '{}'", if o.success { "SUCCESS" } else { "FAILED" }, o.output.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), o.adversarial_class);
+        println!(
+            "perturbation: Linf {:.4} ({:.1}/255), L2 {:.4}, PSNR {:.1} dB",
+            o.linf,
+            o.linf * 255.0,
+            o.l2,
+            o.psnr_db
+        );
+        println!(
+            "steps:        {} in {:.1}s (eps {})",
+            o.steps,
+            o.seconds,
+            eps_label(o.eps)
+        );
+        println!(
+            "result:       {} — saved {} is classified as '{}'",
+            if o.success { "SUCCESS" } else { "FAILED" },
+            o.output
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            o.adversarial_class
+        );
     }
 }

@@ -46,10 +46,18 @@ fn default_interpolation() -> String {
 
 impl Sidecar {
     pub fn pretrained(&self) -> bool {
-        self.weights.get("pretrained").and_then(|v| v.as_bool()).unwrap_or(true)
+        self.weights
+            .get("pretrained")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true)
     }
     pub fn preprocess(&self) -> PreprocessConfig {
-        PreprocessConfig { resize: self.resize_size, crop: self.crop_size, mean: self.mean, std: self.std }
+        PreprocessConfig {
+            resize: self.resize_size,
+            crop: self.crop_size,
+            mean: self.mean,
+            std: self.std,
+        }
     }
 }
 
@@ -65,7 +73,9 @@ pub struct BackboneSpec {
 
 /// The default folder for exported backbones: `$TL_BACKBONES`, else `./backbones`.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("TL_BACKBONES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("backbones"))
+    std::env::var_os("TL_BACKBONES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("backbones"))
 }
 
 /// Names of the backbones exported in `dir` (their sidecars).
@@ -85,7 +95,10 @@ pub fn list(dir: &Path) -> Vec<String> {
 }
 
 fn is_torchscript_name(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("pt" | "pth" | "ts" | "torchscript" | "jit"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("pt" | "pth" | "ts" | "torchscript" | "jit")
+    )
 }
 
 impl BackboneSpec {
@@ -99,7 +112,10 @@ impl BackboneSpec {
             if !as_path.exists() {
                 return Err(TlError::file(as_path, "backbone file not found"));
             }
-            let file_name = as_path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let file_name = as_path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             let stem = file_name
                 .strip_suffix(".features.pt")
                 .or_else(|| file_name.strip_suffix(".classifier.pt"))
@@ -147,16 +163,35 @@ impl BackboneSpec {
         let sidecar: Sidecar = serde_json::from_str(&text)
             .map_err(|e| TlError::file(path, format!("not a tl backbone sidecar: {e}")))?;
         if sidecar.format != SIDECAR_FORMAT {
-            return Err(TlError::file(path, format!("unsupported sidecar format '{}' (expected {SIDECAR_FORMAT})", sidecar.format)));
+            return Err(TlError::file(
+                path,
+                format!(
+                    "unsupported sidecar format '{}' (expected {SIDECAR_FORMAT})",
+                    sidecar.format
+                ),
+            ));
         }
         if sidecar.crop_size == 0 || sidecar.resize_size < sidecar.crop_size {
-            return Err(TlError::file(path, format!("resize_size {} must be >= crop_size {} > 0", sidecar.resize_size, sidecar.crop_size)));
+            return Err(TlError::file(
+                path,
+                format!(
+                    "resize_size {} must be >= crop_size {} > 0",
+                    sidecar.resize_size, sidecar.crop_size
+                ),
+            ));
         }
         if sidecar.std.iter().any(|s| *s <= 0.0) {
             return Err(TlError::file(path, "std must be positive"));
         }
         if sidecar.num_classes > 0 && sidecar.class_names.len() as i64 != sidecar.num_classes {
-            return Err(TlError::file(path, format!("num_classes {} but {} class names", sidecar.num_classes, sidecar.class_names.len())));
+            return Err(TlError::file(
+                path,
+                format!(
+                    "num_classes {} but {} class names",
+                    sidecar.num_classes,
+                    sidecar.class_names.len()
+                ),
+            ));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         let features_path = dir.join(&sidecar.features_file);
@@ -171,11 +206,17 @@ impl BackboneSpec {
     }
 
     pub fn preprocess(&self) -> PreprocessConfig {
-        self.sidecar.as_ref().map(|s| s.preprocess()).unwrap_or_default()
+        self.sidecar
+            .as_ref()
+            .map(|s| s.preprocess())
+            .unwrap_or_default()
     }
 
     pub fn class_names(&self) -> &[String] {
-        self.sidecar.as_ref().map(|s| s.class_names.as_slice()).unwrap_or(&[])
+        self.sidecar
+            .as_ref()
+            .map(|s| s.class_names.as_slice())
+            .unwrap_or(&[])
     }
 
     /// A warning to print when the weights are not pretrained (or unknown).
@@ -195,13 +236,23 @@ impl BackboneSpec {
 
     /// sha256 of the feature extractor, checked against the sidecar's record.
     pub fn verified_features_hash(&self) -> Result<String> {
-        verified_hash(&self.features_path, self.sidecar.as_ref().and_then(|s| s.features_sha256.as_deref()), self.sidecar_path.as_deref())
+        verified_hash(
+            &self.features_path,
+            self.sidecar
+                .as_ref()
+                .and_then(|s| s.features_sha256.as_deref()),
+            self.sidecar_path.as_deref(),
+        )
     }
 
     pub fn load_features(&self, device: Device) -> Result<LoadedModule> {
         let hash = self.verified_features_hash()?;
         let module = load_module(&self.features_path, device)?;
-        Ok(LoadedModule { module, sha256: hash, path: self.features_path.clone() })
+        Ok(LoadedModule {
+            module,
+            sha256: hash,
+            path: self.features_path.clone(),
+        })
     }
 
     pub fn load_classifier(&self, device: Device) -> Result<LoadedModule> {
@@ -211,10 +262,17 @@ impl BackboneSpec {
                 self.name
             ))
         })?;
-        let expected = self.sidecar.as_ref().and_then(|s| s.classifier_sha256.as_deref());
+        let expected = self
+            .sidecar
+            .as_ref()
+            .and_then(|s| s.classifier_sha256.as_deref());
         let hash = verified_hash(path, expected, self.sidecar_path.as_deref())?;
         let module = load_module(path, device)?;
-        Ok(LoadedModule { module, sha256: hash, path: path.clone() })
+        Ok(LoadedModule {
+            module,
+            sha256: hash,
+            path: path.clone(),
+        })
     }
 }
 
@@ -228,7 +286,11 @@ fn verified_hash(path: &Path, expected: Option<&str>, sidecar: Option<&Path>) ->
             let side = sidecar.map(|p| p.display().to_string()).unwrap_or_default();
             return Err(TlError::file(
                 path,
-                format!("does not match its sidecar {side} (sha256 {}… vs {}…); re-export the backbone", &hash[..12], &expected[..expected.len().min(12)]),
+                format!(
+                    "does not match its sidecar {side} (sha256 {}… vs {}…); re-export the backbone",
+                    &hash[..12],
+                    &expected[..expected.len().min(12)]
+                ),
             ));
         }
     }
@@ -244,14 +306,19 @@ pub fn load_module(path: &Path, device: Device) -> Result<CModule> {
     std::fs::File::open(path).with_path(path)?;
     let mut module = CModule::load_on_device(path, device).map_err(|e| {
         let msg = crate::error::torch_message(&e);
-        let hint = if msg.contains("zip archive") || msg.contains("PytorchStreamReader") || msg.contains("constants.pkl") {
+        let hint = if msg.contains("zip archive")
+            || msg.contains("PytorchStreamReader")
+            || msg.contains("constants.pkl")
+        {
             "not a TorchScript file".to_string()
         } else {
             format!("cannot load TorchScript model: {msg}")
         };
         TlError::file(path, hint)
     })?;
-    module.f_set_eval().torch_ctx(|| format!("{}: set_eval", path.display()))?;
+    module
+        .f_set_eval()
+        .torch_ctx(|| format!("{}: set_eval", path.display()))?;
     Ok(module)
 }
 
@@ -263,9 +330,18 @@ pub struct LoadedModule {
 
 impl LoadedModule {
     pub fn forward(&self, x: &tch::Tensor) -> Result<tch::Tensor> {
-        let out = self.module.forward_ts(&[x]).torch_ctx(|| format!("{}: forward", self.path.display()))?;
+        let out = self
+            .module
+            .forward_ts(&[x])
+            .torch_ctx(|| format!("{}: forward", self.path.display()))?;
         if out.dim() != 2 {
-            return Err(TlError::file(&self.path, format!("model output has shape {:?}; expected [batch, features]", out.size())));
+            return Err(TlError::file(
+                &self.path,
+                format!(
+                    "model output has shape {:?}; expected [batch, features]",
+                    out.size()
+                ),
+            ));
         }
         Ok(out)
     }

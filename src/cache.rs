@@ -16,7 +16,9 @@ pub fn default_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("TL_CACHE_DIR") {
         return PathBuf::from(dir);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("tl")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tl")
 }
 
 /// The content key of an image file.
@@ -44,10 +46,16 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     /// A cache namespace for one backbone (by content hash) and one preprocessing.
-    pub fn open(root: &Path, backbone_sha256: &str, preprocess: &PreprocessConfig) -> Result<FeatureCache> {
-        let dir = root
-            .join("features")
-            .join(format!("{}-{}", &backbone_sha256[..16.min(backbone_sha256.len())], preprocess.fingerprint()));
+    pub fn open(
+        root: &Path,
+        backbone_sha256: &str,
+        preprocess: &PreprocessConfig,
+    ) -> Result<FeatureCache> {
+        let dir = root.join("features").join(format!(
+            "{}-{}",
+            &backbone_sha256[..16.min(backbone_sha256.len())],
+            preprocess.fingerprint()
+        ));
         std::fs::create_dir_all(&dir).with_path(&dir)?;
         Ok(FeatureCache { dir: Some(dir) })
     }
@@ -62,11 +70,15 @@ impl FeatureCache {
     }
 
     fn entry_path(&self, key: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(&key[..2]).join(format!("{key}.f32")))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(&key[..2]).join(format!("{key}.f32")))
     }
 
     pub fn get(&self, key: &str, expected_dim: Option<usize>) -> Lookup {
-        let Some(path) = self.entry_path(key) else { return Lookup::Miss };
+        let Some(path) = self.entry_path(key) else {
+            return Lookup::Miss;
+        };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
@@ -79,8 +91,10 @@ impl FeatureCache {
     }
 
     pub fn put(&self, key: &str, features: &[f32]) -> Result<()> {
-        let Some(path) = self.entry_path(key) else { return Ok(()) };
-        crate::util::write_atomic(&path, &encode_entry(features))
+        let Some(path) = self.entry_path(key) else {
+            return Ok(());
+        };
+        crate::util::write_atomic_with(&path, &encode_entry(features), false)
     }
 }
 
@@ -94,14 +108,21 @@ pub fn encode_entry(features: &[f32]) -> Vec<u8> {
     out
 }
 
-pub fn decode_entry(bytes: &[u8], expected_dim: Option<usize>) -> std::result::Result<Vec<f32>, String> {
+pub fn decode_entry(
+    bytes: &[u8],
+    expected_dim: Option<usize>,
+) -> std::result::Result<Vec<f32>, String> {
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
         return Err("not a feature-cache entry".into());
     }
     let dim = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
     let payload = &bytes[HEADER..];
     if payload.len() != dim * 4 {
-        return Err(format!("truncated ({} of {} bytes)", payload.len(), dim * 4));
+        return Err(format!(
+            "truncated ({} of {} bytes)",
+            payload.len(),
+            dim * 4
+        ));
     }
     if let Some(d) = expected_dim {
         if d != dim {
@@ -111,7 +132,10 @@ pub fn decode_entry(bytes: &[u8], expected_dim: Option<usize>) -> std::result::R
     if blake3::hash(payload).as_bytes() != &bytes[8..HEADER] {
         return Err("checksum mismatch".into());
     }
-    Ok(payload.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    Ok(payload
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect())
 }
 
 impl std::fmt::Display for FeatureCache {
@@ -125,7 +149,8 @@ impl std::fmt::Display for FeatureCache {
 
 /// Fail early with a clear message when the cache root cannot be used.
 pub fn check_root(root: &Path) -> Result<()> {
-    std::fs::create_dir_all(root).map_err(|e| TlError::file(root, format!("cannot create cache folder: {e}")))
+    std::fs::create_dir_all(root)
+        .map_err(|e| TlError::file(root, format!("cannot create cache folder: {e}")))
 }
 
 #[cfg(test)]
@@ -140,8 +165,12 @@ mod tests {
         assert!(decode_entry(&enc, Some(4)).is_err());
         let mut flipped = enc.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(decode_entry(&flipped, None).unwrap_err().contains("checksum"));
-        assert!(decode_entry(&enc[..enc.len() - 1], None).unwrap_err().contains("truncated"));
+        assert!(decode_entry(&flipped, None)
+            .unwrap_err()
+            .contains("checksum"));
+        assert!(decode_entry(&enc[..enc.len() - 1], None)
+            .unwrap_err()
+            .contains("truncated"));
         assert!(decode_entry(b"nonsense", None).is_err());
     }
 }

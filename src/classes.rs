@@ -15,12 +15,19 @@ pub fn resolve(query: &str, classes: &[String]) -> Result<ResolvedClass> {
     if classes.is_empty() {
         return Err(TlError::invalid("this network has no class names"));
     }
-    let take = |index: usize, note: Option<String>| ResolvedClass { index, name: classes[index].clone(), note };
+    let take = |index: usize, note: Option<String>| ResolvedClass {
+        index,
+        name: classes[index].clone(),
+        note,
+    };
     if let Ok(i) = q.parse::<usize>() {
         return if i < classes.len() {
             Ok(take(i, None))
         } else {
-            Err(TlError::invalid(format!("class index {i} out of range (0..{})", classes.len())))
+            Err(TlError::invalid(format!(
+                "class index {i} out of range (0..{})",
+                classes.len()
+            )))
         };
     }
     if let Some(i) = classes.iter().position(|c| c == q) {
@@ -31,26 +38,50 @@ pub fn resolve(query: &str, classes: &[String]) -> Result<ResolvedClass> {
     if let Some(i) = classes.iter().position(|c| norm(c) == lower) {
         return Ok(take(i, None));
     }
-    let subs: Vec<usize> = (0..classes.len()).filter(|&i| norm(&classes[i]).contains(&lower)).collect();
+    let subs: Vec<usize> = (0..classes.len())
+        .filter(|&i| norm(&classes[i]).contains(&lower))
+        .collect();
     match subs.len() {
-        1 => Ok(take(subs[0], Some(format!("'{q}' matched class '{}' ({})", classes[subs[0]], subs[0])))),
+        1 => Ok(take(
+            subs[0],
+            Some(format!(
+                "'{q}' matched class '{}' ({})",
+                classes[subs[0]], subs[0]
+            )),
+        )),
         0 => {
             let close = closest(&lower, classes, 5);
             Err(TlError::invalid(format!(
                 "unknown class '{q}'; closest: {}",
-                close.iter().map(|&i| format!("'{}' ({i})", classes[i])).collect::<Vec<_>>().join(", ")
+                close
+                    .iter()
+                    .map(|&i| format!("'{}' ({i})", classes[i]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )))
         }
         _ => Err(TlError::invalid(format!(
             "class '{q}' is ambiguous; candidates: {}{} — give a more precise name or an index",
-            subs.iter().take(12).map(|&i| format!("'{}' ({i})", classes[i])).collect::<Vec<_>>().join(", "),
-            if subs.len() > 12 { format!(" and {} more", subs.len() - 12) } else { String::new() }
+            subs.iter()
+                .take(12)
+                .map(|&i| format!("'{}' ({i})", classes[i]))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if subs.len() > 12 {
+                format!(" and {} more", subs.len() - 12)
+            } else {
+                String::new()
+            }
         ))),
     }
 }
 
 fn closest(q: &str, classes: &[String], n: usize) -> Vec<usize> {
-    let mut scored: Vec<(usize, usize)> = classes.iter().enumerate().map(|(i, c)| (levenshtein(q, &c.to_lowercase()), i)).collect();
+    let mut scored: Vec<(usize, usize)> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (levenshtein(q, &c.to_lowercase()), i))
+        .collect();
     scored.sort();
     scored.into_iter().take(n).map(|(_, i)| i).collect()
 }
@@ -61,7 +92,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -72,7 +105,17 @@ fn levenshtein(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     fn names() -> Vec<String> {
-        ["tabby", "tiger cat", "Persian cat", "Siamese cat", "golden retriever", "zebra"].iter().map(|s| s.to_string()).collect()
+        [
+            "tabby",
+            "tiger cat",
+            "Persian cat",
+            "Siamese cat",
+            "golden retriever",
+            "zebra",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
     #[test]
     fn resolution_rules() {
@@ -85,9 +128,15 @@ mod tests {
         assert_eq!(loose.index, 4);
         assert!(loose.note.is_some());
         let amb = resolve("cat", &c).unwrap_err().to_string();
-        assert!(amb.contains("ambiguous") && amb.contains("tiger cat") && amb.contains("Persian cat"), "{amb}");
+        assert!(
+            amb.contains("ambiguous") && amb.contains("tiger cat") && amb.contains("Persian cat"),
+            "{amb}"
+        );
         let unknown = resolve("zebr4", &c).unwrap_err().to_string();
-        assert!(unknown.contains("unknown class") && unknown.contains("zebra"), "{unknown}");
+        assert!(
+            unknown.contains("unknown class") && unknown.contains("zebra"),
+            "{unknown}"
+        );
         assert!(resolve("99", &c).is_err());
     }
 }

@@ -22,6 +22,10 @@ pub struct GlobalArgs {
     /// CPU threads for libtorch and for decoding (default: all cores).
     #[arg(long, global = true, env = "TL_THREADS")]
     pub threads: Option<usize>,
+    /// Threads decoding and resizing images while the backbone runs (default: half the
+    /// threads on CPU, at low priority; all of them with CUDA).
+    #[arg(long, global = true, env = "TL_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
     /// Folder holding exported backbones (NAME.json + TorchScript files).
     #[arg(long, global = true, env = "TL_BACKBONES", default_value = "backbones")]
     pub backbones: PathBuf,
@@ -36,19 +40,34 @@ pub enum Command {
     #[command(after_help = "Example:\n  tl doctor")]
     Doctor,
     /// Train a head on frozen backbone features of a folder dataset.
-    #[command(after_help = "Examples:\n  tl train --backbone mobilenet_v2 data/PetImages --val-split 0.2\n  tl train --backbone vgg16 data/oxford-pets --epochs 50 --hidden 512 --out runs/pets")]
+    #[command(
+        after_help = "Examples:\n  tl train --backbone mobilenet_v2 data/PetImages --val-split 0.2\n  tl train --backbone vgg16 data/oxford-pets --epochs 50 --hidden 512 --out runs/pets"
+    )]
     Train(TrainArgs),
     /// Measure a trained run on a labelled folder.
-    #[command(after_help = "Examples:\n  tl eval runs/20260101-120000-mobilenet_v2 data/PetImages\n  tl eval runs/pets data/oxford-pets --split val --json")]
+    #[command(
+        after_help = "Examples:\n  tl eval runs/20260101-120000-mobilenet_v2 data/PetImages\n  tl eval runs/pets data/oxford-pets --split val --json"
+    )]
     Eval(EvalArgs),
     /// Classify images with a trained run (or a backbone's ImageNet classifier).
-    #[command(after_help = "Examples:\n  tl predict runs/pets photo.jpg more_photos/\n  tl predict --backbone mobilenet_v2 cat.png --top-k 5 --json")]
+    #[command(
+        after_help = "Examples:\n  tl predict runs/pets photo.jpg more_photos/\n  tl predict --backbone mobilenet_v2 cat.png --top-k 5 --json"
+    )]
     Predict(PredictArgs),
     /// Optimise an image from noise until the network sees a class ("what does it think a cat looks like?").
-    #[command(after_help = "Examples:\n  tl dream --backbone mobilenet_v2 --class 'Siamese cat' -o siamese.png\n  tl dream --run runs/catsdogs --class cat --save-every 32 -o cat.png")]
+    #[command(
+        after_help = "Examples:\n  tl dream --backbone mobilenet_v2 --class 'Siamese cat' -o siamese.png\n  tl dream --run runs/catsdogs --class cat --save-every 32 -o cat.png"
+    )]
     Dream(DreamArgs),
+    /// Measure a backbone alone on ready tensors, and the machine's matrix-multiply rate.
+    #[command(
+        after_help = "Example:\n  tl bench --backbone resnet50 --batch-size 32 --batches 5 --json"
+    )]
+    Bench(BenchArgs),
     /// Perturb images imperceptibly so the network sees a target class.
-    #[command(after_help = "Examples:\n  tl attack dog.jpg --backbone mobilenet_v2 --target tabby --eps 4/255 -o dog_as_tabby.png\n  tl attack dogs/ --run runs/catsdogs --target cat --eps 1/255,2/255,4/255 -o adversarial/")]
+    #[command(
+        after_help = "Examples:\n  tl attack dog.jpg --backbone mobilenet_v2 --target tabby --eps 4/255 -o dog_as_tabby.png\n  tl attack dogs/ --run runs/catsdogs --target cat --eps 1/255,2/255,4/255 -o adversarial/"
+    )]
     Attack(AttackArgs),
 }
 
@@ -76,6 +95,9 @@ pub struct TrainArgs {
     /// Feature-extraction batch size.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Mixed-precision feature extraction on CUDA (autocast); ignored on CPU.
+    #[arg(long)]
+    pub amp: bool,
     #[arg(long, default_value_t = 1e-2)]
     pub lr: f64,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
@@ -284,6 +306,25 @@ pub struct AttackArgs {
     /// Overwrite output files that exist.
     #[arg(long)]
     pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, short)]
+    pub backbone: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: i64,
+    /// Timed batches (after two warm-up batches).
+    #[arg(long, default_value_t = 5)]
+    pub batches: usize,
+    /// Mixed precision (autocast) on CUDA.
+    #[arg(long)]
+    pub amp: bool,
+    /// Side of the square matrices for the matmul measurement (0 skips it).
+    #[arg(long, default_value_t = 2048)]
+    pub matmul_size: i64,
     #[arg(long)]
     pub json: bool,
 }

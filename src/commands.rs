@@ -21,17 +21,34 @@ use tch::{Device, Kind, Tensor};
 pub struct Context {
     pub device: Device,
     pub threads: usize,
+    pub decode_threads: usize,
     pub backbones: PathBuf,
     pub progress: bool,
 }
 
 impl Context {
     pub fn from_args(g: &GlobalArgs) -> Result<Context> {
-        let threads = g.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+        let threads = g
+            .threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .max(1);
         tch::set_num_threads(threads as i32);
+        let device = g.device.resolve()?;
+        // On CPU the backbone needs the cores; one low-priority decoder per two cores keeps
+        // up with it (measured in BENCHMARKS.md). On a GPU, decoding is the bottleneck.
+        let default_decoders = if device == Device::Cpu {
+            (threads / 2).max(1)
+        } else {
+            threads
+        };
         Ok(Context {
-            device: g.device.resolve()?,
+            device,
             threads,
+            decode_threads: g.decode_threads.unwrap_or(default_decoders).max(1),
             backbones: g.backbones.clone(),
             progress: !g.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         })
@@ -42,7 +59,10 @@ fn open_cache(args: &CacheArgs, backbone_sha: &str, spec: &BackboneSpec) -> Resu
     if args.no_cache {
         return Ok(FeatureCache::disabled());
     }
-    let root = args.cache_dir.clone().unwrap_or_else(crate::cache::default_root);
+    let root = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::cache::default_root);
     crate::cache::check_root(&root)?;
     FeatureCache::open(&root, backbone_sha, &spec.preprocess())
 }
@@ -64,24 +84,34 @@ fn gather(samples: &[Sample], ex: &Extracted) -> (Vec<f32>, Vec<i64>, Vec<PathBu
                 ys.push(s.label as i64);
                 paths.push(s.path.clone());
             }
-            Err(why) => skipped.push(Skipped { path: s.path.clone(), reason: why.clone() }),
+            Err(why) => skipped.push(Skipped {
+                path: s.path.clone(),
+                reason: why.clone(),
+            }),
         }
     }
     (xs, ys, paths, skipped)
 }
 
 fn tensor_2d(xs: &[f32], n: usize, d: usize, device: Device) -> Tensor {
-    Tensor::from_slice(xs).view([n as i64, d as i64]).to_device(device)
+    Tensor::from_slice(xs)
+        .view([n as i64, d as i64])
+        .to_device(device)
 }
 
 fn probabilities(head: &Head, x: &Tensor) -> Vec<Vec<f32>> {
     let p = tch::no_grad(|| head.forward(x).softmax(-1, Kind::Float)).to_device(Device::Cpu);
-    (0..p.size()[0]).map(|i| Vec::<f32>::try_from(p.get(i)).unwrap_or_default()).collect()
+    (0..p.size()[0])
+        .map(|i| Vec::<f32>::try_from(p.get(i)).unwrap_or_default())
+        .collect()
 }
 
 fn print_skipped(skipped: &[Skipped], ignored: usize) {
     if !skipped.is_empty() {
-        eprintln!("skipped {} unreadable image(s) (listed in report.json):", skipped.len());
+        eprintln!(
+            "skipped {} unreadable image(s) (listed in report.json):",
+            skipped.len()
+        );
         for s in skipped.iter().take(10) {
             eprintln!("  {}", s.reason);
         }
@@ -97,8 +127,16 @@ fn print_skipped(skipped: &[Skipped], ignored: usize) {
 pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
     let started = Instant::now();
     if let Some(out) = &args.out {
-        if out.exists() && !args.force && std::fs::read_dir(out).map(|mut r| r.next().is_some()).unwrap_or(false) {
-            return Err(TlError::file(out, "output folder exists and is not empty (pass --force to write into it)"));
+        if out.exists()
+            && !args.force
+            && std::fs::read_dir(out)
+                .map(|mut r| r.next().is_some())
+                .unwrap_or(false)
+        {
+            return Err(TlError::file(
+                out,
+                "output folder exists and is not empty (pass --force to write into it)",
+            ));
         }
     }
     let spec = BackboneSpec::resolve(&args.backbone, &ctx.backbones)?;
@@ -116,7 +154,10 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
     }
     let n_classes = dataset.classes.len();
     if n_classes < 2 {
-        return Err(TlError::file(&args.data, format!("found {n_classes} class; a classifier needs at least 2")));
+        return Err(TlError::file(
+            &args.data,
+            format!("found {n_classes} class; a classifier needs at least 2"),
+        ));
     }
     eprintln!(
         "dataset {} ({:?}): {} classes, {} train / {} val images",
@@ -131,16 +172,30 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
     let cache = open_cache(&args.cache, &backbone_sha, &spec)?;
     let samples: Vec<Sample> = dataset.train.iter().chain(&dataset.val).cloned().collect();
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
-    let opts = ExtractOptions { batch_size: args.batch_size, decode_threads: ctx.threads, device: ctx.device, progress: ctx.progress };
+    let opts = ExtractOptions {
+        batch_size: args.batch_size,
+        decode_threads: ctx.decode_threads,
+        device: ctx.device,
+        progress: ctx.progress,
+        amp: args.amp,
+    };
     let ex = extract::extract(&paths, &spec, &backbone_sha, &cache, &opts)?;
     let st = &ex.stats;
     eprintln!(
         "features: {} cached, {} computed{}, {} unreadable, {} in {}",
         st.cached,
         st.computed,
-        if st.computed > 0 { format!(" ({:.1} img/s)", st.images_per_second) } else { String::new() },
+        if st.computed > 0 {
+            format!(" ({:.1} img/s)", st.images_per_second)
+        } else {
+            String::new()
+        },
         st.failed,
-        if ex.dim > 0 { format!("dim {}", ex.dim) } else { "no features".into() },
+        if ex.dim > 0 {
+            format!("dim {}", ex.dim)
+        } else {
+            "no features".into()
+        },
         human_duration(st.seconds)
     );
     for c in &ex.corrupt {
@@ -148,8 +203,20 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
     }
     let n_train = dataset.train.len();
     let (train_part, val_part) = (&samples[..n_train], &samples[n_train..]);
-    let train_ex = Extracted { features: ex.features[..n_train].to_vec(), dim: ex.dim, stats: ex.stats.clone(), corrupt: vec![], backbone_sha256: backbone_sha.clone() };
-    let val_ex = Extracted { features: ex.features[n_train..].to_vec(), dim: ex.dim, stats: ex.stats.clone(), corrupt: vec![], backbone_sha256: backbone_sha.clone() };
+    let train_ex = Extracted {
+        features: ex.features[..n_train].to_vec(),
+        dim: ex.dim,
+        stats: ex.stats.clone(),
+        corrupt: vec![],
+        backbone_sha256: backbone_sha.clone(),
+    };
+    let val_ex = Extracted {
+        features: ex.features[n_train..].to_vec(),
+        dim: ex.dim,
+        stats: ex.stats.clone(),
+        corrupt: vec![],
+        backbone_sha256: backbone_sha.clone(),
+    };
     let (tx, ty, _, mut skipped) = gather(train_part, &train_ex);
     let (vx, vy, vpaths, vskipped) = gather(val_part, &val_ex);
     skipped.extend(vskipped);
@@ -165,15 +232,32 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
     let val_y = Tensor::from_slice(&vy).to_device(device);
 
     if let Some(path) = &args.save_features {
-        let tmp = path.with_file_name(format!(".{}.tmp.safetensors", path.file_name().unwrap_or_default().to_string_lossy()));
-        let named = [("train_x", &train_x), ("train_y", &train_y), ("val_x", &val_x), ("val_y", &val_y)];
-        Tensor::write_safetensors(&named, &tmp).map_err(|e| TlError::torch(format!("{}: saving features", path.display()), e))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp.safetensors",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let named = [
+            ("train_x", &train_x),
+            ("train_y", &train_y),
+            ("val_x", &val_x),
+            ("val_y", &val_y),
+        ];
+        Tensor::write_safetensors(&named, &tmp)
+            .map_err(|e| TlError::torch(format!("{}: saving features", path.display()), e))?;
         std::fs::rename(&tmp, path).map_err(|e| TlError::file(path, e.to_string()))?;
     }
-    let head_config = HeadConfig { hidden: args.hidden, dropout: args.dropout, in_dim: d as i64, num_classes: n_classes as i64, standardize: args.standardize };
+    let head_config = HeadConfig {
+        hidden: args.hidden,
+        dropout: args.dropout,
+        in_dim: d as i64,
+        num_classes: n_classes as i64,
+        standardize: args.standardize,
+    };
     let l2 = match args.l2.as_str() {
         "auto" => 1.0 / ty.len() as f64,
-        v => v.parse::<f64>().ok().filter(|v| *v >= 0.0).ok_or_else(|| TlError::invalid(format!("--l2 must be 'auto' or a number >= 0, got '{v}'")))?,
+        v => v.parse::<f64>().ok().filter(|v| *v >= 0.0).ok_or_else(|| {
+            TlError::invalid(format!("--l2 must be 'auto' or a number >= 0, got '{v}'"))
+        })?,
     };
     let train_config = TrainConfig {
         epochs: args.epochs,
@@ -189,8 +273,21 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         seed: args.seed,
     };
     let t_train = Instant::now();
-    let val_split = (!vy.is_empty()).then(|| Split { x: &val_x, y: &val_y });
-    let outcome = train::train_head(head_config.clone(), &train_config, &Split { x: &train_x, y: &train_y }, val_split.as_ref(), device, ctx.progress)?;
+    let val_split = (!vy.is_empty()).then_some(Split {
+        x: &val_x,
+        y: &val_y,
+    });
+    let outcome = train::train_head(
+        head_config.clone(),
+        &train_config,
+        &Split {
+            x: &train_x,
+            y: &train_y,
+        },
+        val_split.as_ref(),
+        device,
+        ctx.progress,
+    )?;
     let train_seconds = t_train.elapsed().as_secs_f64();
 
     let val_report = (!vy.is_empty()).then(|| {
@@ -198,7 +295,14 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         let labels: Vec<usize> = vy.iter().map(|&y| y as usize).collect();
         ClassificationReport::compute(&probs, &labels, &vpaths, &dataset.classes, 10)
     });
-    let (_, train_acc) = train::evaluate(&outcome.head, &Split { x: &train_x, y: &train_y }, 4096);
+    let (_, train_acc) = train::evaluate(
+        &outcome.head,
+        &Split {
+            x: &train_x,
+            y: &train_y,
+        },
+        4096,
+    );
 
     // Write the run folder.
     let dir = run::create_dir(args.out.as_deref(), &spec.name, args.force)?;
@@ -209,9 +313,17 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         backbone: BackboneRecord {
             spec: args.backbone.clone(),
             name: spec.name.clone(),
-            architecture: spec.sidecar.as_ref().map(|s| s.architecture.clone()).unwrap_or_else(|| "torchscript".into()),
-            sidecar: spec.sidecar_path.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or(p.clone())),
-            features_file: std::fs::canonicalize(&spec.features_path).unwrap_or(spec.features_path.clone()),
+            architecture: spec
+                .sidecar
+                .as_ref()
+                .map(|s| s.architecture.clone())
+                .unwrap_or_else(|| "torchscript".into()),
+            sidecar: spec
+                .sidecar_path
+                .as_ref()
+                .map(|p| std::fs::canonicalize(p).unwrap_or(p.clone())),
+            features_file: std::fs::canonicalize(&spec.features_path)
+                .unwrap_or(spec.features_path.clone()),
             features_sha256: backbone_sha.clone(),
             feature_dim: d as i64,
             pretrained: spec.sidecar.as_ref().map(|s| s.pretrained()),
@@ -220,19 +332,30 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         data: DataRecord {
             root: std::fs::canonicalize(&args.data).unwrap_or(args.data.clone()),
             layout: dataset.layout,
-            val_split: (args.val_dir.is_none() && dataset.layout == crate::data::Layout::ImageFolder).then_some(args.val_split),
+            val_split: (args.val_dir.is_none()
+                && dataset.layout == crate::data::Layout::ImageFolder)
+                .then_some(args.val_split),
             val_dir: args.val_dir.clone(),
             train_images: ty.len(),
             val_images: vy.len(),
         },
         head: head_config,
         train: train_config,
-        extract: ExtractRecord { batch_size: args.batch_size, threads: ctx.threads, device: crate::device::describe(device), cache_dir: cache.dir().map(Path::to_path_buf) },
+        extract: ExtractRecord {
+            batch_size: args.batch_size,
+            threads: ctx.threads,
+            device: crate::device::describe(device),
+            cache_dir: cache.dir().map(Path::to_path_buf),
+        },
     };
     write_json_atomic(&dir.join(run::CONFIG), &config)?;
     write_json_atomic(&dir.join(run::CLASSES), &dataset.classes)?;
     outcome.head.save(&dir.join(run::HEAD))?;
-    let metrics: String = outcome.history.iter().map(|m| serde_json::to_string(m).unwrap() + "\n").collect();
+    let metrics: String = outcome
+        .history
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap() + "\n")
+        .collect();
     write_atomic(&dir.join(run::METRICS), metrics.as_bytes())?;
     let best = &outcome.history[outcome.best_epoch - 1];
     let report = serde_json::json!({
@@ -256,14 +379,28 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         "best epoch {}/{}{}: train accuracy {:.2}%{}",
         outcome.best_epoch,
         outcome.history.len(),
-        if outcome.stopped_early { " (early stop)" } else { "" },
+        if outcome.stopped_early {
+            " (early stop)"
+        } else {
+            ""
+        },
         100.0 * train_acc,
         match &val_report {
-            Some(r) => format!(", val accuracy {:.2}% (mean per-class {:.2}%) on {} images", 100.0 * r.accuracy, 100.0 * r.mean_class_accuracy, r.images),
+            Some(r) => format!(
+                ", val accuracy {:.2}% (mean per-class {:.2}%) on {} images",
+                100.0 * r.accuracy,
+                100.0 * r.mean_class_accuracy,
+                r.images
+            ),
             None => String::new(),
         }
     );
-    println!("time: {} total ({} features, {} head)", human_duration(started.elapsed().as_secs_f64()), human_duration(ex.stats.seconds), human_duration(train_seconds));
+    println!(
+        "time: {} total ({} features, {} head)",
+        human_duration(started.elapsed().as_secs_f64()),
+        human_duration(ex.stats.seconds),
+        human_duration(train_seconds)
+    );
     Ok(())
 }
 
@@ -275,15 +412,27 @@ pub fn eval(ctx: &Context, args: &EvalArgs) -> Result<()> {
         EvalSplit::All => dataset.all(),
         EvalSplit::Val | EvalSplit::Train => {
             if dataset.val.is_empty() {
-                let frac = run.config.data.val_split.ok_or_else(|| TlError::invalid("this run used no fractional split; use --split all"))?;
+                let frac = run.config.data.val_split.ok_or_else(|| {
+                    TlError::invalid("this run used no fractional split; use --split all")
+                })?;
                 dataset.split(frac, run.config.seed)?;
             }
-            if args.split == EvalSplit::Val { dataset.val.clone() } else { dataset.train.clone() }
+            if args.split == EvalSplit::Val {
+                dataset.val.clone()
+            } else {
+                dataset.train.clone()
+            }
         }
     };
     let cache = open_cache(&args.cache, &sha, &spec)?;
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
-    let opts = ExtractOptions { batch_size: args.batch_size, decode_threads: ctx.threads, device: ctx.device, progress: ctx.progress };
+    let opts = ExtractOptions {
+        batch_size: args.batch_size,
+        decode_threads: ctx.decode_threads,
+        device: ctx.device,
+        progress: ctx.progress,
+        amp: false,
+    };
     let ex = extract::extract(&paths, &spec, &sha, &cache, &opts)?;
     let (xs, ys, kept, skipped) = gather(&samples, &ex);
     if ys.is_empty() {
@@ -293,7 +442,8 @@ pub fn eval(ctx: &Context, args: &EvalArgs) -> Result<()> {
     let x = tensor_2d(&xs, ys.len(), ex.dim, ctx.device);
     let probs = probabilities(&head, &x);
     let labels: Vec<usize> = ys.iter().map(|&y| y as usize).collect();
-    let report = ClassificationReport::compute(&probs, &labels, &kept, &run.classes, args.top_losses);
+    let report =
+        ClassificationReport::compute(&probs, &labels, &kept, &run.classes, args.top_losses);
     if args.json {
         let out = serde_json::json!({ "run": args.run, "data": args.data, "split": format!("{:?}", args.split).to_lowercase(), "report": report, "skipped": skipped, "extraction": ex.stats });
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
@@ -311,13 +461,18 @@ struct Prediction {
 }
 
 /// Decode and preprocess files in parallel into one batch tensor; failures are returned.
-pub fn load_batch(paths: &[PathBuf], cfg: &crate::preprocess::PreprocessConfig) -> (Tensor, Vec<usize>, Vec<(usize, String)>) {
+pub fn load_batch(
+    paths: &[PathBuf],
+    cfg: &crate::preprocess::PreprocessConfig,
+) -> (Tensor, Vec<usize>, Vec<(usize, String)>) {
     let numel = cfg.numel();
     let loaded: Vec<std::result::Result<Vec<f32>, String>> = paths
         .par_iter()
         .map(|p| {
             let mut buf = vec![0f32; numel];
-            crate::preprocess::load_into(p, cfg, &mut buf).map(|_| buf).map_err(|e| e.to_string())
+            crate::preprocess::load_into(p, cfg, &mut buf)
+                .map(|_| buf)
+                .map_err(|e| e.to_string())
         })
         .collect();
     let (mut data, mut ok, mut failed) = (Vec::new(), Vec::new(), Vec::new());
@@ -331,7 +486,11 @@ pub fn load_batch(paths: &[PathBuf], cfg: &crate::preprocess::PreprocessConfig) 
         }
     }
     let side = cfg.crop as i64;
-    (Tensor::from_slice(&data).view([ok.len() as i64, 3, side, side]), ok, failed)
+    (
+        Tensor::from_slice(&data).view([ok.len() as i64, 3, side, side]),
+        ok,
+        failed,
+    )
 }
 
 pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
@@ -340,9 +499,16 @@ pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
         (run, _) => (run.clone(), &args.paths[..]),
     };
     if inputs.is_empty() {
-        return Err(TlError::invalid("no images given (usage: tl predict RUN_DIR IMAGE...)"));
+        return Err(TlError::invalid(
+            "no images given (usage: tl predict RUN_DIR IMAGE...)",
+        ));
     }
-    let classifier = Classifier::from_args(run_dir.as_deref(), args.backbone.as_deref(), &ctx.backbones, ctx.device)?;
+    let classifier = Classifier::from_args(
+        run_dir.as_deref(),
+        args.backbone.as_deref(),
+        &ctx.backbones,
+        ctx.device,
+    )?;
     if let Some(w) = &classifier.warning {
         eprintln!("warning: {w}");
     }
@@ -357,8 +523,14 @@ pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
         }
         let probs = classifier.probabilities(&x)?;
         for (j, &i) in ok.iter().enumerate() {
-            let top = report::top_k(&probs[j], args.top_k.max(1)).into_iter().map(|c| (classifier.classes[c].clone(), probs[j][c])).collect();
-            predictions.push(Prediction { path: chunk[i].clone(), top });
+            let top = report::top_k(&probs[j], args.top_k.max(1))
+                .into_iter()
+                .map(|c| (classifier.classes[c].clone(), probs[j][c]))
+                .collect();
+            predictions.push(Prediction {
+                path: chunk[i].clone(),
+                top,
+            });
         }
     }
     if args.json {
@@ -375,8 +547,23 @@ pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
     } else {
         for p in &predictions {
-            let rest: Vec<String> = p.top.iter().skip(1).map(|(c, q)| format!("{c} {q:.3}")).collect();
-            println!("{}\t{} {:.3}{}", p.path.display(), p.top[0].0, p.top[0].1, if rest.is_empty() { String::new() } else { format!("\t({})", rest.join(", ")) });
+            let rest: Vec<String> = p
+                .top
+                .iter()
+                .skip(1)
+                .map(|(c, q)| format!("{c} {q:.3}"))
+                .collect();
+            println!(
+                "{}\t{} {:.3}{}",
+                p.path.display(),
+                p.top[0].0,
+                p.top[0].1,
+                if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!("\t({})", rest.join(", "))
+                }
+            );
         }
         for (p, e) in &failures {
             eprintln!("skipped: {e}");
@@ -391,20 +578,51 @@ pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
 
 pub fn doctor(ctx: &Context) -> Result<()> {
     println!("tl {}", env!("CARGO_PKG_VERSION"));
-    println!("libtorch: {} ({})", crate::LIBTORCH_VERSION, option_env!("TL_LIBTORCH_LIB").unwrap_or("location unknown"));
+    println!(
+        "libtorch: {} ({})",
+        crate::LIBTORCH_VERSION,
+        option_env!("TL_LIBTORCH_LIB").unwrap_or("location unknown")
+    );
     let cuda = tch::Cuda::is_available();
     let count = tch::Cuda::device_count();
-    println!("CUDA: {}", if cuda { format!("available, {count} device(s)") } else { "not available".into() });
+    println!(
+        "CUDA: {}",
+        if cuda {
+            format!("available, {count} device(s)")
+        } else {
+            "not available".into()
+        }
+    );
     if cuda {
         for (i, name) in gpu_names().iter().enumerate().take(count as usize) {
             println!("  cuda:{i}: {name}");
         }
-        println!("cuDNN: {}", if tch::Cuda::cudnn_is_available() { format!("available (version {})", tch::utils::version_cudnn()) } else { "not available".into() });
+        println!(
+            "cuDNN: {}",
+            if tch::Cuda::cudnn_is_available() {
+                format!("available (version {})", tch::utils::version_cudnn())
+            } else {
+                "not available".into()
+            }
+        );
     }
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    println!("libtorch_cuda loaded: {}", if maps.contains("libtorch_cuda.so") { "yes (GPU builds of libtorch can use CUDA when a driver is present)" } else { "no (CPU-only libtorch)" });
+    println!(
+        "libtorch_cuda loaded: {}",
+        if maps.contains("libtorch_cuda.so") {
+            "yes (GPU builds of libtorch can use CUDA when a driver is present)"
+        } else {
+            "no (CPU-only libtorch)"
+        }
+    );
     println!("default device: {}", crate::device::describe(ctx.device));
-    println!("threads: {} (libtorch intra-op {}), MKL: {}, mkldnn: {}", ctx.threads, tch::get_num_threads(), tch::utils::has_mkl(), tch::utils::has_mkldnn());
+    println!(
+        "threads: {} (libtorch intra-op {}), MKL: {}, mkldnn: {}",
+        ctx.threads,
+        tch::get_num_threads(),
+        tch::utils::has_mkl(),
+        tch::utils::has_mkldnn()
+    );
     println!("backbones folder: {}", ctx.backbones.display());
     let names = crate::backbone::list(&ctx.backbones);
     if names.is_empty() {
@@ -414,7 +632,16 @@ pub fn doctor(ctx: &Context) -> Result<()> {
         match BackboneSpec::from_sidecar(&ctx.backbones.join(format!("{name}.json"))) {
             Ok(spec) => {
                 let s = spec.sidecar.as_ref().unwrap();
-                println!("  {name}: {} features, {} classes, weights: {}", s.feature_dim, s.num_classes, if s.pretrained() { "pretrained" } else { "RANDOM (shapes/speed only)" });
+                println!(
+                    "  {name}: {} features, {} classes, weights: {}",
+                    s.feature_dim,
+                    s.num_classes,
+                    if s.pretrained() {
+                        "pretrained"
+                    } else {
+                        "RANDOM (shapes/speed only)"
+                    }
+                );
             }
             Err(e) => println!("  {name}: {e}"),
         }
@@ -429,6 +656,80 @@ fn gpu_names() -> Vec<String> {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// Backbone-only throughput on random ready tensors, and sgemm GFLOP/s.
+pub fn bench(ctx: &Context, args: &crate::cli::BenchArgs) -> Result<()> {
+    let spec = BackboneSpec::resolve(&args.backbone, &ctx.backbones)?;
+    let module = spec.load_features(ctx.device)?;
+    let side = spec.preprocess().crop as i64;
+    let x = Tensor::randn([args.batch_size, 3, side, side], (Kind::Float, Device::Cpu))
+        .to_device(ctx.device);
+    let sync = || {
+        if let Device::Cuda(i) = ctx.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let amp = args.amp && ctx.device.is_cuda();
+    let run = |n: usize| {
+        tch::no_grad(|| {
+            tch::autocast(amp, || -> Result<()> {
+                for _ in 0..n {
+                    let _ = module.forward(&x)?;
+                }
+                Ok(())
+            })
+        })
+    };
+    run(2)?;
+    sync();
+    let t = Instant::now();
+    run(args.batches)?;
+    sync();
+    let secs = t.elapsed().as_secs_f64();
+    let img_per_s = (args.batches as i64 * args.batch_size) as f64 / secs;
+    let mut gflops = None;
+    if args.matmul_size > 0 {
+        let n = args.matmul_size;
+        let a = Tensor::randn([n, n], (Kind::Float, ctx.device));
+        let b = Tensor::randn([n, n], (Kind::Float, ctx.device));
+        let _ = a.matmul(&b);
+        sync();
+        let reps = 5;
+        let t = Instant::now();
+        for _ in 0..reps {
+            let _ = a.matmul(&b);
+        }
+        sync();
+        gflops = Some(2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    let out = serde_json::json!({
+        "backbone": spec.name, "device": crate::device::describe(ctx.device), "threads": ctx.threads,
+        "batch_size": args.batch_size, "batches": args.batches, "amp": amp, "images_per_second": img_per_s, "matmul_gflops": gflops,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&out).unwrap());
+    } else {
+        println!(
+            "{}: {img_per_s:.1} img/s on ready tensors (batch {}, {} threads, {})",
+            spec.name,
+            args.batch_size,
+            ctx.threads,
+            crate::device::describe(ctx.device)
+        );
+        if let Some(g) = gflops {
+            println!(
+                "matmul {n}x{n} float32: {g:.1} GFLOP/s",
+                n = args.matmul_size
+            );
+        }
+    }
+    Ok(())
 }

@@ -50,7 +50,10 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_path(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     entries.sort();
     Ok(entries)
@@ -75,16 +78,27 @@ pub fn collect_images(dir: &Path, ignored: &mut Vec<(PathBuf, String)>) -> Resul
 pub fn pets_class(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
     let (class, number) = stem.rsplit_once('_')?;
-    (!class.is_empty() && number.chars().all(|c| c.is_ascii_digit()) && !number.is_empty()).then(|| class.to_string())
+    (!class.is_empty() && number.chars().all(|c| c.is_ascii_digit()) && !number.is_empty())
+        .then(|| class.to_string())
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()).collect())
+    Ok(sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect())
 }
 
-fn image_folder(root: &Path, classes: Option<&[String]>, ignored: &mut Vec<(PathBuf, String)>) -> Result<(Vec<String>, Vec<Sample>)> {
+fn image_folder(
+    root: &Path,
+    classes: Option<&[String]>,
+    ignored: &mut Vec<(PathBuf, String)>,
+) -> Result<(Vec<String>, Vec<Sample>)> {
     let dirs = subdirs(root)?;
-    let found: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
+    let found: Vec<String> = dirs
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
     let classes: Vec<String> = match classes {
         Some(c) => c.to_vec(),
         None => found.clone(),
@@ -92,7 +106,13 @@ fn image_folder(root: &Path, classes: Option<&[String]>, ignored: &mut Vec<(Path
     let mut samples = Vec::new();
     for (dir, name) in dirs.iter().zip(&found) {
         let Some(label) = classes.iter().position(|c| c == name) else {
-            return Err(TlError::file(dir, format!("class folder '{name}' is not one of the {} known classes", classes.len())));
+            return Err(TlError::file(
+                dir,
+                format!(
+                    "class folder '{name}' is not one of the {} known classes",
+                    classes.len()
+                ),
+            ));
         };
         for path in collect_images(dir, ignored)? {
             samples.push(Sample { path, label });
@@ -130,9 +150,14 @@ impl Dataset {
             return Self::open_pets(root, classes, ignored);
         }
         let dirs = subdirs(root)?;
-        let names: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().to_lowercase()).collect();
+        let names: Vec<String> = dirs
+            .iter()
+            .map(|d| d.file_name().unwrap().to_string_lossy().to_lowercase())
+            .collect();
         let train_i = names.iter().position(|n| n == "train");
-        let val_i = names.iter().position(|n| n == "val" || n == "valid" || n == "validation");
+        let val_i = names
+            .iter()
+            .position(|n| n == "val" || n == "valid" || n == "validation");
         if let (Some(t), Some(v)) = (train_i, val_i) {
             let (classes, train) = image_folder(&dirs[t], classes, &mut ignored)?;
             let (_, val) = image_folder(&dirs[v], Some(&classes), &mut ignored)?;
@@ -142,15 +167,30 @@ impl Dataset {
         if dirs.len() == 1 && collect_top_images(root)?.is_empty() {
             let inner = &dirs[0];
             let inner_dirs = subdirs(inner)?;
-            if !inner_dirs.is_empty() && inner_dirs.iter().all(|d| subdirs(d).map(|s| s.is_empty()).unwrap_or(false)) {
+            if !inner_dirs.is_empty()
+                && inner_dirs
+                    .iter()
+                    .all(|d| subdirs(d).map(|s| s.is_empty()).unwrap_or(false))
+            {
                 return Self::open(inner, classes);
             }
         }
         let (classes, train) = image_folder(root, classes, &mut ignored)?;
-        Self::finish(root, Layout::ImageFolder, classes, train, Vec::new(), ignored)
+        Self::finish(
+            root,
+            Layout::ImageFolder,
+            classes,
+            train,
+            Vec::new(),
+            ignored,
+        )
     }
 
-    fn open_pets(root: &Path, classes: Option<&[String]>, mut ignored: Vec<(PathBuf, String)>) -> Result<Dataset> {
+    fn open_pets(
+        root: &Path,
+        classes: Option<&[String]>,
+        mut ignored: Vec<(PathBuf, String)>,
+    ) -> Result<Dataset> {
         let images = root.join("images");
         let files = collect_images(&images, &mut ignored)?;
         let mut by_stem = BTreeMap::new();
@@ -159,14 +199,22 @@ impl Dataset {
             match pets_class(&path) {
                 Some(class) => {
                     found.insert(class.clone());
-                    by_stem.insert(path.file_stem().unwrap().to_string_lossy().to_string(), (path, class));
+                    by_stem.insert(
+                        path.file_stem().unwrap().to_string_lossy().to_string(),
+                        (path, class),
+                    );
                 }
                 None => ignored.push((path, "name is not <Breed>_<number>".into())),
             }
         }
-        let classes: Vec<String> = classes.map(<[String]>::to_vec).unwrap_or_else(|| found.into_iter().collect());
+        let classes: Vec<String> = classes
+            .map(<[String]>::to_vec)
+            .unwrap_or_else(|| found.into_iter().collect());
         let label_of = |class: &str, path: &Path| {
-            classes.iter().position(|c| c == class).ok_or_else(|| TlError::file(path, format!("breed '{class}' is not a known class")))
+            classes
+                .iter()
+                .position(|c| c == class)
+                .ok_or_else(|| TlError::file(path, format!("breed '{class}' is not a known class")))
         };
         let trainval = root.join("annotations").join("trainval.txt");
         let test = root.join("annotations").join("test.txt");
@@ -175,7 +223,10 @@ impl Dataset {
                 let mut out = Vec::new();
                 for stem in list {
                     if let Some((path, class)) = by_stem.get(&stem) {
-                        out.push(Sample { path: path.clone(), label: label_of(class, path)? });
+                        out.push(Sample {
+                            path: path.clone(),
+                            label: label_of(class, path)?,
+                        });
                     }
                 }
                 Ok(out)
@@ -184,23 +235,43 @@ impl Dataset {
         } else {
             let mut all = Vec::new();
             for (path, class) in by_stem.values() {
-                all.push(Sample { path: path.clone(), label: label_of(class, path)? });
+                all.push(Sample {
+                    path: path.clone(),
+                    label: label_of(class, path)?,
+                });
             }
             (all, Vec::new())
         };
         Self::finish(root, Layout::OxfordPets, classes, train, val, ignored)
     }
 
-    fn finish(root: &Path, layout: Layout, classes: Vec<String>, mut train: Vec<Sample>, mut val: Vec<Sample>, ignored: Vec<(PathBuf, String)>) -> Result<Dataset> {
+    fn finish(
+        root: &Path,
+        layout: Layout,
+        classes: Vec<String>,
+        mut train: Vec<Sample>,
+        mut val: Vec<Sample>,
+        ignored: Vec<(PathBuf, String)>,
+    ) -> Result<Dataset> {
         if classes.is_empty() {
-            return Err(TlError::file(root, "no classes found (expected one folder per class, or images/<Breed>_<n>.jpg)"));
+            return Err(TlError::file(
+                root,
+                "no classes found (expected one folder per class, or images/<Breed>_<n>.jpg)",
+            ));
         }
         if train.is_empty() && val.is_empty() {
             return Err(TlError::file(root, "no image files found"));
         }
         train.sort_by(|a, b| a.path.cmp(&b.path));
         val.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Dataset { root: root.to_path_buf(), layout, classes, train, val, ignored })
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            layout,
+            classes,
+            train,
+            val,
+            ignored,
+        })
     }
 
     /// Every sample (train then val).
@@ -212,7 +283,9 @@ impl Dataset {
     /// with at least two images keeps at least one on each side.
     pub fn split(&mut self, fraction: f64, seed: u64) -> Result<()> {
         if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
-            return Err(TlError::invalid(format!("--val-split must be in (0, 1), got {fraction}")));
+            return Err(TlError::invalid(format!(
+                "--val-split must be in (0, 1), got {fraction}"
+            )));
         }
         let mut by_class: Vec<Vec<Sample>> = vec![Vec::new(); self.classes.len()];
         for s in self.train.drain(..) {
@@ -246,7 +319,10 @@ impl Dataset {
 }
 
 fn collect_top_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(sorted_entries(dir)?.into_iter().filter(|p| p.is_file() && has_image_extension(p)).collect())
+    Ok(sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_file() && has_image_extension(p))
+        .collect())
 }
 
 /// Expand files and folders given on the command line into image files (folders

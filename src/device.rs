@@ -38,7 +38,9 @@ impl DeviceChoice {
                 } else if count == 0 {
                     Err(TlError::invalid(format!("--device cuda:{n}: CUDA is not available on this machine (try --device cpu)")))
                 } else {
-                    Err(TlError::invalid(format!("--device cuda:{n}: only {count} CUDA device(s) present")))
+                    Err(TlError::invalid(format!(
+                        "--device cuda:{n}: only {count} CUDA device(s) present"
+                    )))
                 }
             }
         }
@@ -60,7 +62,10 @@ mod tests {
     fn parses_devices() {
         assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
         assert_eq!("CPU".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Device::Cpu);
     }

@@ -61,14 +61,19 @@ pub struct DreamReport {
 pub fn total_variation(x: &Tensor) -> Tensor {
     let h = x.size()[2];
     let w = x.size()[3];
-    let dy = (x.narrow(2, 1, h - 1) - x.narrow(2, 0, h - 1)).abs().mean(Kind::Float);
-    let dx = (x.narrow(3, 1, w - 1) - x.narrow(3, 0, w - 1)).abs().mean(Kind::Float);
+    let dy = (x.narrow(2, 1, h - 1) - x.narrow(2, 0, h - 1))
+        .abs()
+        .mean(Kind::Float);
+    let dx = (x.narrow(3, 1, w - 1) - x.narrow(3, 0, w - 1))
+        .abs()
+        .mean(Kind::Float);
     dy + dx
 }
 
 /// Random jitter (roll), scale and rotation, differentiable with respect to `x`.
 fn random_transform(x: &Tensor, rng: &mut SplitMix64) -> Tensor {
-    let mut uniform = |lo: f64, hi: f64| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let mut uniform =
+        |lo: f64, hi: f64| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let side = x.size()[2] as f64;
     let max_shift = (side / 16.0).round().max(1.0);
     let dy = uniform(-max_shift, max_shift + 1.0).floor() as i64;
@@ -77,7 +82,9 @@ fn random_transform(x: &Tensor, rng: &mut SplitMix64) -> Tensor {
     let angle = uniform(-10.0, 10.0).to_radians();
     let rolled = x.roll([dy, dx], [2, 3]);
     let (c, s) = (angle.cos() / scale, angle.sin() / scale);
-    let theta = Tensor::from_slice(&[c as f32, -s as f32, 0.0, s as f32, c as f32, 0.0]).view([1, 2, 3]).to_device(x.device());
+    let theta = Tensor::from_slice(&[c as f32, -s as f32, 0.0, s as f32, c as f32, 0.0])
+        .view([1, 2, 3])
+        .to_device(x.device());
     let grid = Tensor::affine_grid_generator(&theta, x.size(), false);
     // mode 0 = bilinear, padding 2 = reflection
     rolled.grid_sampler(&grid, 0, 2, false)
@@ -95,7 +102,8 @@ pub enum Parametrization {
 }
 
 /// Square root of the colour covariance of ImageNet photos (lucid's `color_correlation_svd_sqrt`).
-const COLOR_CORRELATION: [[f32; 3]; 3] = [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]];
+const COLOR_CORRELATION: [[f32; 3]; 3] =
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]];
 
 struct ImageParam {
     kind: Parametrization,
@@ -108,29 +116,67 @@ struct ImageParam {
 }
 
 impl ImageParam {
-    fn new(kind: Parametrization, vs: &nn::VarStore, init: Option<&Tensor>, side: i64) -> ImageParam {
+    fn new(
+        kind: Parametrization,
+        vs: &nn::VarStore,
+        init: Option<&Tensor>,
+        side: i64,
+    ) -> ImageParam {
         let device = vs.device();
         let fy = Tensor::fft_fftfreq(side, 1.0, (Kind::Float, Device::Cpu)).view([side, 1]);
-        let fx = Tensor::fft_fftfreq(side, 1.0, (Kind::Float, Device::Cpu)).narrow(0, 0, side / 2 + 1).view([1, side / 2 + 1]);
+        let fx = Tensor::fft_fftfreq(side, 1.0, (Kind::Float, Device::Cpu))
+            .narrow(0, 0, side / 2 + 1)
+            .view([1, side / 2 + 1]);
         let freqs = (&fy * &fy + &fx * &fx).sqrt();
-        let scale = freqs.clamp_min(1.0 / side as f64).reciprocal().view([1, 1, side, side / 2 + 1, 1]).to_device(device);
+        let scale = freqs
+            .clamp_min(1.0 / side as f64)
+            .reciprocal()
+            .view([1, 1, side, side / 2 + 1, 1])
+            .to_device(device);
         let c = Tensor::from_slice(&COLOR_CORRELATION.concat()).view([3, 3]);
-        let max_norm = c.square().sum_dim_intlist([0i64].as_slice(), false, Kind::Float).sqrt().max();
-        let color_t = (c / max_norm).transpose(0, 1).contiguous().to_device(device);
+        let max_norm = c
+            .square()
+            .sum_dim_intlist([0i64].as_slice(), false, Kind::Float)
+            .sqrt()
+            .max();
+        let color_t = (c / max_norm)
+            .transpose(0, 1)
+            .contiguous()
+            .to_device(device);
         let start = match (kind, init) {
             (Parametrization::Pixel, Some(x)) => x.to_device(device),
-            (Parametrization::Pixel, None) => Tensor::rand([1, 3, side, side], (Kind::Float, Device::Cpu)).to_device(device) * 0.2 + 0.4,
+            (Parametrization::Pixel, None) => {
+                Tensor::rand([1, 3, side, side], (Kind::Float, Device::Cpu)).to_device(device) * 0.2
+                    + 0.4
+            }
             (Parametrization::Fourier, Some(x)) => {
                 // Invert sigmoid, colour mixing and the scaled inverse FFT.
                 let x = x.to_device(device).clamp(0.01, 0.99);
                 let logit: Tensor = (&x / (x.ones_like() - &x)).log();
-                let unmixed = logit.permute([0, 2, 3, 1]).matmul(&color_t.inverse()).permute([0, 3, 1, 2]) * 4.0;
-                unmixed.fft_rfft2(Some([side, side].as_slice()), [2i64, 3].as_slice(), "ortho").view_as_real() / &scale
+                let unmixed = logit
+                    .permute([0, 2, 3, 1])
+                    .matmul(&color_t.inverse())
+                    .permute([0, 3, 1, 2])
+                    * 4.0;
+                unmixed
+                    .fft_rfft2(Some([side, side].as_slice()), [2i64, 3].as_slice(), "ortho")
+                    .view_as_real()
+                    / &scale
             }
-            (Parametrization::Fourier, None) => Tensor::randn([1, 3, side, side / 2 + 1, 2], (Kind::Float, Device::Cpu)).to_device(device) * 0.01,
+            (Parametrization::Fourier, None) => {
+                Tensor::randn([1, 3, side, side / 2 + 1, 2], (Kind::Float, Device::Cpu))
+                    .to_device(device)
+                    * 0.01
+            }
         };
         let var = vs.root().var_copy("image", &start);
-        ImageParam { kind, var, side, scale, color_t }
+        ImageParam {
+            kind,
+            var,
+            side,
+            scale,
+            color_t,
+        }
     }
 
     fn image(&self) -> Tensor {
@@ -138,8 +184,15 @@ impl ImageParam {
             Parametrization::Pixel => self.var.shallow_clone(),
             Parametrization::Fourier => {
                 let spectrum = (&self.var * &self.scale).contiguous().view_as_complex();
-                let raw = spectrum.fft_irfft2(Some([self.side, self.side].as_slice()), [2i64, 3].as_slice(), "ortho") / 4.0;
-                raw.permute([0, 2, 3, 1]).matmul(&self.color_t).permute([0, 3, 1, 2]).sigmoid()
+                let raw = spectrum.fft_irfft2(
+                    Some([self.side, self.side].as_slice()),
+                    [2i64, 3].as_slice(),
+                    "ortho",
+                ) / 4.0;
+                raw.permute([0, 2, 3, 1])
+                    .matmul(&self.color_t)
+                    .permute([0, 3, 1, 2])
+                    .sigmoid()
             }
         }
     }
@@ -167,9 +220,16 @@ pub enum Objective {
 
 /// Optimise an image for class `target`. Returns the final image `[1,3,S,S]` in [0,1] and
 /// the frames saved along the way.
-pub fn dream(classifier: &Classifier, target: usize, cfg: &DreamConfig, show_progress: bool) -> Result<(Tensor, Vec<Tensor>)> {
+pub fn dream(
+    classifier: &Classifier,
+    target: usize,
+    cfg: &DreamConfig,
+    show_progress: bool,
+) -> Result<(Tensor, Vec<Tensor>)> {
     if cfg.steps == 0 || cfg.lr <= 0.0 || cfg.tv < 0.0 || cfg.l2 < 0.0 || cfg.size < 16 {
-        return Err(TlError::invalid("dream needs steps > 0, lr > 0, tv >= 0, l2 >= 0 and size >= 16"));
+        return Err(TlError::invalid(
+            "dream needs steps > 0, lr > 0, tv >= 0, l2 >= 0 and size >= 16",
+        ));
     }
     let device = classifier.device;
     let s = cfg.size as i64;
@@ -186,28 +246,41 @@ pub fn dream(classifier: &Classifier, target: usize, cfg: &DreamConfig, show_pro
     };
     let vs = nn::VarStore::new(device);
     let param = ImageParam::new(cfg.param, &vs, init.as_ref(), s);
-    let mut opt = nn::Adam::default().build(&vs, cfg.lr).map_err(|e| TlError::torch("optimizer", e))?;
+    let mut opt = nn::Adam::default()
+        .build(&vs, cfg.lr)
+        .map_err(|e| TlError::torch("optimizer", e))?;
     let bar = progress::bar(cfg.steps as u64, "dream", show_progress);
     let mut frames = Vec::new();
     for step in 1..=cfg.steps {
         let image = param.image();
-        let seen = if cfg.transforms { random_transform(&image, &mut rng) } else { image.shallow_clone() };
+        let seen = if cfg.transforms {
+            random_transform(&image, &mut rng)
+        } else {
+            image.shallow_clone()
+        };
         let logits = classifier.logits(&normalize_tensor(&seen, &classifier.preprocess))?;
         let score = match cfg.objective {
             Objective::Logit => logits.get(0).get(target as i64),
-            Objective::Logprob => logits.log_softmax(-1, Kind::Float).get(0).get(target as i64),
+            Objective::Logprob => logits
+                .log_softmax(-1, Kind::Float)
+                .get(0)
+                .get(target as i64),
         };
         let tv = total_variation(&image);
         let mut objective = &score - &tv * cfg.tv;
         if cfg.l2 > 0.0 {
-            objective = objective - (&image - 0.5).square().mean(Kind::Float) * cfg.l2;
+            objective -= (&image - 0.5).square().mean(Kind::Float) * cfg.l2;
         }
         opt.zero_grad();
         (-objective).backward();
         opt.step();
         param.after_step();
         if show_progress && (step % 8 == 0 || step == cfg.steps) {
-            let p = tch::no_grad(|| logits.softmax(-1, Kind::Float).double_value(&[0, target as i64]));
+            let p = tch::no_grad(|| {
+                logits
+                    .softmax(-1, Kind::Float)
+                    .double_value(&[0, target as i64])
+            });
             bar.set_message(format!("p(seen)={p:.3} tv={:.4}", tv.double_value(&[])));
         }
         if cfg.save_every.is_some_and(|k| k > 0 && step % k == 0) {
@@ -223,24 +296,38 @@ pub fn dream(classifier: &Classifier, target: usize, cfg: &DreamConfig, show_pro
 /// Class probabilities of an 8-bit image file, as is (no resize, no crop, no transforms).
 pub fn score_file(classifier: &Classifier, path: &Path) -> Result<Vec<f32>> {
     let img = preprocess::decode_rgb(path)?;
-    let x = normalize_tensor(&preprocess::image_to_unit_tensor(&img), &classifier.preprocess);
+    let x = normalize_tensor(
+        &preprocess::image_to_unit_tensor(&img),
+        &classifier.preprocess,
+    );
     Ok(classifier.probabilities(&x)?.remove(0))
 }
 
 fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {
-        return Err(TlError::file(path, "already exists (pass --force to overwrite)"));
+        return Err(TlError::file(
+            path,
+            "already exists (pass --force to overwrite)",
+        ));
     }
     Ok(())
 }
 
 pub fn strip_path(out: &Path) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "dream".into());
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "dream".into());
     out.with_file_name(format!("{stem}-strip.png"))
 }
 
 pub fn run(ctx: &Context, args: &DreamArgs) -> Result<()> {
-    let classifier = Classifier::from_args(args.network.run.as_deref(), args.network.backbone.as_deref(), &ctx.backbones, ctx.device)?;
+    let classifier = Classifier::from_args(
+        args.network.run.as_deref(),
+        args.network.backbone.as_deref(),
+        &ctx.backbones,
+        ctx.device,
+    )?;
     if let Some(w) = &classifier.warning {
         eprintln!("warning: {w}");
     }
@@ -271,7 +358,7 @@ pub fn run(ctx: &Context, args: &DreamArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     preprocess::save_image(&preprocess::unit_tensor_to_image(&image), &args.out)?;
     if let Some(strip_path) = &strip {
-        if frames.is_empty() || cfg.steps % cfg.save_every.unwrap_or(1).max(1) != 0 {
+        if frames.is_empty() || !cfg.steps.is_multiple_of(cfg.save_every.unwrap_or(1).max(1)) {
             frames.push(image.shallow_clone());
         }
         let strip = Tensor::cat(&frames, 3);
@@ -284,7 +371,11 @@ pub fn run(ctx: &Context, args: &DreamArgs) -> Result<()> {
     let tv = total_variation(&saved).double_value(&[]);
     let top5 = crate::report::top_k(&probs, 5)
         .into_iter()
-        .map(|i| ClassProb { class: classifier.classes[i].clone(), index: i, probability: probs[i] as f64 })
+        .map(|i| ClassProb {
+            class: classifier.classes[i].clone(),
+            index: i,
+            probability: probs[i] as f64,
+        })
         .collect::<Vec<_>>();
     let report = DreamReport {
         network: classifier.description.clone(),
@@ -302,9 +393,26 @@ pub fn run(ctx: &Context, args: &DreamArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
     } else {
-        println!("dream of '{}' ({}) with {}: {}", report.class, report.index, report.network, report.output.display());
-        println!("saved PNG re-scored: p({}) = {:.4}   TV = {:.4}   {} steps in {:.1}s", report.class, report.probability, report.total_variation, report.steps, report.seconds);
-        println!("top-5: {}", report.top5.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect::<Vec<_>>().join(", "));
+        println!(
+            "dream of '{}' ({}) with {}: {}",
+            report.class,
+            report.index,
+            report.network,
+            report.output.display()
+        );
+        println!(
+            "saved PNG re-scored: p({}) = {:.4}   TV = {:.4}   {} steps in {:.1}s",
+            report.class, report.probability, report.total_variation, report.steps, report.seconds
+        );
+        println!(
+            "top-5: {}",
+            report
+                .top5
+                .iter()
+                .map(|c| format!("{} {:.3}", c.class, c.probability))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         if let Some(s) = &report.strip {
             println!("frames: {}", s.display());
         }

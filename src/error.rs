@@ -19,13 +19,19 @@ pub type Result<T> = std::result::Result<T, TlError>;
 
 impl TlError {
     pub fn file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        TlError::File { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        TlError::File {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         TlError::Invalid(msg.into())
     }
     pub fn torch(context: impl Into<String>, err: tch::TchError) -> Self {
-        TlError::Torch { context: context.into(), msg: torch_message(&err) }
+        TlError::Torch {
+            context: context.into(),
+            msg: torch_message(&err),
+        }
     }
 }
 
@@ -40,7 +46,9 @@ pub fn torch_message(err: &tch::TchError) -> String {
         .unwrap_or("unknown libtorch error");
     // Keep the first sentence; libtorch appends paragraphs of advice.
     let line = line.split(". ").next().unwrap_or(line);
-    line.trim_start_matches("Torch(\"").trim_end_matches("\")").to_string()
+    line.trim_start_matches("Torch(\"")
+        .trim_end_matches("\")")
+        .to_string()
 }
 
 /// Attach a path to an I/O error.

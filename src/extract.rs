@@ -21,6 +21,8 @@ pub struct ExtractOptions {
     pub decode_threads: usize,
     pub device: Device,
     pub progress: bool,
+    /// Mixed precision (autocast) on CUDA; no effect on CPU.
+    pub amp: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -52,14 +54,28 @@ struct Batch {
 }
 
 /// Features for `paths`, from the cache where possible.
-pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, cache: &FeatureCache, opts: &ExtractOptions) -> Result<Extracted> {
+pub fn extract(
+    paths: &[PathBuf],
+    spec: &BackboneSpec,
+    backbone_sha256: &str,
+    cache: &FeatureCache,
+    opts: &ExtractOptions,
+) -> Result<Extracted> {
     let start = Instant::now();
     let cfg = spec.preprocess();
     let expected_dim = spec.sidecar.as_ref().map(|s| s.feature_dim as usize);
 
     // 1. Content keys and cache look-ups, in parallel.
+    // On CPU, decoding competes with libtorch's OpenMP threads, whose barriers stall when
+    // one of them is pre-empted: decode at the lowest priority so it fills their idle time.
+    let default_nice = if opts.device == Device::Cpu { 19 } else { 0 };
+    let nice = std::env::var("TL_DECODE_NICE")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(default_nice);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.decode_threads.max(1))
+        .start_handler(move |_| lower_priority(nice))
         .build()
         .map_err(|e| TlError::invalid(format!("cannot start decode threads: {e}")))?;
     let lookups: Vec<(std::result::Result<String, String>, Lookup)> = pool.install(|| {
@@ -78,7 +94,10 @@ pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, ca
     let mut features: Vec<std::result::Result<Vec<f32>, String>> = Vec::with_capacity(paths.len());
     let mut keys: Vec<Option<String>> = Vec::with_capacity(paths.len());
     let mut misses = Vec::new();
-    let mut stats = ExtractStats { images: paths.len(), ..Default::default() };
+    let mut stats = ExtractStats {
+        images: paths.len(),
+        ..Default::default()
+    };
     let mut corrupt = Vec::new();
     for (i, (key, lookup)) in lookups.into_iter().enumerate() {
         match (key, lookup) {
@@ -103,7 +122,11 @@ pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, ca
         }
     }
     stats.corrupt_cache_entries = corrupt.len();
-    let mut dim = features.iter().find_map(|f| f.as_ref().ok().map(Vec::len)).or(expected_dim).unwrap_or(0);
+    let mut dim = features
+        .iter()
+        .find_map(|f| f.as_ref().ok().map(Vec::len))
+        .or(expected_dim)
+        .unwrap_or(0);
 
     // 2. Compute the misses: decode on the pool while the backbone runs.
     if !misses.is_empty() {
@@ -121,17 +144,24 @@ pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, ca
             let pool = &pool;
             scope.spawn(move || {
                 for chunk in misses.chunks(batch_size) {
-                    let loaded: Vec<(usize, std::result::Result<Vec<f32>, String>)> = pool.install(|| {
-                        chunk
-                            .par_iter()
-                            .map(|&i| {
-                                let mut buf = vec![0f32; numel];
-                                let r = preprocess::load_into(&paths[i], &cfg, &mut buf).map(|_| buf).map_err(|e| e.to_string());
-                                (i, r)
-                            })
-                            .collect()
-                    });
-                    let mut batch = Batch { indices: Vec::new(), data: Vec::with_capacity(chunk.len() * numel), failures: Vec::new() };
+                    let loaded: Vec<(usize, std::result::Result<Vec<f32>, String>)> =
+                        pool.install(|| {
+                            chunk
+                                .par_iter()
+                                .map(|&i| {
+                                    let mut buf = vec![0f32; numel];
+                                    let r = preprocess::load_into(&paths[i], &cfg, &mut buf)
+                                        .map(|_| buf)
+                                        .map_err(|e| e.to_string());
+                                    (i, r)
+                                })
+                                .collect()
+                        });
+                    let mut batch = Batch {
+                        indices: Vec::new(),
+                        data: Vec::with_capacity(chunk.len() * numel),
+                        failures: Vec::new(),
+                    };
                     for (i, r) in loaded {
                         match r {
                             Ok(buf) => {
@@ -146,7 +176,10 @@ pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, ca
                     }
                 }
             });
+            let (mut wait, mut fwd, mut put) = (0f64, 0f64, 0f64);
+            let mut t_wait = Instant::now();
             for batch in rx.iter() {
+                wait += t_wait.elapsed().as_secs_f64();
                 for (i, why) in batch.failures {
                     features[i] = Err(why);
                     stats.failed += 1;
@@ -155,7 +188,17 @@ pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, ca
                 if batch.indices.is_empty() {
                     continue;
                 }
-                let out = run_batch(&module, &batch.data, batch.indices.len(), &cfg, opts.device)?;
+                let t_fwd = Instant::now();
+                let out = run_batch(
+                    &module,
+                    &batch.data,
+                    batch.indices.len(),
+                    &cfg,
+                    opts.device,
+                    opts.amp,
+                )?;
+                fwd += t_fwd.elapsed().as_secs_f64();
+                let t_put = Instant::now();
                 let d = out.len() / batch.indices.len();
                 if let Some(e) = expected_dim {
                     if e != d {
@@ -174,7 +217,12 @@ pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, ca
                     features[i] = Ok(v);
                     stats.computed += 1;
                 }
+                put += t_put.elapsed().as_secs_f64();
                 bar.inc(batch.indices.len() as u64);
+                t_wait = Instant::now();
+            }
+            if std::env::var_os("TL_DEBUG_TIMING").is_some() {
+                eprintln!("extract timing: waiting for decoded batches {wait:.2}s, backbone {fwd:.2}s, storing features {put:.2}s");
             }
             Ok(())
         });
@@ -186,13 +234,44 @@ pub fn extract(paths: &[PathBuf], spec: &BackboneSpec, backbone_sha256: &str, ca
         }
     }
     stats.seconds = start.elapsed().as_secs_f64();
-    Ok(Extracted { features, dim, stats, corrupt, backbone_sha256: backbone_sha256.to_string() })
+    Ok(Extracted {
+        features,
+        dim,
+        stats,
+        corrupt,
+        backbone_sha256: backbone_sha256.to_string(),
+    })
 }
 
-fn run_batch(module: &LoadedModule, data: &[f32], n: usize, cfg: &PreprocessConfig, device: Device) -> Result<Vec<f32>> {
+fn run_batch(
+    module: &LoadedModule,
+    data: &[f32],
+    n: usize,
+    cfg: &PreprocessConfig,
+    device: Device,
+    amp: bool,
+) -> Result<Vec<f32>> {
     let side = cfg.crop as i64;
-    let input = Tensor::from_slice(data).view([n as i64, 3, side, side]).to_device(device);
-    let out = tch::no_grad(|| module.forward(&input))?;
-    let out = out.to_device(Device::Cpu).to_kind(tch::Kind::Float).contiguous().view([-1]);
+    let input = Tensor::from_slice(data)
+        .view([n as i64, 3, side, side])
+        .to_device(device);
+    let out = tch::no_grad(|| tch::autocast(amp && device.is_cuda(), || module.forward(&input)))?;
+    let out = out
+        .to_device(Device::Cpu)
+        .to_kind(tch::Kind::Float)
+        .contiguous()
+        .view([-1]);
     Vec::<f32>::try_from(&out).torch_ctx(|| "reading features".into())
+}
+
+/// Lower this thread's scheduling priority (Linux: nice is per thread), so that decoding
+/// yields to libtorch's compute threads instead of stalling their barriers.
+fn lower_priority(nice: i32) {
+    if nice > 0 {
+        #[cfg(target_os = "linux")]
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+        }
+    }
 }

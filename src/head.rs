@@ -46,13 +46,38 @@ impl Head {
         let std = root.ones_no_train("feature_std", &[config.in_dim]);
         let (fc1, fc2) = if config.hidden > 0 {
             (
-                nn::linear(&root / "fc1", config.in_dim, config.hidden, Default::default()),
-                Some(nn::linear(&root / "fc2", config.hidden, config.num_classes, Default::default())),
+                nn::linear(
+                    &root / "fc1",
+                    config.in_dim,
+                    config.hidden,
+                    Default::default(),
+                ),
+                Some(nn::linear(
+                    &root / "fc2",
+                    config.hidden,
+                    config.num_classes,
+                    Default::default(),
+                )),
             )
         } else {
-            (nn::linear(&root / "fc", config.in_dim, config.num_classes, Default::default()), None)
+            (
+                nn::linear(
+                    &root / "fc",
+                    config.in_dim,
+                    config.num_classes,
+                    Default::default(),
+                ),
+                None,
+            )
         };
-        Ok(Head { config, vs, mean, std, fc1, fc2 })
+        Ok(Head {
+            config,
+            vs,
+            mean,
+            std,
+            fc1,
+            fc2,
+        })
     }
 
     /// Set the standardisation statistics from training features `[N, D]`.
@@ -74,7 +99,13 @@ impl Head {
         let x = (features - &self.mean) / &self.std;
         match &self.fc2 {
             None => self.fc1.forward(&x),
-            Some(fc2) => fc2.forward(&self.fc1.forward(&x).relu().dropout(self.config.dropout, train)),
+            Some(fc2) => fc2.forward(
+                &self
+                    .fc1
+                    .forward(&x)
+                    .relu()
+                    .dropout(self.config.dropout, train),
+            ),
         }
     }
 
@@ -94,19 +125,33 @@ impl Head {
     /// Save the weights (safetensors), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".{}.tmp.safetensors", path.file_name().unwrap().to_string_lossy()));
-        self.vs.save(&tmp).torch_ctx(|| format!("{}: saving head", path.display()))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp.safetensors",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        self.vs
+            .save(&tmp)
+            .torch_ctx(|| format!("{}: saving head", path.display()))?;
         std::fs::rename(&tmp, path).map_err(|e| TlError::file(path, e.to_string()))
     }
 
     pub fn load(config: HeadConfig, path: &Path, device: Device) -> Result<Head> {
         if !path.is_file() {
-            return Err(TlError::file(path, "head weights not found (is this a tl run folder?)"));
+            return Err(TlError::file(
+                path,
+                "head weights not found (is this a tl run folder?)",
+            ));
         }
         let mut head = Head::new(config, device)?;
-        head.vs
-            .load(path)
-            .map_err(|e| TlError::file(path, format!("cannot load head weights: {}", crate::error::torch_message(&e))))?;
+        head.vs.load(path).map_err(|e| {
+            TlError::file(
+                path,
+                format!(
+                    "cannot load head weights: {}",
+                    crate::error::torch_message(&e)
+                ),
+            )
+        })?;
         head.vs.freeze();
         Ok(head)
     }
@@ -117,7 +162,10 @@ impl Head {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named
             .iter()
-            .flat_map(|(_, t)| Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default())
+            .flat_map(|(_, t)| {
+                Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1]))
+                    .unwrap_or_default()
+            })
             .collect()
     }
 }

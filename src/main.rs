@@ -23,6 +23,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => commands::predict(&ctx, args)?,
         Command::Dream(args) => tl::dream::run(&ctx, args)?,
         Command::Attack(args) => tl::attack::run(&ctx, args)?,
+        Command::Bench(args) => commands::bench(&ctx, args)?,
     }
     Ok(())
 }

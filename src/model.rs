@@ -33,7 +33,11 @@ impl Classifier {
             net: Net::Run { features, head },
             classes: run.classes.clone(),
             preprocess: run.config.preprocess,
-            description: format!("run {} ({} + head)", dir.display(), run.config.backbone.name),
+            description: format!(
+                "run {} ({} + head)",
+                dir.display(),
+                run.config.backbone.name
+            ),
             device,
             warning: spec.weights_warning(),
         })
@@ -43,7 +47,10 @@ impl Classifier {
         let classifier = spec.load_classifier(device)?;
         let classes = spec.class_names().to_vec();
         if classes.is_empty() {
-            return Err(TlError::invalid(format!("backbone '{}' has no class names in its sidecar", spec.name)));
+            return Err(TlError::invalid(format!(
+                "backbone '{}' has no class names in its sidecar",
+                spec.name
+            )));
         }
         Ok(Classifier {
             net: Net::ImageNet { classifier },
@@ -56,7 +63,12 @@ impl Classifier {
     }
 
     /// Either `--run DIR` or `--backbone NAME` (exactly one).
-    pub fn from_args(run: Option<&Path>, backbone: Option<&str>, backbones_dir: &Path, device: Device) -> Result<Classifier> {
+    pub fn from_args(
+        run: Option<&Path>,
+        backbone: Option<&str>,
+        backbones_dir: &Path,
+        device: Device,
+    ) -> Result<Classifier> {
         match (run, backbone) {
             (Some(dir), None) => Classifier::from_run(dir, device),
             (None, Some(name)) => Classifier::from_backbone(&BackboneSpec::resolve(name, backbones_dir)?, device),
@@ -72,7 +84,14 @@ impl Classifier {
             Net::ImageNet { classifier } => {
                 let out = classifier.forward(x)?;
                 if out.size()[1] != self.classes.len() as i64 {
-                    return Err(TlError::file(&classifier.path, format!("outputs {} logits but its sidecar lists {} classes", out.size()[1], self.classes.len())));
+                    return Err(TlError::file(
+                        &classifier.path,
+                        format!(
+                            "outputs {} logits but its sidecar lists {} classes",
+                            out.size()[1],
+                            self.classes.len()
+                        ),
+                    ));
                 }
                 Ok(out)
             }
@@ -81,8 +100,12 @@ impl Classifier {
 
     /// Class probabilities of preprocessed images, without gradients.
     pub fn probabilities(&self, x: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let probs = tch::no_grad(|| self.logits(&x.to_device(self.device)))?.softmax(-1, tch::Kind::Float).to_device(Device::Cpu);
+        let probs = tch::no_grad(|| self.logits(&x.to_device(self.device)))?
+            .softmax(-1, tch::Kind::Float)
+            .to_device(Device::Cpu);
         let n = probs.size()[0];
-        Ok((0..n).map(|i| Vec::<f32>::try_from(probs.get(i)).unwrap_or_default()).collect())
+        Ok((0..n)
+            .map(|i| Vec::<f32>::try_from(probs.get(i)).unwrap_or_default())
+            .collect())
     }
 }

@@ -66,7 +66,10 @@ pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         .format()
         .ok_or_else(|| TlError::file(path, "not an image (unrecognised content)"))?;
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
-        return Err(TlError::file(path, "truncated JPEG (no end-of-image marker)"));
+        return Err(TlError::file(
+            path,
+            "truncated JPEG (no end-of-image marker)",
+        ));
     }
     let img = reader
         .decode()
@@ -90,7 +93,11 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
 
 /// torchvision's `Resize(int)` output size: shorter side to `size`, the other truncated.
 pub fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let new_long = ((size as u64 * long as u64) as f64 / short as f64) as u32;
     if width <= height {
         (size, new_long.max(1))
@@ -101,12 +108,19 @@ pub fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
 
 /// torchvision's `center_crop` offset: Python's round(), which rounds half to even.
 pub fn crop_offset(size: u32, crop: u32) -> u32 {
-    ((size as f64 - crop as f64) / 2.0).round_ties_even().max(0.0) as u32
+    ((size as f64 - crop as f64) / 2.0)
+        .round_ties_even()
+        .max(0.0) as u32
 }
 
 /// Pillow's bilinear filter coefficients for output positions `first..first+count` of a
 /// resize from `in_size` to `out_size`: for each, the first input index and its weights.
-pub fn bilinear_coeffs(in_size: u32, out_size: u32, first: u32, count: u32) -> Vec<(usize, Vec<f64>)> {
+pub fn bilinear_coeffs(
+    in_size: u32,
+    out_size: u32,
+    first: u32,
+    count: u32,
+) -> Vec<(usize, Vec<f64>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale; // bilinear support is 1.0
@@ -146,7 +160,12 @@ struct FixedCoeffs {
 
 fn fixed_coeffs(in_size: u32, out_size: u32, first: u32, count: u32) -> FixedCoeffs {
     let coeffs = bilinear_coeffs(in_size, out_size, first, count);
-    let ksize = coeffs.iter().map(|(_, w)| w.len()).max().unwrap_or(1).max(1);
+    let ksize = coeffs
+        .iter()
+        .map(|(_, w)| w.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut k = vec![0i32; ksize * coeffs.len()];
     let mut start = Vec::with_capacity(coeffs.len());
     let mut len = Vec::with_capacity(coeffs.len());
@@ -158,7 +177,12 @@ fn fixed_coeffs(in_size: u32, out_size: u32, first: u32, count: u32) -> FixedCoe
             k[i * ksize + j] = (if *v < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32;
         }
     }
-    FixedCoeffs { start, len, ksize, k }
+    FixedCoeffs {
+        start,
+        len,
+        ksize,
+        k,
+    }
 }
 
 #[inline]
@@ -182,7 +206,13 @@ pub fn resize_crop_u8(img: &RgbImage, resize: u32, crop: u32) -> Vec<u8> {
     let horiz = fixed_coeffs(w, rw, left, cw);
     let vert = fixed_coeffs(h, rh, top, ch);
     let row_first = vert.start.iter().copied().min().unwrap_or(0);
-    let row_last = vert.start.iter().zip(&vert.len).map(|(s, l)| s + l).max().unwrap_or(0);
+    let row_last = vert
+        .start
+        .iter()
+        .zip(&vert.len)
+        .map(|(s, l)| s + l)
+        .max()
+        .unwrap_or(0);
     let src = img.as_raw();
     let stride = w as usize * 3;
     let cw = cw as usize;
@@ -274,7 +304,11 @@ pub fn image_to_unit_tensor(img: &RgbImage) -> Tensor {
 
 /// 8-bit image from a `[1,3,H,W]` or `[3,H,W]` tensor in [0,1] (rounded to nearest).
 pub fn unit_tensor_to_image(t: &Tensor) -> RgbImage {
-    let t = if t.dim() == 4 { t.squeeze_dim(0) } else { t.shallow_clone() };
+    let t = if t.dim() == 4 {
+        t.squeeze_dim(0)
+    } else {
+        t.shallow_clone()
+    };
     let (h, w) = (t.size()[1], t.size()[2]);
     let bytes = (t.to_device(Device::Cpu).clamp(0.0, 1.0) * 255.0)
         .round()
@@ -288,11 +322,18 @@ pub fn unit_tensor_to_image(t: &Tensor) -> RgbImage {
 /// Save an RGB image as PNG, atomically; the format follows the extension (PNG if none).
 pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
     let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
-    if !matches!(format, image::ImageFormat::Png | image::ImageFormat::Bmp | image::ImageFormat::Tiff) {
-        return Err(TlError::file(path, "output must be a lossless format (.png, .bmp or .tiff)"));
+    if !matches!(
+        format,
+        image::ImageFormat::Png | image::ImageFormat::Bmp | image::ImageFormat::Tiff
+    ) {
+        return Err(TlError::file(
+            path,
+            "output must be a lossless format (.png, .bmp or .tiff)",
+        ));
     }
     let mut bytes = Vec::new();
-    img.write_to(&mut Cursor::new(&mut bytes), format).map_err(|e| TlError::file(path, e.to_string()))?;
+    img.write_to(&mut Cursor::new(&mut bytes), format)
+        .map_err(|e| TlError::file(path, e.to_string()))?;
     crate::util::write_atomic(path, &bytes)
 }
 
@@ -317,7 +358,9 @@ impl ResizeMatrices {
                     m[i * in_size as usize + s + j] = *v as f32;
                 }
             }
-            Tensor::from_slice(&m).view([coeffs.len() as i64, in_size as i64]).to_device(device)
+            Tensor::from_slice(&m)
+                .view([coeffs.len() as i64, in_size as i64])
+                .to_device(device)
         };
         let rows = dense(height, rh, top);
         let cols_t = dense(width, rw, left).transpose(0, 1).contiguous();
@@ -333,8 +376,12 @@ impl ResizeMatrices {
 /// Normalise `[N,3,H,W]` pixels in [0,1] with the backbone's mean/std (inside the graph).
 pub fn normalize_tensor(x: &Tensor, cfg: &PreprocessConfig) -> Tensor {
     let device = x.device();
-    let mean = Tensor::from_slice(&cfg.mean).view([1, 3, 1, 1]).to_device(device);
-    let std = Tensor::from_slice(&cfg.std).view([1, 3, 1, 1]).to_device(device);
+    let mean = Tensor::from_slice(&cfg.mean)
+        .view([1, 3, 1, 1])
+        .to_device(device);
+    let std = Tensor::from_slice(&cfg.std)
+        .view([1, 3, 1, 1])
+        .to_device(device);
     (x - mean) / std
 }
 
@@ -359,7 +406,9 @@ mod tests {
                 assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
             }
         }
-        let img = RgbImage::from_fn(224, 224, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8]));
+        let img = RgbImage::from_fn(224, 224, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+        });
         let out = resize_crop_u8(&img, 224, 224);
         assert_eq!(out, img.as_raw().clone());
     }
@@ -374,12 +423,22 @@ mod tests {
 
     #[test]
     fn dense_matrices_match_fixed_point_path() {
-        let img = RgbImage::from_fn(97, 61, |x, y| image::Rgb([(x * 2) as u8, (y * 4) as u8, ((x + y) * 3 % 256) as u8]));
-        let cfg = PreprocessConfig { resize: 40, crop: 32, ..Default::default() };
+        let img = RgbImage::from_fn(97, 61, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 4) as u8, ((x + y) * 3 % 256) as u8])
+        });
+        let cfg = PreprocessConfig {
+            resize: 40,
+            crop: 32,
+            ..Default::default()
+        };
         let fixed = resize_crop_u8(&img, cfg.resize, cfg.crop);
         let m = ResizeMatrices::new(97, 61, &cfg, Device::Cpu);
         let dense = m.apply(&image_to_unit_tensor(&img)) * 255.0;
-        let fixed_t = Tensor::from_slice(&fixed).view([32, 32, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float);
+        let fixed_t = Tensor::from_slice(&fixed)
+            .view([32, 32, 3])
+            .permute([2, 0, 1])
+            .unsqueeze(0)
+            .to_kind(Kind::Float);
         let diff = (dense - fixed_t).abs().max().double_value(&[]);
         assert!(diff <= 1.01, "max difference {diff}");
     }

@@ -45,7 +45,13 @@ fn ratio(a: usize, b: usize) -> f64 {
 
 impl ClassificationReport {
     /// `probs[i]` are the class probabilities of image `i`, `labels[i]` its true class.
-    pub fn compute(probs: &[Vec<f32>], labels: &[usize], paths: &[PathBuf], classes: &[String], top_k_losses: usize) -> ClassificationReport {
+    pub fn compute(
+        probs: &[Vec<f32>],
+        labels: &[usize],
+        paths: &[PathBuf],
+        classes: &[String],
+        top_k_losses: usize,
+    ) -> ClassificationReport {
         let k = classes.len();
         let mut confusion = vec![vec![0usize; k]; k];
         let mut losses = Vec::with_capacity(probs.len());
@@ -65,12 +71,26 @@ impl ClassificationReport {
                 let predicted: usize = (0..k).map(|t| confusion[t][c]).sum();
                 let precision = ratio(tp, predicted);
                 let recall = ratio(tp, support);
-                let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-                ClassMetrics { class: classes[c].clone(), precision, recall, f1, support }
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassMetrics {
+                    class: classes[c].clone(),
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
             })
             .collect();
         let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
-        let mean_class_accuracy = if present.is_empty() { 0.0 } else { present.iter().map(|m| m.recall).sum::<f64>() / present.len() as f64 };
+        let mean_class_accuracy = if present.is_empty() {
+            0.0
+        } else {
+            present.iter().map(|m| m.recall).sum::<f64>() / present.len() as f64
+        };
         losses.sort_by(|a, b| b.1.total_cmp(&a.1));
         let top_losses = losses
             .iter()
@@ -88,7 +108,11 @@ impl ClassificationReport {
             images: probs.len(),
             accuracy: ratio(correct, probs.len()),
             mean_class_accuracy,
-            loss: if probs.is_empty() { 0.0 } else { total_loss / probs.len() as f64 },
+            loss: if probs.is_empty() {
+                0.0
+            } else {
+                total_loss / probs.len() as f64
+            },
             per_class,
             confusion,
             top_losses,
@@ -97,16 +121,48 @@ impl ClassificationReport {
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "images: {}   accuracy: {:.2}%   mean per-class accuracy: {:.2}%   loss: {:.4}", self.images, 100.0 * self.accuracy, 100.0 * self.mean_class_accuracy, self.loss);
-        let width = self.per_class.iter().map(|m| m.class.len()).max().unwrap_or(5).clamp(5, 28);
-        let _ = writeln!(s, "\n{:<width$}  precision  recall     f1  support", "class");
+        let _ = writeln!(
+            s,
+            "images: {}   accuracy: {:.2}%   mean per-class accuracy: {:.2}%   loss: {:.4}",
+            self.images,
+            100.0 * self.accuracy,
+            100.0 * self.mean_class_accuracy,
+            self.loss
+        );
+        let width = self
+            .per_class
+            .iter()
+            .map(|m| m.class.len())
+            .max()
+            .unwrap_or(5)
+            .clamp(5, 28);
+        let _ = writeln!(
+            s,
+            "\n{:<width$}  precision  recall     f1  support",
+            "class"
+        );
         for m in &self.per_class {
-            let _ = writeln!(s, "{:<width$}  {:>9.3}  {:>6.3}  {:>5.3}  {:>7}", truncate(&m.class, width), m.precision, m.recall, m.f1, m.support);
+            let _ = writeln!(
+                s,
+                "{:<width$}  {:>9.3}  {:>6.3}  {:>5.3}  {:>7}",
+                truncate(&m.class, width),
+                m.precision,
+                m.recall,
+                m.f1,
+                m.support
+            );
         }
         let k = self.per_class.len();
         if k <= 12 {
             let _ = writeln!(s, "\nconfusion matrix (rows: true, columns: predicted)");
-            let cw = self.confusion.iter().flatten().max().map(|m| m.to_string().len()).unwrap_or(1).max(6);
+            let cw = self
+                .confusion
+                .iter()
+                .flatten()
+                .max()
+                .map(|m| m.to_string().len())
+                .unwrap_or(1)
+                .max(6);
             let _ = write!(s, "{:<width$}", "");
             for m in &self.per_class {
                 let _ = write!(s, " {:>cw$}", truncate(&m.class, cw));
@@ -121,16 +177,33 @@ impl ClassificationReport {
             }
         } else {
             let _ = writeln!(s, "\nmost confused pairs (true -> predicted: count)");
-            let mut pairs: Vec<(usize, usize, usize)> = (0..k).flat_map(|t| (0..k).filter(move |&p| p != t).map(move |p| (t, p))).map(|(t, p)| (t, p, self.confusion[t][p])).filter(|x| x.2 > 0).collect();
-            pairs.sort_by(|a, b| b.2.cmp(&a.2));
+            let mut pairs: Vec<(usize, usize, usize)> = (0..k)
+                .flat_map(|t| (0..k).filter(move |&p| p != t).map(move |p| (t, p)))
+                .map(|(t, p)| (t, p, self.confusion[t][p]))
+                .filter(|x| x.2 > 0)
+                .collect();
+            pairs.sort_by_key(|p| std::cmp::Reverse(p.2));
             for (t, p, c) in pairs.iter().take(10) {
-                let _ = writeln!(s, "  {} -> {}: {c}", self.per_class[*t].class, self.per_class[*p].class);
+                let _ = writeln!(
+                    s,
+                    "  {} -> {}: {c}",
+                    self.per_class[*t].class, self.per_class[*p].class
+                );
             }
         }
         if !self.top_losses.is_empty() {
             let _ = writeln!(s, "\ntop losses");
             for t in &self.top_losses {
-                let _ = writeln!(s, "  {:.3}  {}  (true {} p={:.3}, predicted {} p={:.3})", t.loss, t.path.display(), t.true_class, t.prob_true, t.predicted, t.prob_predicted);
+                let _ = writeln!(
+                    s,
+                    "  {:.3}  {}  (true {} p={:.3}, predicted {} p={:.3})",
+                    t.loss,
+                    t.path.display(),
+                    t.true_class,
+                    t.prob_true,
+                    t.predicted,
+                    t.prob_predicted
+                );
             }
         }
         s
@@ -146,7 +219,11 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 pub fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
 }
 
 /// Indices of the `k` largest values, largest first.
@@ -164,7 +241,12 @@ mod tests {
     fn metrics_on_a_known_confusion() {
         let classes = vec!["cat".to_string(), "dog".to_string()];
         // 3 cats (2 right), 1 dog (right)
-        let probs = vec![vec![0.9, 0.1], vec![0.8, 0.2], vec![0.3, 0.7], vec![0.4, 0.6]];
+        let probs = vec![
+            vec![0.9, 0.1],
+            vec![0.8, 0.2],
+            vec![0.3, 0.7],
+            vec![0.4, 0.6],
+        ];
         let labels = vec![0, 0, 0, 1];
         let paths: Vec<PathBuf> = (0..4).map(|i| PathBuf::from(format!("{i}.jpg"))).collect();
         let r = ClassificationReport::compute(&probs, &labels, &paths, &classes, 2);

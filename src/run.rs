@@ -84,12 +84,26 @@ impl Run {
         let config: RunConfig = crate::util::read_json(&config_path)?;
         let classes: Vec<String> = crate::util::read_json(&dir.join(CLASSES))?;
         if classes.len() as i64 != config.head.num_classes {
-            return Err(TlError::file(dir.join(CLASSES), format!("{} classes but the head has {}", classes.len(), config.head.num_classes)));
+            return Err(TlError::file(
+                dir.join(CLASSES),
+                format!(
+                    "{} classes but the head has {}",
+                    classes.len(),
+                    config.head.num_classes
+                ),
+            ));
         }
         if !dir.join(HEAD).is_file() {
-            return Err(TlError::file(dir.join(HEAD), "head weights missing (training did not finish?)"));
+            return Err(TlError::file(
+                dir.join(HEAD),
+                "head weights missing (training did not finish?)",
+            ));
         }
-        Ok(Run { dir: dir.to_path_buf(), config, classes })
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            classes,
+        })
     }
 
     pub fn head_path(&self) -> PathBuf {
@@ -114,7 +128,10 @@ impl Run {
             },
         };
         if !spec.features_path.is_file() {
-            return Err(TlError::file(&spec.features_path, "the run's backbone file is missing (moved or deleted since training?)"));
+            return Err(TlError::file(
+                &spec.features_path,
+                "the run's backbone file is missing (moved or deleted since training?)",
+            ));
         }
         let hash = crate::util::sha256_file(&spec.features_path)?;
         if hash != rec.features_sha256 {
@@ -133,9 +150,14 @@ pub fn create_dir(out: Option<&Path>, backbone_name: &str, force: bool) -> Resul
     let dir = match out {
         Some(d) => {
             if d.exists() {
-                let non_empty = std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(true);
+                let non_empty = std::fs::read_dir(d)
+                    .map(|mut r| r.next().is_some())
+                    .unwrap_or(true);
                 if non_empty && !force {
-                    return Err(TlError::file(d, "output folder exists and is not empty (pass --force to write into it)"));
+                    return Err(TlError::file(
+                        d,
+                        "output folder exists and is not empty (pass --force to write into it)",
+                    ));
                 }
             }
             d.to_path_buf()

@@ -76,17 +76,32 @@ pub fn evaluate(head: &Head, split: &Split, batch: i64) -> (f64, f64) {
             let x = split.x.narrow(0, start, len);
             let y = split.y.narrow(0, start, len);
             let logits = head.forward(&x);
-            loss += logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0).double_value(&[]);
-            correct += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            loss += logits
+                .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
+                .double_value(&[]);
+            correct += logits
+                .argmax(1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
             start += len;
         }
         (loss / n as f64, correct as f64 / n as f64)
     })
 }
 
-pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val: Option<&Split>, device: Device, show_progress: bool) -> Result<TrainOutcome> {
+pub fn train_head(
+    head_config: HeadConfig,
+    cfg: &TrainConfig,
+    train: &Split,
+    val: Option<&Split>,
+    device: Device,
+    show_progress: bool,
+) -> Result<TrainOutcome> {
     if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.lr <= 0.0 {
-        return Err(TlError::invalid("epochs, batch size and learning rate must be positive"));
+        return Err(TlError::invalid(
+            "epochs, batch size and learning rate must be positive",
+        ));
     }
     if !(0.0..1.0).contains(&cfg.label_smoothing) {
         return Err(TlError::invalid("--label-smoothing must be in [0, 1)"));
@@ -99,16 +114,31 @@ pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val
     let mut head = Head::new(head_config, device)?;
     head.set_statistics(train.x);
     let mut opt = match cfg.optimizer {
-        OptimizerKind::Adam => nn::Adam { wd: cfg.weight_decay, ..Default::default() }.build(&head.vs, cfg.lr),
-        OptimizerKind::Adamw => nn::AdamW { wd: cfg.weight_decay, ..Default::default() }.build(&head.vs, cfg.lr),
-        OptimizerKind::Sgd => nn::Sgd { momentum: cfg.momentum, wd: cfg.weight_decay, ..Default::default() }.build(&head.vs, cfg.lr),
+        OptimizerKind::Adam => nn::Adam {
+            wd: cfg.weight_decay,
+            ..Default::default()
+        }
+        .build(&head.vs, cfg.lr),
+        OptimizerKind::Adamw => nn::AdamW {
+            wd: cfg.weight_decay,
+            ..Default::default()
+        }
+        .build(&head.vs, cfg.lr),
+        OptimizerKind::Sgd => nn::Sgd {
+            momentum: cfg.momentum,
+            wd: cfg.weight_decay,
+            ..Default::default()
+        }
+        .build(&head.vs, cfg.lr),
     }
     .map_err(|e| TlError::torch("optimizer", e))?;
 
     let mut rng = SplitMix64::new(cfg.seed);
     let mut order: Vec<i64> = (0..n).collect();
     let mut history = Vec::new();
-    let mut best: Option<(f64, usize, Vec<(String, Tensor)>)> = None;
+    // (score, epoch, weights) of the best epoch so far.
+    type Snapshot = (f64, usize, Vec<(String, Tensor)>);
+    let mut best: Option<Snapshot> = None;
     let mut since_best = 0;
     let mut stopped_early = false;
     let bar = progress::bar(cfg.epochs as u64, "train", show_progress);
@@ -117,7 +147,11 @@ pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val
         let t0 = Instant::now();
         let lr = match cfg.schedule {
             Schedule::Constant => cfg.lr,
-            Schedule::Cosine => cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * (epoch - 1) as f64 / cfg.epochs as f64).cos()),
+            Schedule::Cosine => {
+                cfg.lr
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * (epoch - 1) as f64 / cfg.epochs as f64).cos())
+            }
         };
         opt.set_lr(lr);
         rng.shuffle(&mut order);
@@ -130,11 +164,27 @@ pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val
             let x = train.x.index_select(0, &idx);
             let y = train.y.index_select(0, &idx);
             let logits = head.forward_t(&x, true);
-            let ce = logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, cfg.label_smoothing);
-            let loss = if cfg.l2 > 0.0 { &ce + head.weight_norm_sq() * (cfg.l2 / 2.0) } else { ce.shallow_clone() };
+            let ce = logits.cross_entropy_loss::<Tensor>(
+                &y,
+                None,
+                Reduction::Mean,
+                -100,
+                cfg.label_smoothing,
+            );
+            let loss = if cfg.l2 > 0.0 {
+                &ce + head.weight_norm_sq() * (cfg.l2 / 2.0)
+            } else {
+                ce.shallow_clone()
+            };
             opt.backward_step(&loss);
             loss_sum += ce.double_value(&[]) * len as f64;
-            correct += tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
+            correct += tch::no_grad(|| {
+                logits
+                    .argmax(1, false)
+                    .eq_tensor(&y)
+                    .sum(Kind::Int64)
+                    .int64_value(&[])
+            });
             start += len;
         }
         let (val_loss, val_acc) = match val {
@@ -154,7 +204,10 @@ pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val
             seconds: t0.elapsed().as_secs_f64(),
         };
         bar.set_message(match (m.val_loss, m.val_accuracy) {
-            (Some(l), Some(a)) => format!("loss {:.4} acc {:.3} | val loss {l:.4} acc {a:.3}", m.train_loss, m.train_accuracy),
+            (Some(l), Some(a)) => format!(
+                "loss {:.4} acc {:.3} | val loss {l:.4} acc {a:.3}",
+                m.train_loss, m.train_accuracy
+            ),
             _ => format!("loss {:.4} acc {:.3}", m.train_loss, m.train_accuracy),
         });
         bar.inc(1);
@@ -163,7 +216,12 @@ pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val
         // Early stopping on validation loss; without validation data, the last epoch wins.
         let score = val_loss.unwrap_or(-(epoch as f64));
         if best.as_ref().is_none_or(|(b, _, _)| score < *b - 1e-7) {
-            let snapshot = head.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+            let snapshot = head
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.detach().copy()))
+                .collect();
             best = Some((score, epoch, snapshot));
             since_best = 0;
         } else {
@@ -186,5 +244,10 @@ pub fn train_head(head_config: HeadConfig, cfg: &TrainConfig, train: &Split, val
         }
     });
     head.vs.freeze();
-    Ok(TrainOutcome { head, history, best_epoch, stopped_early })
+    Ok(TrainOutcome {
+        head,
+        history,
+        best_epoch,
+        stopped_early,
+    })
 }

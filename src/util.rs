@@ -7,6 +7,12 @@ use std::path::Path;
 /// Write `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash never leaves a half-written file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// As [`write_atomic`]; `durable` also flushes the data to disk before the rename (skipped
+/// for cache entries, which carry their own checksum and are cheap to recompute).
+pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -18,13 +24,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .with_path(dir)?;
     tmp.write_all(bytes).with_path(path)?;
-    tmp.as_file().sync_data().ok();
-    tmp.persist(path).map_err(|e| TlError::file(path, e.error.to_string()))?;
+    if durable {
+        tmp.as_file().sync_data().ok();
+    }
+    tmp.persist(path)
+        .map_err(|e| TlError::file(path, e.error.to_string()))?;
     Ok(())
 }
 
 pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|e| TlError::file(path, e.to_string()))?;
+    let mut text =
+        serde_json::to_string_pretty(value).map_err(|e| TlError::file(path, e.to_string()))?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }
@@ -92,14 +102,21 @@ impl SplitMix64 {
 pub fn parse_fraction(text: &str) -> std::result::Result<f64, String> {
     let text = text.trim();
     let value = if let Some((num, den)) = text.split_once('/') {
-        let num: f64 = num.trim().parse().map_err(|_| format!("'{text}' is not a number or fraction"))?;
-        let den: f64 = den.trim().parse().map_err(|_| format!("'{text}' is not a number or fraction"))?;
+        let num: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{text}' is not a number or fraction"))?;
+        let den: f64 = den
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{text}' is not a number or fraction"))?;
         if den == 0.0 {
             return Err(format!("'{text}' divides by zero"));
         }
         num / den
     } else {
-        text.parse().map_err(|_| format!("'{text}' is not a number or fraction"))?
+        text.parse()
+            .map_err(|_| format!("'{text}' is not a number or fraction"))?
     };
     if !value.is_finite() {
         return Err(format!("'{text}' is not finite"));

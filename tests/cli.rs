@@ -5,7 +5,15 @@ use std::path::Path;
 
 fn train(tl: &Tl, data: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let tiny = tiny();
-    let mut args = vec!["train", "--backbone", tiny.to_str().unwrap(), data.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"];
+    let mut args = vec![
+        "train",
+        "--backbone",
+        tiny.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ];
     args.extend_from_slice(extra);
     tl.ok(&args);
     read_json(&out.join("report.json"))
@@ -35,38 +43,91 @@ fn train_writes_a_complete_run_and_learns() {
     color_dataset(&data, &["blue", "green", "red"], 16, 1);
     let run = tmp.path().join("run");
     let report = train(&tl, &data, &run, &["--val-split", "0.25", "--seed", "3"]);
-    for f in ["config.json", "classes.json", "head.safetensors", "metrics.jsonl", "report.json"] {
+    for f in [
+        "config.json",
+        "classes.json",
+        "head.safetensors",
+        "metrics.jsonl",
+        "report.json",
+    ] {
         assert!(run.join(f).is_file(), "missing {f}");
     }
     let config = read_json(&run.join("config.json"));
     assert_eq!(config["seed"], 3);
     assert_eq!(config["backbone"]["feature_dim"], 32);
-    assert_eq!(config["backbone"]["features_sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(read_json(&run.join("classes.json")), serde_json::json!(["blue", "green", "red"]));
+    assert_eq!(
+        config["backbone"]["features_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert_eq!(
+        read_json(&run.join("classes.json")),
+        serde_json::json!(["blue", "green", "red"])
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(metrics.lines().count() >= 1);
     let val_acc = report["val_accuracy"].as_f64().unwrap();
-    assert!(val_acc >= 0.9, "colour classes should be separable, got {val_acc}");
+    assert!(
+        val_acc >= 0.9,
+        "colour classes should be separable, got {val_acc}"
+    );
     assert_eq!(report["extraction"]["computed"], 48);
 
     // eval: text and JSON agree with the data.
     let text = tl.ok(&["eval", run.to_str().unwrap(), data.to_str().unwrap()]);
-    assert!(text.contains("confusion matrix") && text.contains("precision"), "{text}");
-    let json: serde_json::Value = serde_json::from_str(&tl.ok(&["eval", run.to_str().unwrap(), data.to_str().unwrap(), "--json", "--split", "val"])).unwrap();
+    assert!(
+        text.contains("confusion matrix") && text.contains("precision"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&tl.ok(&[
+        "eval",
+        run.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--json",
+        "--split",
+        "val",
+    ]))
+    .unwrap();
     assert_eq!(json["report"]["images"], 12);
     let conf = json["report"]["confusion"].as_array().unwrap();
-    let total: u64 = conf.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap())).sum();
+    let total: u64 = conf
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
     assert_eq!(total, 12);
 
     // predict: files and folders, text and JSON.
-    let out = tl.ok(&["predict", run.to_str().unwrap(), data.join("red/red_1.jpg").to_str().unwrap(), data.join("blue").to_str().unwrap()]);
+    let out = tl.ok(&[
+        "predict",
+        run.to_str().unwrap(),
+        data.join("red/red_1.jpg").to_str().unwrap(),
+        data.join("blue").to_str().unwrap(),
+    ]);
     assert_eq!(out.lines().count(), 17, "{out}");
-    let json: serde_json::Value = serde_json::from_str(&tl.ok(&["predict", "--run", run.to_str().unwrap(), data.join("red/red_1.jpg").to_str().unwrap(), "--json", "-k", "2"])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&tl.ok(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        data.join("red/red_1.jpg").to_str().unwrap(),
+        "--json",
+        "-k",
+        "2",
+    ]))
+    .unwrap();
     assert_eq!(json["predictions"][0]["class"], "red");
     assert_eq!(json["predictions"][0]["top"].as_array().unwrap().len(), 2);
 
     // The run folder is never overwritten without asking.
-    let err = tl.fails(&["train", "--backbone", tiny().to_str().unwrap(), data.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    let err = tl.fails(&[
+        "train",
+        "--backbone",
+        tiny().to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
     assert!(err.contains("--force"), "{err}");
 }
 
@@ -81,11 +142,19 @@ fn same_seed_same_head_and_other_seed_differs() {
         .enumerate()
         .map(|(i, seed)| {
             let run = tmp.path().join(format!("run{i}"));
-            train(&tl, &data, &run, &["--seed", seed, "--epochs", "5", "--hidden", "8"]);
+            train(
+                &tl,
+                &data,
+                &run,
+                &["--seed", seed, "--epochs", "5", "--hidden", "8"],
+            );
             std::fs::read(run.join("head.safetensors")).unwrap()
         })
         .collect();
-    assert_eq!(heads[0], heads[1], "same seed must give identical head weights");
+    assert_eq!(
+        heads[0], heads[1],
+        "same seed must give identical head weights"
+    );
     assert_ne!(heads[0], heads[2], "another seed should give other weights");
 }
 
@@ -96,21 +165,49 @@ fn cache_is_reused_extended_and_repaired() {
     let data = tmp.path().join("data");
     color_dataset(&data, &["a", "b"], 10, 3);
     let r1 = train(&tl, &data, &tmp.path().join("r1"), &[]);
-    assert_eq!((r1["extraction"]["cached"].as_u64(), r1["extraction"]["computed"].as_u64()), (Some(0), Some(20)));
+    assert_eq!(
+        (
+            r1["extraction"]["cached"].as_u64(),
+            r1["extraction"]["computed"].as_u64()
+        ),
+        (Some(0), Some(20))
+    );
     // Other head settings: everything cached.
     let r2 = train(&tl, &data, &tmp.path().join("r2"), &["--lr", "0.01"]);
-    assert_eq!((r2["extraction"]["cached"].as_u64(), r2["extraction"]["computed"].as_u64()), (Some(20), Some(0)));
+    assert_eq!(
+        (
+            r2["extraction"]["cached"].as_u64(),
+            r2["extraction"]["computed"].as_u64()
+        ),
+        (Some(20), Some(0))
+    );
     // Two new images: only they are computed.
     let extra = tmp.path().join("extra");
     color_dataset(&extra, &["a"], 2, 99);
     for (i, e) in std::fs::read_dir(extra.join("a")).unwrap().enumerate() {
         let e = e.unwrap().path();
-        std::fs::copy(&e, data.join("a").join(format!("new{i}.{}", e.extension().unwrap().to_string_lossy()))).unwrap();
+        std::fs::copy(
+            &e,
+            data.join("a").join(format!(
+                "new{i}.{}",
+                e.extension().unwrap().to_string_lossy()
+            )),
+        )
+        .unwrap();
     }
     let r3 = train(&tl, &data, &tmp.path().join("r3"), &[]);
-    assert_eq!((r3["extraction"]["cached"].as_u64(), r3["extraction"]["computed"].as_u64()), (Some(20), Some(2)));
+    assert_eq!(
+        (
+            r3["extraction"]["cached"].as_u64(),
+            r3["extraction"]["computed"].as_u64()
+        ),
+        (Some(20), Some(2))
+    );
     // Damage one entry: it is detected and recomputed.
-    let entry = walk(tl.cache.path()).into_iter().find(|p| p.extension().is_some_and(|e| e == "f32")).unwrap();
+    let entry = walk(tl.cache.path())
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "f32"))
+        .unwrap();
     let mut bytes = std::fs::read(&entry).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
@@ -150,16 +247,41 @@ fn broken_files_are_skipped_reported_and_kept() {
     }
     std::fs::write(data.join("b/Thumbs.db"), b"junk").unwrap();
     let report = train(&tl, &data, &tmp.path().join("run"), &[]);
-    let skipped: Vec<String> = report["skipped"].as_array().unwrap().iter().map(|s| format!("{} {}", s["path"].as_str().unwrap(), s["reason"].as_str().unwrap())).collect();
+    let skipped: Vec<String> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["path"].as_str().unwrap(),
+                s["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
     assert_eq!(skipped.len(), 3, "{skipped:?}");
-    for (name, why) in [("truncated.jpg", "truncated"), ("zero.jpg", "empty"), ("text.jpg", "not an image")] {
-        assert!(skipped.iter().any(|s| s.contains(name) && s.contains(why)), "{name}: {skipped:?}");
+    for (name, why) in [
+        ("truncated.jpg", "truncated"),
+        ("zero.jpg", "empty"),
+        ("text.jpg", "not an image"),
+    ] {
+        assert!(
+            skipped.iter().any(|s| s.contains(name) && s.contains(why)),
+            "{name}: {skipped:?}"
+        );
     }
     // Readable oddities (PNG named .jpg, CMYK, 16-bit, grayscale, alpha) are used.
     assert_eq!(report["extraction"]["computed"].as_u64(), Some(16 + 5));
-    assert!(report["ignored_files"].as_array().unwrap().iter().any(|f| f["path"].as_str().unwrap().ends_with("Thumbs.db")));
+    assert!(report["ignored_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["path"].as_str().unwrap().ends_with("Thumbs.db")));
     for name in ["truncated.jpg", "zero.jpg", "text.jpg"] {
-        assert!(data.join("a").join(name).exists(), "{name} must not be deleted");
+        assert!(
+            data.join("a").join(name).exists(),
+            "{name} must not be deleted"
+        );
     }
 }
 
@@ -176,12 +298,20 @@ fn dataset_layouts() {
     let (mut trainval, mut test) = (String::new(), String::new());
     for class in ["Abyssinian", "american_bulldog"] {
         for i in 0..6 {
-            let from = ["jpg", "png"].iter().map(|e| src.join(class).join(format!("{class}_{i}.{e}"))).find(|p| p.exists()).unwrap();
+            let from = ["jpg", "png"]
+                .iter()
+                .map(|e| src.join(class).join(format!("{class}_{i}.{e}")))
+                .find(|p| p.exists())
+                .unwrap();
             let to = pets.join("images").join(format!("{class}_{}.jpg", i + 1));
             let img = image::open(&from).unwrap();
             img.save_with_format(&to, image::ImageFormat::Jpeg).unwrap();
             let line = format!("{class}_{} 1 1 1\n", i + 1);
-            if i < 4 { trainval.push_str(&line) } else { test.push_str(&line) }
+            if i < 4 {
+                trainval.push_str(&line)
+            } else {
+                test.push_str(&line)
+            }
         }
     }
     std::fs::write(pets.join("annotations/trainval.txt"), trainval).unwrap();
@@ -190,14 +320,29 @@ fn dataset_layouts() {
     train(&tl, &pets, &run, &[]);
     let config = read_json(&run.join("config.json"));
     assert_eq!(config["data"]["layout"], "oxford-pets");
-    assert_eq!((config["data"]["train_images"].as_u64(), config["data"]["val_images"].as_u64()), (Some(8), Some(4)));
-    assert_eq!(read_json(&run.join("classes.json")), serde_json::json!(["Abyssinian", "american_bulldog"]));
+    assert_eq!(
+        (
+            config["data"]["train_images"].as_u64(),
+            config["data"]["val_images"].as_u64()
+        ),
+        (Some(8), Some(4))
+    );
+    assert_eq!(
+        read_json(&run.join("classes.json")),
+        serde_json::json!(["Abyssinian", "american_bulldog"])
+    );
     // Without annotations: classes from the file names, split by --val-split.
     std::fs::remove_dir_all(pets.join("annotations")).unwrap();
     let run2 = tmp.path().join("pets_run2");
     train(&tl, &pets, &run2, &["--val-split", "0.5"]);
     let config = read_json(&run2.join("config.json"));
-    assert_eq!((config["data"]["train_images"].as_u64(), config["data"]["val_images"].as_u64()), (Some(6), Some(6)));
+    assert_eq!(
+        (
+            config["data"]["train_images"].as_u64(),
+            config["data"]["val_images"].as_u64()
+        ),
+        (Some(6), Some(6))
+    );
 
     // train/ + val/ folders, and a Kaggle-style wrapper folder.
     let tv = tmp.path().join("tv");
@@ -207,16 +352,33 @@ fn dataset_layouts() {
     train(&tl, &tv, &run3, &[]);
     let config = read_json(&run3.join("config.json"));
     assert_eq!(config["data"]["layout"], "train-val");
-    assert_eq!((config["data"]["train_images"].as_u64(), config["data"]["val_images"].as_u64()), (Some(12), Some(6)));
+    assert_eq!(
+        (
+            config["data"]["train_images"].as_u64(),
+            config["data"]["val_images"].as_u64()
+        ),
+        (Some(12), Some(6))
+    );
     let kaggle = tmp.path().join("kagglecatsanddogs");
     color_dataset(&kaggle.join("PetImages"), &["Cat", "Dog"], 5, 8);
     let run4 = tmp.path().join("kaggle_run");
     train(&tl, &kaggle, &run4, &[]);
-    assert_eq!(read_json(&run4.join("classes.json")), serde_json::json!(["Cat", "Dog"]));
+    assert_eq!(
+        read_json(&run4.join("classes.json")),
+        serde_json::json!(["Cat", "Dog"])
+    );
     // --val-dir
     let run5 = tmp.path().join("valdir_run");
-    train(&tl, &tv.join("train"), &run5, &["--val-dir", tv.join("val").to_str().unwrap()]);
-    assert_eq!(read_json(&run5.join("config.json"))["data"]["val_images"].as_u64(), Some(6));
+    train(
+        &tl,
+        &tv.join("train"),
+        &run5,
+        &["--val-dir", tv.join("val").to_str().unwrap()],
+    );
+    assert_eq!(
+        read_json(&run5.join("config.json"))["data"]["val_images"].as_u64(),
+        Some(6)
+    );
 }
 
 #[test]
@@ -242,13 +404,27 @@ fn bad_backbones_give_one_line_errors() {
     color_dataset(&data, &["a", "b"], 3, 10);
     let d = data.to_str().unwrap();
     let err = tl.fails(&["train", "--backbone", "nonexistent", d]);
-    assert!(err.contains("backbone 'nonexistent' not found") && err.contains("tiny"), "{err}");
-    let err = tl.fails(&["train", "--backbone", tmp.path().join("missing.pt").to_str().unwrap(), d]);
-    assert!(err.contains("missing.pt") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("backbone 'nonexistent' not found") && err.contains("tiny"),
+        "{err}"
+    );
+    let err = tl.fails(&[
+        "train",
+        "--backbone",
+        tmp.path().join("missing.pt").to_str().unwrap(),
+        d,
+    ]);
+    assert!(
+        err.contains("missing.pt") && err.contains("not found"),
+        "{err}"
+    );
     let fake = tmp.path().join("fake.pt");
     std::fs::write(&fake, "definitely not torchscript").unwrap();
     let err = tl.fails(&["train", "--backbone", fake.to_str().unwrap(), d]);
-    assert!(err.contains("fake.pt") && err.contains("not a TorchScript file"), "{err}");
+    assert!(
+        err.contains("fake.pt") && err.contains("not a TorchScript file"),
+        "{err}"
+    );
     // A sidecar that does not match its model file.
     let bb = tmp.path().join("bb");
     std::fs::create_dir(&bb).unwrap();
@@ -257,13 +433,31 @@ fn bad_backbones_give_one_line_errors() {
         std::fs::copy(src.join(f), bb.join(f)).unwrap();
     }
     std::fs::copy(src.join("tiny.classifier.pt"), bb.join("tiny.features.pt")).unwrap();
-    let err = tl.fails(&["train", "--backbone", bb.join("tiny.json").to_str().unwrap(), d]);
+    let err = tl.fails(&[
+        "train",
+        "--backbone",
+        bb.join("tiny.json").to_str().unwrap(),
+        d,
+    ]);
     assert!(err.contains("does not match its sidecar"), "{err}");
     std::fs::write(bb.join("tiny.json"), "{\"format\": 3}").unwrap();
-    let err = tl.fails(&["train", "--backbone", bb.join("tiny.json").to_str().unwrap(), d]);
-    assert!(err.contains("tiny.json") && err.contains("sidecar"), "{err}");
+    let err = tl.fails(&[
+        "train",
+        "--backbone",
+        bb.join("tiny.json").to_str().unwrap(),
+        d,
+    ]);
+    assert!(
+        err.contains("tiny.json") && err.contains("sidecar"),
+        "{err}"
+    );
     // Bad data folder, bad device.
-    let err = tl.fails(&["train", "--backbone", "tiny", tmp.path().join("nope").to_str().unwrap()]);
+    let err = tl.fails(&[
+        "train",
+        "--backbone",
+        "tiny",
+        tmp.path().join("nope").to_str().unwrap(),
+    ]);
     assert!(err.contains("dataset folder not found"), "{err}");
     let err = tl.fails(&["--device", "cuda:3", "train", "--backbone", "tiny", d]);
     assert!(err.contains("cuda"), "{err}");
@@ -276,8 +470,24 @@ fn raw_torchscript_backbone_without_sidecar_trains() {
     let data = tmp.path().join("data");
     color_dataset(&data, &["a", "b"], 6, 11);
     let raw = common::fixtures().join("backbones/raw.pt");
-    let out = tl.cmd().args(["train", "--backbone", raw.to_str().unwrap(), data.to_str().unwrap(), "--out", tmp.path().join("run").to_str().unwrap(), "-q"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tl
+        .cmd()
+        .args([
+            "train",
+            "--backbone",
+            raw.to_str().unwrap(),
+            data.to_str().unwrap(),
+            "--out",
+            tmp.path().join("run").to_str().unwrap(),
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no sidecar"));
 }
 
@@ -293,10 +503,23 @@ fn a_changed_backbone_invalidates_the_run() {
         std::fs::copy(common::fixtures().join("backbones").join(f), bb.join(f)).unwrap();
     }
     let run = tmp.path().join("run");
-    tl.ok(&["train", "--backbone", bb.join("tiny.json").to_str().unwrap(), data.to_str().unwrap(), "--out", run.to_str().unwrap(), "-q", "--epochs", "2"]);
+    tl.ok(&[
+        "train",
+        "--backbone",
+        bb.join("tiny.json").to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "-q",
+        "--epochs",
+        "2",
+    ]);
     std::fs::write(bb.join("tiny.features.pt"), b"changed").unwrap();
     let err = tl.fails(&["eval", run.to_str().unwrap(), data.to_str().unwrap()]);
-    assert!(err.contains("backbone changed since this run was trained"), "{err}");
+    assert!(
+        err.contains("backbone changed since this run was trained"),
+        "{err}"
+    );
     std::fs::remove_file(bb.join("tiny.features.pt")).unwrap();
     let err = tl.fails(&["predict", run.to_str().unwrap(), data.to_str().unwrap()]);
     assert!(err.contains("missing"), "{err}");

@@ -3,12 +3,24 @@ mod common;
 use tch::{Kind, Tensor};
 use tl::preprocess::{self, PreprocessConfig};
 
-fn references() -> (Vec<String>, usize, std::collections::HashMap<String, Tensor>) {
+fn references() -> (
+    Vec<String>,
+    usize,
+    std::collections::HashMap<String, Tensor>,
+) {
     let dir = common::fixtures();
     let list = common::read_json(&dir.join("parity.json"));
-    let files: Vec<String> = list["files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let files: Vec<String> = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     let real = list["real"].as_u64().unwrap() as usize;
-    let tensors = Tensor::read_safetensors(dir.join("parity.safetensors")).unwrap().into_iter().collect();
+    let tensors = Tensor::read_safetensors(dir.join("parity.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
     (files, real, tensors)
 }
 
@@ -20,16 +32,30 @@ fn preprocessing_matches_torchvision_eval_transform() {
     }
     let cfg = PreprocessConfig::default();
     let pixels = &refs["pixels"];
-    let module = tl::backbone::load_module(&common::fixtures().join("backbones/tiny.features.pt"), tch::Device::Cpu).unwrap();
+    let module = tl::backbone::load_module(
+        &common::fixtures().join("backbones/tiny.features.pt"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
     let want_features = &refs["features"];
     let mut worst_mad: f64 = 0.0;
     let mut worst_cos: f64 = 1.0;
     for (i, file) in files.iter().enumerate() {
         let img = preprocess::decode_rgb(std::path::Path::new(file)).unwrap();
         let ours = preprocess::resize_crop_u8(&img, cfg.resize, cfg.crop);
-        let ours = Tensor::from_slice(&ours).view([224, 224, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
-        let mad = (&ours - pixels.get(i as i64)).abs().mean(Kind::Float).double_value(&[]);
-        assert!(mad <= 2.0 / 255.0, "{file}: mean abs difference {mad} > 2/255");
+        let ours = Tensor::from_slice(&ours)
+            .view([224, 224, 3])
+            .permute([2, 0, 1])
+            .to_kind(Kind::Float)
+            / 255.0;
+        let mad = (&ours - pixels.get(i as i64))
+            .abs()
+            .mean(Kind::Float)
+            .double_value(&[]);
+        assert!(
+            mad <= 2.0 / 255.0,
+            "{file}: mean abs difference {mad} > 2/255"
+        );
         worst_mad = worst_mad.max(mad);
 
         let mut buf = vec![0f32; cfg.numel()];
@@ -38,7 +64,10 @@ fn preprocessing_matches_torchvision_eval_transform() {
         let got = tch::no_grad(|| module.forward_ts(&[x])).unwrap().view([-1]);
         let want = want_features.get(i as i64);
         let cos = Tensor::cosine_similarity(&got, &want, 0, 1e-8).double_value(&[]);
-        assert!(cos >= 0.995, "{file}: feature cosine similarity {cos} < 0.995");
+        assert!(
+            cos >= 0.995,
+            "{file}: feature cosine similarity {cos} < 0.995"
+        );
         worst_cos = worst_cos.min(cos);
     }
     eprintln!("parity over {} images ({real} real photos): worst mean abs diff {:.3}/255, worst feature cosine {worst_cos:.5}", files.len(), worst_mad * 255.0);
@@ -47,9 +76,16 @@ fn preprocessing_matches_torchvision_eval_transform() {
 #[test]
 fn torchscript_outputs_are_identical_to_python() {
     let (_, _, refs) = references();
-    let module = tl::backbone::load_module(&common::fixtures().join("backbones/tiny.features.pt"), tch::Device::Cpu).unwrap();
+    let module = tl::backbone::load_module(
+        &common::fixtures().join("backbones/tiny.features.pt"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
     let got = tch::no_grad(|| module.forward_ts(&[&refs["probe"]])).unwrap();
-    let diff = (&got - &refs["probe_features"]).abs().max().double_value(&[]);
+    let diff = (&got - &refs["probe_features"])
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(diff <= 1e-5, "max difference {diff}");
 }
 

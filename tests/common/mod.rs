@@ -14,8 +14,12 @@ pub fn fixtures() -> PathBuf {
     DIR.get_or_init(|| {
         let dir = root().join("tests/fixtures/generated");
         if !dir.join("parity.json").is_file() {
-            let python = std::env::var("TL_PYTHON").unwrap_or_else(|_| root().join(".venv/bin/python").display().to_string());
-            let status = Command::new(&python).arg(root().join("scripts/make_fixtures.py")).status().expect("running make_fixtures.py (run scripts/setup.sh first)");
+            let python = std::env::var("TL_PYTHON")
+                .unwrap_or_else(|_| root().join(".venv/bin/python").display().to_string());
+            let status = Command::new(&python)
+                .arg(root().join("scripts/make_fixtures.py"))
+                .status()
+                .expect("running make_fixtures.py (run scripts/setup.sh first)");
             assert!(status.success(), "make_fixtures.py failed");
         }
         dir
@@ -38,7 +42,9 @@ pub struct Tl {
 
 impl Tl {
     pub fn new() -> Tl {
-        Tl { cache: tempfile::tempdir().unwrap() }
+        Tl {
+            cache: tempfile::tempdir().unwrap(),
+        }
     }
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tl"));
@@ -55,14 +61,25 @@ impl Tl {
     /// Run and require success; returns stdout.
     pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "tl {:?} failed:\nstdout: {}\nstderr: {}", args.iter().map(|a| a.as_ref().to_string_lossy().to_string()).collect::<Vec<_>>(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tl {:?} failed:\nstdout: {}\nstderr: {}",
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().to_string())
+                .collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
     /// Run and require a clean one-line failure; returns stderr.
     pub fn fails<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success(), "expected failure, got success: {stderr}");
+        assert!(
+            !out.status.success(),
+            "expected failure, got success: {stderr}"
+        );
         assert_clean_error(&stderr);
         stderr
     }
@@ -71,16 +88,29 @@ impl Tl {
 /// One `tl: error:` line, no panic, no C++ backtrace.
 pub fn assert_clean_error(stderr: &str) {
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(!stderr.contains("Exception raised from") && !stderr.contains("frame #"), "C++ trace: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tl: error:")).collect();
+    assert!(
+        !stderr.contains("Exception raised from") && !stderr.contains("frame #"),
+        "C++ trace: {stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tl: error:"))
+        .collect();
     assert_eq!(errors.len(), 1, "expected one error line: {stderr}");
 }
 
 /// Class-per-folder dataset of colour-coded images: class k is dominated by one colour, with
 /// noise, random size and a random JPEG/PNG format, so a linear head on any features can tell them apart.
 pub fn color_dataset(dir: &Path, classes: &[&str], per_class: usize, seed: u64) {
-    let palette = [[220u8, 40, 40], [40, 60, 220], [40, 200, 60], [230, 220, 40]];
-    let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let palette = [
+        [220u8, 40, 40],
+        [40, 60, 220],
+        [40, 200, 60],
+        [230, 220, 40],
+    ];
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -99,12 +129,19 @@ pub fn color_dataset(dir: &Path, classes: &[&str], per_class: usize, seed: u64) 
                 let n = (next() % 61) as i32 - 30;
                 *p = image::Rgb(base.map(|c| (c as i32 + n).clamp(0, 255) as u8));
             }
-            let path = if i % 3 == 0 { cdir.join(format!("{class}_{i}.png")) } else { cdir.join(format!("{class}_{i}.jpg")) };
+            let path = if i % 3 == 0 {
+                cdir.join(format!("{class}_{i}.png"))
+            } else {
+                cdir.join(format!("{class}_{i}.jpg"))
+            };
             img.save(&path).unwrap();
         }
     }
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }

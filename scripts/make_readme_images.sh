@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Regenerates docs/dreams.png and docs/attack.png (see docs/README.md).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/setup.sh >/dev/null
+TL=target/release/tl
+PY=.venv/bin/python
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+caps=()
+for c in tabby "Siamese cat" zebra "golden retriever" goldfish; do
+    f="$T/$(echo "$c" | tr ' ' _).png"
+    p=$("$TL" dream --backbone mobilenet_v2 --class "$c" -o "$f" --json -q | "$PY" -c 'import json,sys; print(f"{json.load(sys.stdin)[\"probability\"]:.3f}")')
+    caps+=("$f:$c p=$p")
+done
+"$PY" scripts/side_by_side.py docs/dreams.png "${caps[@]}"
+dog="$T/golden_retriever.png"
+"$TL" attack "$dog" --backbone mobilenet_v2 --target tabby --eps 2/255 -o "$T/adv.png" --diff "$T/diff.png" -q
+adv=$("$TL" predict --backbone mobilenet_v2 "$T/adv.png" --json | "$PY" -c 'import json,sys; p=json.load(sys.stdin)["predictions"][0]; print(f"{p[\"class\"]} p={p[\"probability\"]:.3f}")')
+orig=$("$TL" predict --backbone mobilenet_v2 "$dog" --json | "$PY" -c 'import json,sys; p=json.load(sys.stdin)["predictions"][0]; print(f"{p[\"class\"]} p={p[\"probability\"]:.3f}")')
+"$PY" scripts/side_by_side.py docs/attack.png "$dog:original: $orig" "$T/adv.png:eps 2/255: $adv" "$T/diff.png:difference, amplified"
+echo "wrote docs/dreams.png docs/attack.png"
