@@ -10,4 +10,4 @@ scripts/setup.sh
 source scripts/env.sh
 .venv/bin/python scripts/make_fixtures.py
 cargo test --release
-.venv/bin/python -m pytest -q -p no:cacheprovider scripts/tests
+.venv/bin/python -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning scripts/tests
