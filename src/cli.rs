@@ -229,8 +229,9 @@ pub struct DreamArgs {
     /// Total-variation weight (TV is the mean absolute difference of neighbouring pixels).
     #[arg(long, default_value_t = 5.0)]
     pub tv: f64,
-    /// L2 penalty on the image's distance from mid-grey.
-    #[arg(long, default_value_t = 0.0)]
+    /// Penalty on the mean squared distance from mid-grey: keeps the low frequencies from
+    /// saturating into black and white blobs.
+    #[arg(long, default_value_t = 20.0)]
     pub l2: f64,
     /// Image side in pixels (default: the backbone's crop size).
     #[arg(long)]
