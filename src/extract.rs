@@ -67,8 +67,9 @@ pub fn extract(
 
     // 1. Content keys and cache look-ups, in parallel.
     // On CPU, decoding competes with libtorch's OpenMP threads, whose barriers stall when
-    // one of them is pre-empted: decode at the lowest priority so it fills their idle time.
-    let default_nice = if opts.device == Device::Cpu { 19 } else { 0 };
+    // one of them is pre-empted: decode at a lower priority (nice 5; measured against 0, 10
+    // and 19 in BENCHMARKS.md) so that it mostly fills their idle time yet keeps up.
+    let default_nice = if opts.device == Device::Cpu { 5 } else { 0 };
     let nice = std::env::var("TL_DECODE_NICE")
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -131,10 +132,6 @@ pub fn extract(
     // 2. Compute the misses: decode on the pool while the backbone runs.
     if !misses.is_empty() {
         let compute_start = Instant::now();
-        let module = spec.load_features(opts.device)?;
-        if module.sha256 != backbone_sha256 {
-            return Err(TlError::file(&module.path, "changed while tl was running"));
-        }
         let bar = progress::bar(misses.len() as u64, "extract", opts.progress);
         let numel = cfg.numel();
         let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
@@ -176,6 +173,13 @@ pub fn extract(
                     }
                 }
             });
+            // Owned here, so that an early error drops it and unblocks the producer.
+            let rx = rx;
+            // Load the backbone while the first batch is being decoded.
+            let module = spec.load_features(opts.device)?;
+            if module.sha256 != backbone_sha256 {
+                return Err(TlError::file(&module.path, "changed while tl was running"));
+            }
             let (mut wait, mut fwd, mut put) = (0f64, 0f64, 0f64);
             let mut t_wait = Instant::now();
             for batch in rx.iter() {
