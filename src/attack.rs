@@ -88,10 +88,10 @@ fn reached(probs: &[f32], original: usize, target: Option<usize>) -> bool {
     }
 }
 
-/// Round a perturbation towards zero onto the 8-bit grid, so that neither budget nor
-/// the [0,1] range can be exceeded by rounding. For L-inf, values within float error of a
-/// grid step (e.g. eps = 4/255 exactly) count as reaching it, capped at the largest step
-/// inside the budget.
+/// Put a perturbation on the 8-bit grid without leaving the budget or the [0,1] range.
+/// L-inf: rounded towards zero, where values within float error of a grid step (e.g.
+/// eps = 4/255 exactly) count as reaching it, capped at the largest step inside the budget.
+/// L2: rounded to nearest, shrunk until the rounded perturbation is inside the ball.
 fn quantize(delta: &Tensor, cfg: &AttackConfig) -> Tensor {
     let scaled = delta * 255.0;
     match cfg.norm {
@@ -100,7 +100,21 @@ fn quantize(delta: &Tensor, cfg: &AttackConfig) -> Tensor {
             let q = (scaled.abs() + 1e-4).floor().clamp_max(k) * scaled.sign();
             q / 255.0
         }
-        Norm::L2 => scaled.trunc() / 255.0,
+        Norm::L2 => {
+            // Rounding to nearest keeps the changes of at least half a level (truncation
+            // would zero the many small ones an L2 step spreads over a large image); shrink
+            // until the rounded perturbation is inside the ball, then fall back to truncation.
+            let mut factor = 1.0;
+            for _ in 0..8 {
+                let q = (&scaled * factor).round() / 255.0;
+                let norm = q.square().sum(Kind::Float).sqrt().double_value(&[]);
+                if norm <= cfg.eps {
+                    return q;
+                }
+                factor *= 0.98 * cfg.eps / norm;
+            }
+            (scaled * factor).trunc() / 255.0
+        }
     }
 }
 
@@ -280,6 +294,9 @@ fn output_names(inputs: &[PathBuf]) -> Vec<String> {
 
 fn eps_label(eps: f64) -> String {
     let k = eps * 255.0;
+    if eps >= 1.0 {
+        return format!("{eps}");
+    }
     if (k - k.round()).abs() < 1e-6 {
         format!("{}/255", k.round())
     } else {

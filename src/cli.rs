@@ -227,7 +227,7 @@ pub struct DreamArgs {
     #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
     /// Total-variation weight (TV is the mean absolute difference of neighbouring pixels).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub tv: f64,
     /// Penalty on the mean squared distance from mid-grey: keeps the low frequencies from
     /// saturating into black and white blobs.
