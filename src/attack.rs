@@ -305,15 +305,11 @@ fn eps_label(eps: f64) -> String {
 }
 
 pub fn run(ctx: &Context, args: &AttackArgs) -> Result<()> {
-    let classifier = Classifier::from_args(
+    let classifier = crate::commands::load_network(
+        ctx,
         args.network.run.as_deref(),
         args.network.backbone.as_deref(),
-        &ctx.backbones,
-        ctx.device,
     )?;
-    if let Some(w) = &classifier.warning {
-        eprintln!("warning: {w}");
-    }
     let target = match (&args.target, args.untargeted) {
         (Some(t), false) => {
             let r = classes::resolve(t, &classifier.classes)?;

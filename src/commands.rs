@@ -55,6 +55,19 @@ impl Context {
     }
 }
 
+/// The network of `--run` or `--backbone`, with its weights warning printed.
+pub fn load_network(
+    ctx: &Context,
+    run: Option<&Path>,
+    backbone: Option<&str>,
+) -> Result<Classifier> {
+    let classifier = Classifier::from_args(run, backbone, &ctx.backbones, ctx.device)?;
+    if let Some(w) = &classifier.warning {
+        eprintln!("warning: {w}");
+    }
+    Ok(classifier)
+}
+
 fn open_cache(args: &CacheArgs, backbone_sha: &str, spec: &BackboneSpec) -> Result<FeatureCache> {
     if args.no_cache {
         return Ok(FeatureCache::disabled());
@@ -503,15 +516,7 @@ pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
             "no images given (usage: tl predict RUN_DIR IMAGE...)",
         ));
     }
-    let classifier = Classifier::from_args(
-        run_dir.as_deref(),
-        args.backbone.as_deref(),
-        &ctx.backbones,
-        ctx.device,
-    )?;
-    if let Some(w) = &classifier.warning {
-        eprintln!("warning: {w}");
-    }
+    let classifier = load_network(ctx, run_dir.as_deref(), args.backbone.as_deref())?;
     let files = crate::data::expand_inputs(inputs)?;
     let mut predictions = Vec::new();
     let mut failures = Vec::new();

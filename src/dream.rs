@@ -322,15 +322,11 @@ pub fn strip_path(out: &Path) -> PathBuf {
 }
 
 pub fn run(ctx: &Context, args: &DreamArgs) -> Result<()> {
-    let classifier = Classifier::from_args(
+    let classifier = crate::commands::load_network(
+        ctx,
         args.network.run.as_deref(),
         args.network.backbone.as_deref(),
-        &ctx.backbones,
-        ctx.device,
     )?;
-    if let Some(w) = &classifier.warning {
-        eprintln!("warning: {w}");
-    }
     let target = classes::resolve(&args.class, &classifier.classes)?;
     if let Some(note) = &target.note {
         eprintln!("note: {note}");
