@@ -46,7 +46,7 @@ a=$("$TL" dream --run "$OUT/run" --class cat -o "$OUT/cat.png" --json -q | fmt '
 echo "dream cat (run): $a"
 
 mkdir -p "$OUT/dogs20"
-for f in $(ls "$DATA/dog" | sort | head -20); do ln -s "$(realpath "$DATA/dog/$f")" "$OUT/dogs20/$f"; done
+for f in $(ls "$DATA/dog" | sort | sed -n 1,20p); do ln -s "$(realpath "$DATA/dog/$f")" "$OUT/dogs20/$f"; done
 echo "== attack: 20 dogs -> tabby, ImageNet classifier, eps 4/255, 50 steps"
 "$TL" attack "$OUT/dogs20" --backbone mobilenet_v2 --target tabby --eps 4/255 --steps 50 -o "$OUT/adv_tabby" --json -q > "$OUT/attack_tabby.json"
 fmt 'attacked {s[attacked]}, success {s[success_rate]:.0%}, median steps {s[median_steps]}, median seconds {s[median_seconds]:.2f}, min PSNR {min_psnr:.1f} dB; skipped: {skipped_names}' < "$OUT/attack_tabby.json"

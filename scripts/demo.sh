@@ -53,10 +53,10 @@ step "3. evaluate on the held-out half"
 "$TL" eval "$OUT/run" "$DATA" --split val --top-losses 5
 
 CLASSES=$(ls "$DATA")
-FIRST_CLASS=$(echo "$CLASSES" | head -1)
+FIRST_CLASS=$(echo "$CLASSES" | sed -n 1p)
 LAST_CLASS=$(echo "$CLASSES" | tail -1)
-CAT_IMG=$(find "$DATA/$FIRST_CLASS" -type f | sort | head -1)
-DOG_IMG=$(find "$DATA/$LAST_CLASS" -type f | sort | head -1)
+CAT_IMG=$(find "$DATA/$FIRST_CLASS" -type f | sort | sed -n 1p)
+DOG_IMG=$(find "$DATA/$LAST_CLASS" -type f | sort | sed -n 1p)
 step "4. predict"
 "$TL" predict "$OUT/run" "$CAT_IMG" "$DOG_IMG"
 "$TL" predict --backbone mobilenet_v2 "$CAT_IMG" --top-k 5
@@ -67,8 +67,8 @@ step "5. dream: what does the network think a '$FIRST_CLASS' looks like?"
 "$TL" dream --backbone mobilenet_v2 --class "Siamese cat" --steps "$TL_DEMO_DREAM_STEPS" --tv 0 -o "$OUT/dream_siamese_tv0.png" --force
 
 # Attack a photo the head gets right (the first few in name order).
-for f in $(find "$DATA/$LAST_CLASS" -type f | sort | head -20); do
-    if "$TL" predict "$OUT/run" "$f" -k 1 | grep -q "	$LAST_CLASS "; then DOG_IMG="$f"; break; fi
+for f in $(find "$DATA/$LAST_CLASS" -type f | sort | sed -n 1,20p); do
+    if "$TL" predict "$OUT/run" "$f" -k 1 | grep "	$LAST_CLASS " >/dev/null; then DOG_IMG="$f"; break; fi
 done
 step "6. attack: make the network see a '$FIRST_CLASS' in $(basename "$DOG_IMG") (eps $TL_DEMO_ATTACK_EPS)"
 "$TL" attack "$DOG_IMG" --run "$OUT/run" --target "$FIRST_CLASS" --eps "$TL_DEMO_ATTACK_EPS" -o "$OUT/attack_adversarial.png" --diff "$OUT/attack_diff.png" --force
