@@ -470,3 +470,61 @@ fn attack_bad_input() {
     ]);
     assert!(err.contains("missing.jpg"), "{err}");
 }
+
+#[test]
+fn dream_from_a_photo_and_untargeted_attack() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = tmp.path().join("photo.png");
+    test_photo(&photo);
+    // --init: starts from the photo (centre-cropped to the dream size), for both parametrisations.
+    for param in ["fourier", "pixel"] {
+        let out = tmp.path().join(format!("init-{param}.png"));
+        let r = dream_json(
+            &tl,
+            &out,
+            &[
+                "--init",
+                photo.to_str().unwrap(),
+                "--steps",
+                "5",
+                "--param",
+                param,
+            ],
+        );
+        assert_eq!(png(&out).dimensions(), (64, 64));
+        assert!(r["probability"].as_f64().unwrap() > 0.0);
+    }
+    // --untargeted: success means the saved file's class differs from the original one.
+    let out = tmp.path().join("untargeted.png");
+    let r = attack_json(
+        &tl,
+        &photo,
+        &out,
+        &["--untargeted", "--eps", "32/255", "--steps", "100"],
+    );
+    let o = &r["outcomes"][0];
+    let after = current_class(&tl, &out);
+    assert_eq!(
+        o["success"].as_bool().unwrap(),
+        after != o["original_class"].as_str().unwrap(),
+        "{o}"
+    );
+    assert!(
+        o["success"].as_bool().unwrap(),
+        "a 32/255 budget should move the tiny net: {o}"
+    );
+    let err = tl.fails(&[
+        "attack",
+        photo.to_str().unwrap(),
+        "--backbone",
+        "tiny",
+        "--untargeted",
+        "--target",
+        "zebra",
+        "-o",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(err.contains("not both"), "{err}");
+}
