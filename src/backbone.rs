@@ -69,6 +69,9 @@ pub struct BackboneSpec {
     pub sidecar: Option<Sidecar>,
     pub features_path: PathBuf,
     pub classifier_path: Option<PathBuf>,
+    /// sha256 of `features_path`, computed (and checked against the sidecar) on first use,
+    /// so that the backbone file is hashed once per process however often it is asked for.
+    pub features_hash: std::sync::OnceLock<String>,
 }
 
 /// The default folder for exported backbones: `$TL_BACKBONES`, else `./backbones`.
@@ -124,12 +127,12 @@ impl BackboneSpec {
                 .unwrap_or_default();
             let sidecar = as_path.with_file_name(format!("{stem}.json"));
             if sidecar.is_file() {
-                let mut resolved = Self::from_sidecar(&sidecar)?;
-                if !file_name.ends_with(".features.pt") {
-                    // The path names a model of its own; use it as the feature extractor.
-                    resolved.features_path = as_path.to_path_buf();
+                let resolved = Self::from_sidecar(&sidecar)?;
+                // Only the sidecar's own feature extractor is described by it; any other
+                // model next to it (e.g. its .classifier.pt) is taken as a plain TorchScript model.
+                if resolved.features_path.file_name() == as_path.file_name() {
+                    return Ok(resolved);
                 }
-                return Ok(resolved);
             }
             return Ok(BackboneSpec {
                 name: stem,
@@ -137,6 +140,7 @@ impl BackboneSpec {
                 sidecar: None,
                 features_path: as_path.to_path_buf(),
                 classifier_path: None,
+                features_hash: Default::default(),
             });
         }
         let sidecar = dir.join(format!("{spec}.json"));
@@ -202,6 +206,7 @@ impl BackboneSpec {
             sidecar: Some(sidecar),
             features_path,
             classifier_path,
+            features_hash: Default::default(),
         })
     }
 
@@ -236,13 +241,17 @@ impl BackboneSpec {
 
     /// sha256 of the feature extractor, checked against the sidecar's record.
     pub fn verified_features_hash(&self) -> Result<String> {
-        verified_hash(
+        if let Some(hash) = self.features_hash.get() {
+            return Ok(hash.clone());
+        }
+        let hash = verified_hash(
             &self.features_path,
             self.sidecar
                 .as_ref()
                 .and_then(|s| s.features_sha256.as_deref()),
             self.sidecar_path.as_deref(),
-        )
+        )?;
+        Ok(self.features_hash.get_or_init(|| hash).clone())
     }
 
     pub fn load_features(&self, device: Device) -> Result<LoadedModule> {

@@ -5,7 +5,7 @@ use crate::cache::FeatureCache;
 use crate::cli::{CacheArgs, EvalArgs, EvalSplit, GlobalArgs, PredictArgs, TrainArgs};
 use crate::data::{Dataset, Sample};
 use crate::error::{Result, TlError};
-use crate::extract::{self, ExtractOptions, Extracted};
+use crate::extract::{self, ExtractOptions};
 use crate::head::{Head, HeadConfig};
 use crate::model::Classifier;
 use crate::report::{self, ClassificationReport};
@@ -87,10 +87,13 @@ struct Skipped {
 }
 
 /// Splits extraction results into usable (features, label, path) and skipped files.
-fn gather(samples: &[Sample], ex: &Extracted) -> (Vec<f32>, Vec<i64>, Vec<PathBuf>, Vec<Skipped>) {
+fn gather(
+    samples: &[Sample],
+    features: &[std::result::Result<Vec<f32>, String>],
+) -> (Vec<f32>, Vec<i64>, Vec<PathBuf>, Vec<Skipped>) {
     let mut xs = Vec::new();
     let (mut ys, mut paths, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    for (s, f) in samples.iter().zip(&ex.features) {
+    for (s, f) in samples.iter().zip(features) {
         match f {
             Ok(v) => {
                 xs.extend_from_slice(v);
@@ -215,23 +218,8 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         eprintln!("warning: damaged cache entry recomputed: {c}");
     }
     let n_train = dataset.train.len();
-    let (train_part, val_part) = (&samples[..n_train], &samples[n_train..]);
-    let train_ex = Extracted {
-        features: ex.features[..n_train].to_vec(),
-        dim: ex.dim,
-        stats: ex.stats.clone(),
-        corrupt: vec![],
-        backbone_sha256: backbone_sha.clone(),
-    };
-    let val_ex = Extracted {
-        features: ex.features[n_train..].to_vec(),
-        dim: ex.dim,
-        stats: ex.stats.clone(),
-        corrupt: vec![],
-        backbone_sha256: backbone_sha.clone(),
-    };
-    let (tx, ty, _, mut skipped) = gather(train_part, &train_ex);
-    let (vx, vy, vpaths, vskipped) = gather(val_part, &val_ex);
+    let (tx, ty, _, mut skipped) = gather(&samples[..n_train], &ex.features[..n_train]);
+    let (vx, vy, vpaths, vskipped) = gather(&samples[n_train..], &ex.features[n_train..]);
     skipped.extend(vskipped);
     print_skipped(&skipped, dataset.ignored.len());
     if ty.is_empty() {
@@ -447,7 +435,7 @@ pub fn eval(ctx: &Context, args: &EvalArgs) -> Result<()> {
         amp: false,
     };
     let ex = extract::extract(&paths, &spec, &sha, &cache, &opts)?;
-    let (xs, ys, kept, skipped) = gather(&samples, &ex);
+    let (xs, ys, kept, skipped) = gather(&samples, &ex.features);
     if ys.is_empty() {
         return Err(TlError::file(&args.data, "no readable images to evaluate"));
     }

@@ -177,9 +177,6 @@ pub fn extract(
             let rx = rx;
             // Load the backbone while the first batch is being decoded.
             let module = spec.load_features(opts.device)?;
-            if module.sha256 != backbone_sha256 {
-                return Err(TlError::file(&module.path, "changed while tl was running"));
-            }
             let (mut wait, mut fwd, mut put) = (0f64, 0f64, 0f64);
             let mut t_wait = Instant::now();
             for batch in rx.iter() {

@@ -125,6 +125,7 @@ impl Run {
                 sidecar: None,
                 features_path: rec.features_file.clone(),
                 classifier_path: None,
+                features_hash: Default::default(),
             },
         };
         if !spec.features_path.is_file() {
@@ -133,6 +134,8 @@ impl Run {
                 "the run's backbone file is missing (moved or deleted since training?)",
             ));
         }
+        // Compared with the run's record first: "changed since training" is the useful
+        // message here (the file was checked against its sidecar when the run was trained).
         let hash = crate::util::sha256_file(&spec.features_path)?;
         if hash != rec.features_sha256 {
             return Err(TlError::file(
@@ -140,6 +143,7 @@ impl Run {
                 format!("backbone changed since this run was trained (sha256 {}… now, {}… at training); re-train or restore the file", &hash[..12], &rec.features_sha256[..12]),
             ));
         }
+        let _ = spec.features_hash.set(hash.clone());
         Ok((spec, hash))
     }
 }
