@@ -158,7 +158,6 @@ pub fn attack_image(
     let goal = Tensor::from_slice(&[cfg.target.unwrap_or(original) as i64]).to_device(device);
     let mut margin = cfg.margin;
     let mut used = 0;
-    let mut best_image: Option<RgbImage> = None;
     for step in 0..cfg.steps {
         let d = delta.detach().set_requires_grad(true);
         // Straight-through quantisation: the forward pass sees the 8-bit image.
@@ -168,26 +167,20 @@ pub fn attack_image(
             classifier.logits(&normalize_tensor(&resize.apply(&x), &classifier.preprocess))?;
         let lg =
             Vec::<f32>::try_from(logits.get(0).detach().to_device(Device::Cpu)).unwrap_or_default();
-        let (winner_margin, hit) = match cfg.target {
-            Some(t) => {
-                let other = lg
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != t)
-                    .map(|(_, v)| *v)
-                    .fold(f32::MIN, f32::max);
-                (lg[t] - other, lg[t] - other >= margin as f32)
-            }
-            None => {
-                let other = lg
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != original)
-                    .map(|(_, v)| *v)
-                    .fold(f32::MIN, f32::max);
-                (other - lg[original], other - lg[original] >= margin as f32)
-            }
+        // How far the attack is from its goal, in logits: target over the best other class,
+        // or the best other class over the original one.
+        let best_except = |skip: usize| {
+            lg.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, v)| *v)
+                .fold(f32::MIN, f32::max)
         };
+        let winner_margin = match cfg.target {
+            Some(t) => lg[t] - best_except(t),
+            None => best_except(original) - lg[original],
+        };
+        let hit = winner_margin >= margin as f32;
         bar.set_message(format!("margin {winner_margin:+.2}"));
         if hit {
             // Check on the 8-bit image through the predict path before stopping.
@@ -199,8 +192,8 @@ pub fn attack_image(
             ) {
                 return Ok((candidate, step));
             }
+            // Quantisation or the resize path undid it: ask for a wider margin.
             margin = (margin * 2.0).max(0.5);
-            best_image = Some(candidate);
         }
         let ce = logits.cross_entropy_loss::<Tensor>(&goal, None, Reduction::Mean, -100, 0.0);
         let loss = if cfg.target.is_some() { ce } else { -ce };
@@ -216,7 +209,6 @@ pub fn attack_image(
         used = step + 1;
     }
     let final_image = preprocess::unit_tensor_to_image(&(&x0 + quantize(&delta, cfg)));
-    let _ = best_image;
     Ok((final_image, used))
 }
 
