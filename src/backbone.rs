@@ -74,13 +74,6 @@ pub struct BackboneSpec {
     pub features_hash: std::sync::OnceLock<String>,
 }
 
-/// The default folder for exported backbones: `$TL_BACKBONES`, else `./backbones`.
-pub fn default_dir() -> PathBuf {
-    std::env::var_os("TL_BACKBONES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("backbones"))
-}
-
 /// Names of the backbones exported in `dir` (their sidecars).
 pub fn list(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -255,11 +248,10 @@ impl BackboneSpec {
     }
 
     pub fn load_features(&self, device: Device) -> Result<LoadedModule> {
-        let hash = self.verified_features_hash()?;
+        self.verified_features_hash()?;
         let module = load_module(&self.features_path, device)?;
         Ok(LoadedModule {
             module,
-            sha256: hash,
             path: self.features_path.clone(),
         })
     }
@@ -275,11 +267,10 @@ impl BackboneSpec {
             .sidecar
             .as_ref()
             .and_then(|s| s.classifier_sha256.as_deref());
-        let hash = verified_hash(path, expected, self.sidecar_path.as_deref())?;
+        verified_hash(path, expected, self.sidecar_path.as_deref())?;
         let module = load_module(path, device)?;
         Ok(LoadedModule {
             module,
-            sha256: hash,
             path: path.clone(),
         })
     }
@@ -333,7 +324,6 @@ pub fn load_module(path: &Path, device: Device) -> Result<CModule> {
 
 pub struct LoadedModule {
     pub module: CModule,
-    pub sha256: String,
     pub path: PathBuf,
 }
 

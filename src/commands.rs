@@ -12,7 +12,6 @@ use crate::report::{self, ClassificationReport};
 use crate::run::{self, BackboneRecord, DataRecord, ExtractRecord, Run, RunConfig};
 use crate::train::{self, Split, TrainConfig};
 use crate::util::{human_duration, write_atomic, write_json_atomic};
-use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -195,7 +194,7 @@ pub fn train(ctx: &Context, args: &TrainArgs) -> Result<()> {
         progress: ctx.progress,
         amp: args.amp,
     };
-    let ex = extract::extract(&paths, &spec, &backbone_sha, &cache, &opts)?;
+    let ex = extract::extract(&paths, &spec, &cache, &opts)?;
     let st = &ex.stats;
     eprintln!(
         "features: {} cached, {} computed{}, {} unreadable, {} in {}",
@@ -434,7 +433,7 @@ pub fn eval(ctx: &Context, args: &EvalArgs) -> Result<()> {
         progress: ctx.progress,
         amp: false,
     };
-    let ex = extract::extract(&paths, &spec, &sha, &cache, &opts)?;
+    let ex = extract::extract(&paths, &spec, &cache, &opts)?;
     let (xs, ys, kept, skipped) = gather(&samples, &ex.features);
     if ys.is_empty() {
         return Err(TlError::file(&args.data, "no readable images to evaluate"));
@@ -461,39 +460,6 @@ struct Prediction {
     top: Vec<(String, f32)>,
 }
 
-/// Decode and preprocess files in parallel into one batch tensor; failures are returned.
-pub fn load_batch(
-    paths: &[PathBuf],
-    cfg: &crate::preprocess::PreprocessConfig,
-) -> (Tensor, Vec<usize>, Vec<(usize, String)>) {
-    let numel = cfg.numel();
-    let loaded: Vec<std::result::Result<Vec<f32>, String>> = paths
-        .par_iter()
-        .map(|p| {
-            let mut buf = vec![0f32; numel];
-            crate::preprocess::load_into(p, cfg, &mut buf)
-                .map(|_| buf)
-                .map_err(|e| e.to_string())
-        })
-        .collect();
-    let (mut data, mut ok, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, r) in loaded.into_iter().enumerate() {
-        match r {
-            Ok(v) => {
-                data.extend_from_slice(&v);
-                ok.push(i);
-            }
-            Err(e) => failed.push((i, e)),
-        }
-    }
-    let side = cfg.crop as i64;
-    (
-        Tensor::from_slice(&data).view([ok.len() as i64, 3, side, side]),
-        ok,
-        failed,
-    )
-}
-
 pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
     let (run_dir, inputs): (Option<PathBuf>, &[PathBuf]) = match (&args.run, &args.backbone) {
         (None, None) => (Some(args.paths[0].clone()), &args.paths[1..]),
@@ -509,13 +475,19 @@ pub fn predict(ctx: &Context, args: &PredictArgs) -> Result<()> {
     let mut predictions = Vec::new();
     let mut failures = Vec::new();
     for chunk in files.chunks(args.batch_size.max(1)) {
-        let (x, ok, failed) = load_batch(chunk, &classifier.preprocess);
-        failures.extend(failed.into_iter().map(|(i, e)| (chunk[i].clone(), e)));
-        if ok.is_empty() {
+        let all: Vec<usize> = (0..chunk.len()).collect();
+        let batch = extract::decode_batch(chunk, &all, &classifier.preprocess);
+        failures.extend(
+            batch
+                .failures
+                .iter()
+                .map(|(i, e)| (chunk[*i].clone(), e.clone())),
+        );
+        if batch.indices.is_empty() {
             continue;
         }
-        let probs = classifier.probabilities(&x)?;
-        for (j, &i) in ok.iter().enumerate() {
+        let probs = classifier.probabilities(&batch.tensor(&classifier.preprocess))?;
+        for (j, &i) in batch.indices.iter().enumerate() {
             let top = report::top_k(&probs[j], args.top_k.max(1))
                 .into_iter()
                 .map(|c| (classifier.classes[c].clone(), probs[j][c]))

@@ -44,20 +44,63 @@ pub struct Extracted {
     pub dim: usize,
     pub stats: ExtractStats,
     pub corrupt: Vec<String>,
-    pub backbone_sha256: String,
 }
 
-struct Batch {
-    indices: Vec<usize>,
-    data: Vec<f32>,
-    failures: Vec<(usize, String)>,
+/// Preprocessed images ready for the backbone, and the ones that could not be read.
+pub struct DecodedBatch {
+    /// Indices (into the caller's path list) of the images in `data`, in order.
+    pub indices: Vec<usize>,
+    /// `indices.len()` normalised CHW images, back to back.
+    pub data: Vec<f32>,
+    pub failures: Vec<(usize, String)>,
+}
+
+impl DecodedBatch {
+    /// `[n, 3, crop, crop]`
+    pub fn tensor(&self, cfg: &PreprocessConfig) -> Tensor {
+        let side = cfg.crop as i64;
+        Tensor::from_slice(&self.data).view([self.indices.len() as i64, 3, side, side])
+    }
+}
+
+/// Decode and preprocess `paths[i]` for each `i` in `indices`, in parallel on the current
+/// rayon pool, each straight into its slot of one buffer.
+pub fn decode_batch(paths: &[PathBuf], indices: &[usize], cfg: &PreprocessConfig) -> DecodedBatch {
+    let numel = cfg.numel();
+    let mut data = vec![0f32; indices.len() * numel];
+    let results: Vec<std::result::Result<(), String>> = data
+        .par_chunks_mut(numel)
+        .zip(indices.par_iter())
+        .map(|(slot, &i)| preprocess::load_into(&paths[i], cfg, slot).map_err(|e| e.to_string()))
+        .collect();
+    let mut batch = DecodedBatch {
+        indices: Vec::with_capacity(indices.len()),
+        data: Vec::new(),
+        failures: Vec::new(),
+    };
+    let mut kept = 0;
+    for (j, (r, &i)) in results.into_iter().zip(indices).enumerate() {
+        match r {
+            Ok(()) => {
+                // Close the gaps left by failures (rare), keeping the buffer.
+                if kept != j {
+                    data.copy_within(j * numel..(j + 1) * numel, kept * numel);
+                }
+                kept += 1;
+                batch.indices.push(i);
+            }
+            Err(e) => batch.failures.push((i, e)),
+        }
+    }
+    data.truncate(kept * numel);
+    batch.data = data;
+    batch
 }
 
 /// Features for `paths`, from the cache where possible.
 pub fn extract(
     paths: &[PathBuf],
     spec: &BackboneSpec,
-    backbone_sha256: &str,
     cache: &FeatureCache,
     opts: &ExtractOptions,
 ) -> Result<Extracted> {
@@ -133,41 +176,14 @@ pub fn extract(
     if !misses.is_empty() {
         let compute_start = Instant::now();
         let bar = progress::bar(misses.len() as u64, "extract", opts.progress);
-        let numel = cfg.numel();
-        let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
+        let (tx, rx) = crossbeam_channel::bounded::<DecodedBatch>(2);
         let batch_size = opts.batch_size.max(1);
         let result: Result<()> = std::thread::scope(|scope| {
             let misses = &misses;
             let pool = &pool;
             scope.spawn(move || {
                 for chunk in misses.chunks(batch_size) {
-                    let loaded: Vec<(usize, std::result::Result<Vec<f32>, String>)> =
-                        pool.install(|| {
-                            chunk
-                                .par_iter()
-                                .map(|&i| {
-                                    let mut buf = vec![0f32; numel];
-                                    let r = preprocess::load_into(&paths[i], &cfg, &mut buf)
-                                        .map(|_| buf)
-                                        .map_err(|e| e.to_string());
-                                    (i, r)
-                                })
-                                .collect()
-                        });
-                    let mut batch = Batch {
-                        indices: Vec::new(),
-                        data: Vec::with_capacity(chunk.len() * numel),
-                        failures: Vec::new(),
-                    };
-                    for (i, r) in loaded {
-                        match r {
-                            Ok(buf) => {
-                                batch.indices.push(i);
-                                batch.data.extend_from_slice(&buf);
-                            }
-                            Err(e) => batch.failures.push((i, e)),
-                        }
-                    }
+                    let batch = pool.install(|| decode_batch(paths, chunk, &cfg));
                     if tx.send(batch).is_err() {
                         break; // the consumer stopped on an error
                     }
@@ -179,9 +195,9 @@ pub fn extract(
             let module = spec.load_features(opts.device)?;
             let (mut wait, mut fwd, mut put) = (0f64, 0f64, 0f64);
             let mut t_wait = Instant::now();
-            for batch in rx.iter() {
+            for mut batch in rx.iter() {
                 wait += t_wait.elapsed().as_secs_f64();
-                for (i, why) in batch.failures {
+                for (i, why) in std::mem::take(&mut batch.failures) {
                     features[i] = Err(why);
                     stats.failed += 1;
                     bar.inc(1);
@@ -190,14 +206,7 @@ pub fn extract(
                     continue;
                 }
                 let t_fwd = Instant::now();
-                let out = run_batch(
-                    &module,
-                    &batch.data,
-                    batch.indices.len(),
-                    &cfg,
-                    opts.device,
-                    opts.amp,
-                )?;
+                let out = run_batch(&module, &batch.tensor(&cfg), opts.device, opts.amp)?;
                 fwd += t_fwd.elapsed().as_secs_f64();
                 let t_put = Instant::now();
                 let d = out.len() / batch.indices.len();
@@ -240,22 +249,11 @@ pub fn extract(
         dim,
         stats,
         corrupt,
-        backbone_sha256: backbone_sha256.to_string(),
     })
 }
 
-fn run_batch(
-    module: &LoadedModule,
-    data: &[f32],
-    n: usize,
-    cfg: &PreprocessConfig,
-    device: Device,
-    amp: bool,
-) -> Result<Vec<f32>> {
-    let side = cfg.crop as i64;
-    let input = Tensor::from_slice(data)
-        .view([n as i64, 3, side, side])
-        .to_device(device);
+fn run_batch(module: &LoadedModule, input: &Tensor, device: Device, amp: bool) -> Result<Vec<f32>> {
+    let input = input.to_device(device);
     let out = tch::no_grad(|| tch::autocast(amp && device.is_cuda(), || module.forward(&input)))?;
     let out = out
         .to_device(Device::Cpu)

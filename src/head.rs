@@ -155,17 +155,4 @@ impl Head {
         head.vs.freeze();
         Ok(head)
     }
-
-    /// All weights as one flat vector (for reproducibility checks).
-    pub fn flat_weights(&self) -> Vec<f32> {
-        let mut named = self.vs.variables().into_iter().collect::<Vec<_>>();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named
-            .iter()
-            .flat_map(|(_, t)| {
-                Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1]))
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
 }

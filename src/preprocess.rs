@@ -284,13 +284,6 @@ pub fn load_into(path: &Path, cfg: &PreprocessConfig, out: &mut [f32]) -> Result
     Ok(())
 }
 
-/// One preprocessed image as a `[1,3,crop,crop]` tensor.
-pub fn load_tensor(path: &Path, cfg: &PreprocessConfig) -> Result<Tensor> {
-    let mut buf = vec![0f32; cfg.numel()];
-    load_into(path, cfg, &mut buf)?;
-    Ok(Tensor::from_slice(&buf).view([1, 3, cfg.crop as i64, cfg.crop as i64]))
-}
-
 /// `[1,3,H,W]` float tensor in [0,1] from an RGB image.
 pub fn image_to_unit_tensor(img: &RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
