@@ -37,8 +37,12 @@ impl TlError {
 
 /// The first meaningful line of a libtorch error, without the C++ backtrace.
 pub fn torch_message(err: &tch::TchError) -> String {
-    let text = err.to_string();
-    let text = text.split("Exception raised from").next().unwrap_or(&text);
+    first_line(&err.to_string())
+}
+
+/// The first meaningful line of a libtorch message (also one carried by a panic).
+pub fn first_line(text: &str) -> String {
+    let text = text.split("Exception raised from").next().unwrap_or(text);
     let line = text
         .lines()
         .map(|l| l.trim().trim_start_matches("Internal torch error:").trim())

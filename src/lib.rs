@@ -1,28 +1,34 @@
 //! `tl`: transfer learning on images with frozen TorchScript backbones.
 //!
-//! Data flows one way: `data` lists labelled files → `preprocess` decodes and transforms
-//! them → `backbone` computes features (stored by `cache`, driven by `extract`) → `head`
-//! is trained by `train` → `report` measures it, `run` stores it. `model` wraps a run or a
-//! backbone's ImageNet classifier as one differentiable network for `dream` and `attack`.
-pub mod attack;
-pub mod backbone;
-pub mod cache;
-pub mod classes;
-pub mod cli;
-pub mod commands;
-pub mod data;
+//! The modules follow the data path, and none imports from a later stage
+//! (`tests/architecture.rs` checks it):
+//!
+//! 0. `error`, `util`, `device`, `runtime`, `progress` — shared ground
+//! 1. `data` — dataset layouts and splits, decoding, preprocessing
+//! 2. `features` — backbone, feature cache, extraction
+//! 3. `head` — the trainable head and its training
+//! 4. `eval` — metrics and the report trait
+//! 5. `run` — the run folder
+//! 6. `inspect` — the network as one function: dreams and attacks
+//! 7. `workflow` — the commands as library calls with typed reports
+//!
+//! Command-line parsing lives in the binary (`src/cli/`), which turns flags into the plain
+//! settings structs these modules take.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod device;
-pub mod dream;
 pub mod error;
-pub mod extract;
-pub mod head;
-pub mod model;
-pub mod preprocess;
 pub mod progress;
-pub mod report;
-pub mod run;
-pub mod train;
+pub mod runtime;
 pub mod util;
+
+pub mod data;
+pub mod eval;
+pub mod features;
+pub mod head;
+pub mod inspect;
+pub mod run;
+pub mod workflow;
 
 pub use error::{Result, TlError};
 

@@ -9,16 +9,15 @@ pub fn bar(len: u64, label: &str, show: bool) -> ProgressBar {
         ProgressDrawTarget::hidden()
     };
     let bar = ProgressBar::with_draw_target(Some(len), target);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} {rate} ETA {eta} {msg}",
-        )
-        .unwrap()
-        .with_key("rate", |state: &ProgressState, w: &mut dyn Write| {
-            let _ = write!(w, "{:.1}/s", state.per_sec());
-        })
-        .progress_chars("=> "),
-    );
+    let style = ProgressStyle::with_template(
+        "{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} {rate} ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .with_key("rate", |state: &ProgressState, w: &mut dyn Write| {
+        let _ = write!(w, "{:.1}/s", state.per_sec());
+    })
+    .progress_chars("=> ");
+    bar.set_style(style);
     bar.set_prefix(label.to_string());
     bar
 }

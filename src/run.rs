@@ -1,23 +1,32 @@
-//! A run folder: everything `eval`, `predict`, `dream` and `attack` need from a training run.
+//! Stage 5: a run folder, everything `eval`, `predict`, `dream` and `attack` need from a
+//! training run.
 //!
 //! ```text
 //! config.json      every setting, the seed, the backbone's path and sha256
 //! classes.json     class names in label order
 //! head.safetensors head weights (with the feature standardisation statistics)
+//! split.json       the exact training and validation files (path and content hash)
 //! metrics.jsonl    one line per epoch
-//! report.json      final metrics, extraction statistics, skipped files
+//! report.json      final metrics, extraction statistics, skipped and ignored files
 //! ```
-use crate::backbone::BackboneSpec;
+//!
+//! A run is written into a hidden staging folder beside its destination and moved into
+//! place only when every file is complete: an error, a full disk or an interrupt leaves
+//! no half-written run behind.
+use crate::data::{Layout, PreprocessConfig};
 use crate::error::{Result, TlError};
-use crate::head::HeadConfig;
-use crate::preprocess::PreprocessConfig;
-use crate::train::TrainConfig;
+use crate::features::BackboneSpec;
+use crate::head::{EpochMetrics, Head, HeadConfig, TrainConfig};
+use crate::util::fs::{to_json_pretty, StagedDir};
+use crate::util::{write_atomic, write_json_atomic, FilePath};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub const CONFIG: &str = "config.json";
 pub const CLASSES: &str = "classes.json";
 pub const HEAD: &str = "head.safetensors";
+pub const SPLIT: &str = "split.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const REPORT: &str = "report.json";
 
@@ -27,8 +36,8 @@ pub struct BackboneRecord {
     pub spec: String,
     pub name: String,
     pub architecture: String,
-    pub sidecar: Option<PathBuf>,
-    pub features_file: PathBuf,
+    pub sidecar: Option<FilePath>,
+    pub features_file: FilePath,
     pub features_sha256: String,
     pub feature_dim: i64,
     pub pretrained: Option<bool>,
@@ -36,10 +45,11 @@ pub struct BackboneRecord {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DataRecord {
-    pub root: PathBuf,
-    pub layout: crate::data::Layout,
+    pub root: FilePath,
+    pub layout: Layout,
+    /// The fraction held out when the split was drawn by `tl` (with the run's seed).
     pub val_split: Option<f64>,
-    pub val_dir: Option<PathBuf>,
+    pub val_dir: Option<FilePath>,
     pub train_images: usize,
     pub val_images: usize,
 }
@@ -49,7 +59,7 @@ pub struct ExtractRecord {
     pub batch_size: usize,
     pub threads: usize,
     pub device: String,
-    pub cache_dir: Option<PathBuf>,
+    pub cache_dir: Option<FilePath>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,6 +73,98 @@ pub struct RunConfig {
     pub head: HeadConfig,
     pub train: TrainConfig,
     pub extract: ExtractRecord,
+}
+
+/// One image of the recorded split: where it was and what it held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitEntry {
+    /// Relative to the dataset folder when inside it.
+    pub path: FilePath,
+    /// blake3 content key (as in the feature cache).
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SplitRecord {
+    pub train: Vec<SplitEntry>,
+    pub val: Vec<SplitEntry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Train,
+    Val,
+}
+
+/// How the files of a folder today map onto the recorded split.
+#[derive(Clone, Debug, Default)]
+pub struct SplitMatch {
+    /// Indices (into the files given) on each side.
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    /// Files in neither recorded list (added since training).
+    pub new: Vec<usize>,
+    /// Recorded files not found (removed or edited since training).
+    pub missing_train: Vec<FilePath>,
+    pub missing_val: Vec<FilePath>,
+}
+
+impl SplitRecord {
+    pub fn entry(root: &Path, path: &Path, key: &str) -> SplitEntry {
+        SplitEntry {
+            path: FilePath(path.strip_prefix(root).unwrap_or(path).to_path_buf()),
+            key: key.to_string(),
+        }
+    }
+
+    /// Match files (path relative to `root`, content key) against the record: by path and
+    /// content first, then by content alone (a file moved or renamed).
+    pub fn locate(&self, root: &Path, files: &[(PathBuf, Option<String>)]) -> SplitMatch {
+        let mut by_entry: HashMap<(&Path, &str), Side> = HashMap::new();
+        let mut by_key: HashMap<&str, Vec<Side>> = HashMap::new();
+        for (side, list) in [(Side::Train, &self.train), (Side::Val, &self.val)] {
+            for e in list {
+                by_entry.insert((e.path.as_path(), e.key.as_str()), side);
+                by_key.entry(e.key.as_str()).or_default().push(side);
+            }
+        }
+        let mut seen: std::collections::HashSet<&str> = Default::default();
+        let mut m = SplitMatch::default();
+        for (i, (path, key)) in files.iter().enumerate() {
+            let Some(key) = key.as_deref() else {
+                m.new.push(i);
+                continue;
+            };
+            let rel = path.strip_prefix(root).unwrap_or(path);
+            let side = by_entry.get(&(rel, key)).copied().or_else(|| {
+                by_key
+                    .get(key)
+                    .filter(|sides| sides.iter().all(|s| *s == sides[0]))
+                    .map(|sides| sides[0])
+            });
+            match side {
+                Some(Side::Train) => m.train.push(i),
+                Some(Side::Val) => m.val.push(i),
+                None => m.new.push(i),
+            }
+            if side.is_some() {
+                if let Some((k, _)) = by_key.get_key_value(key) {
+                    seen.insert(k);
+                }
+            }
+        }
+        for e in &self.train {
+            if !seen.contains(e.key.as_str()) {
+                m.missing_train.push(e.path.clone());
+            }
+        }
+        for e in &self.val {
+            if !seen.contains(e.key.as_str()) {
+                m.missing_val.push(e.path.clone());
+            }
+        }
+        m
+    }
 }
 
 /// A trained run, loaded from its folder.
@@ -110,23 +212,29 @@ impl Run {
         self.dir.join(HEAD)
     }
 
+    pub fn load_head(&self, device: tch::Device) -> Result<Head> {
+        Head::load(self.config.head.clone(), &self.head_path(), device)
+    }
+
+    /// The recorded training/validation files (runs of older versions have none).
+    pub fn split(&self) -> Result<Option<SplitRecord>> {
+        let path = self.dir.join(SPLIT);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        crate::util::read_json(&path).map(Some)
+    }
+
     /// The backbone the run was trained on, checked to be byte-for-byte the same file.
-    pub fn backbone(&self) -> Result<(BackboneSpec, String)> {
+    pub fn backbone(&self) -> Result<BackboneSpec> {
         let rec = &self.config.backbone;
         let spec = match &rec.sidecar {
             Some(sidecar) if sidecar.is_file() => {
                 let mut s = BackboneSpec::from_sidecar(sidecar)?;
-                s.features_path = rec.features_file.clone();
+                s.features_path = rec.features_file.0.clone();
                 s
             }
-            _ => BackboneSpec {
-                name: rec.name.clone(),
-                sidecar_path: None,
-                sidecar: None,
-                features_path: rec.features_file.clone(),
-                classifier_path: None,
-                features_hash: Default::default(),
-            },
+            _ => BackboneSpec::raw(&rec.name, &rec.features_file),
         };
         if !spec.features_path.is_file() {
             return Err(TlError::file(
@@ -140,44 +248,72 @@ impl Run {
         if hash != rec.features_sha256 {
             return Err(TlError::file(
                 &spec.features_path,
-                format!("backbone changed since this run was trained (sha256 {}… now, {}… at training); re-train or restore the file", &hash[..12], &rec.features_sha256[..12]),
+                format!(
+                    "backbone changed since this run was trained (sha256 {}… now, {}… at training); re-train or restore the file",
+                    &hash[..12],
+                    rec.features_sha256.get(..12).unwrap_or(&rec.features_sha256)
+                ),
             ));
         }
-        let _ = spec.features_hash.set(hash.clone());
-        Ok((spec, hash))
+        let _ = spec.features_hash.set(hash);
+        Ok(spec)
     }
 }
 
-/// A new, empty run folder: `--out DIR` (refused if it exists and is not empty, unless
-/// `force`), or `runs/<timestamp>-<backbone>`.
-pub fn create_dir(out: Option<&Path>, backbone_name: &str, force: bool) -> Result<PathBuf> {
-    let dir = match out {
-        Some(d) => {
-            if d.exists() {
-                let non_empty = std::fs::read_dir(d)
-                    .map(|mut r| r.next().is_some())
-                    .unwrap_or(true);
-                if non_empty && !force {
-                    return Err(TlError::file(
-                        d,
-                        "output folder exists and is not empty (pass --force to write into it)",
-                    ));
-                }
-            }
-            d.to_path_buf()
-        }
-        None => {
-            let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-            let base = PathBuf::from("runs").join(format!("{stamp}-{backbone_name}"));
-            let mut dir = base.clone();
-            let mut n = 1;
-            while dir.exists() {
-                n += 1;
-                dir = PathBuf::from(format!("{}-{n}", base.display()));
-            }
-            dir
-        }
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| TlError::file(&dir, e.to_string()))?;
-    Ok(dir)
+/// `runs/<timestamp>-<backbone>`, numbered if that exists.
+pub fn default_dir(backbone_name: &str) -> PathBuf {
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let base = PathBuf::from("runs").join(format!("{stamp}-{backbone_name}"));
+    let mut dir = base.clone();
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = PathBuf::from(format!("{}-{n}", base.display()));
+    }
+    dir
+}
+
+/// Everything a finished training run writes.
+pub struct RunContents<'a, R: Serialize> {
+    pub config: &'a RunConfig,
+    pub classes: &'a [String],
+    pub head: &'a Head,
+    pub split: &'a SplitRecord,
+    pub metrics: &'a [EpochMetrics],
+    pub report: &'a R,
+}
+
+/// Check early (before any work) that `dest` may be written.
+pub fn check_destination(dest: &Path, force: bool) -> Result<()> {
+    if dest.exists() && !dest.is_dir() {
+        return Err(TlError::file(dest, "exists and is not a folder"));
+    }
+    if crate::util::fs::is_non_empty_dir(dest) && !force {
+        return Err(TlError::file(
+            dest,
+            "output folder exists and is not empty (pass --force to write into it)",
+        ));
+    }
+    Ok(())
+}
+
+/// Write a run into `dest` (see the module comment): all files or none.
+pub fn write<R: Serialize>(dest: &Path, force: bool, c: &RunContents<R>) -> Result<PathBuf> {
+    let staged = StagedDir::new(dest, force)?;
+    let dir = staged.path();
+    write_json_atomic(&dir.join(CONFIG), c.config)?;
+    write_json_atomic(&dir.join(CLASSES), c.classes)?;
+    c.head.save(&dir.join(HEAD))?;
+    write_json_atomic(&dir.join(SPLIT), c.split)?;
+    let mut metrics = String::new();
+    for m in c.metrics {
+        let line = serde_json::to_string(m)
+            .map_err(|e| TlError::file(dir.join(METRICS), e.to_string()))?;
+        metrics.push_str(&line);
+        metrics.push('\n');
+    }
+    write_atomic(&dir.join(METRICS), metrics.as_bytes())?;
+    let report = to_json_pretty(c.report).map_err(|e| TlError::file(dir.join(REPORT), e))?;
+    write_atomic(&dir.join(REPORT), format!("{report}\n").as_bytes())?;
+    staged.commit()
 }

@@ -8,8 +8,8 @@ fn png(path: &Path) -> image::RgbImage {
 }
 
 fn tv(img: &image::RgbImage) -> f64 {
-    let t = tl::preprocess::image_to_unit_tensor(img);
-    tl::dream::total_variation(&t).double_value(&[])
+    let t = tl::data::preprocess::image_to_unit_tensor(img);
+    tl::inspect::dream::total_variation(&t).double_value(&[])
 }
 
 fn dream_json(tl: &Tl, out: &Path, extra: &[&str]) -> serde_json::Value {
@@ -278,7 +278,7 @@ fn attack_respects_the_budget_and_is_judged_on_the_saved_file() {
             original.dimensions(),
             "the perturbation is made at the image's own resolution"
         );
-        let (linf, l2, _) = tl::attack::distortion(&original, &adv);
+        let (linf, l2, _) = tl::inspect::attack::distortion(&original, &adv);
         let eps_v = tl::util::parse_fraction(eps).unwrap();
         match norm {
             "linf" => assert!(linf <= eps_v + 1e-9, "Linf {linf} > {eps_v}"),
@@ -526,5 +526,5 @@ fn dream_from_a_photo_and_untargeted_attack() {
         out.to_str().unwrap(),
         "--force",
     ]);
-    assert!(err.contains("not both"), "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
 }

@@ -1,7 +1,7 @@
 //! Preprocessing and TorchScript parity with PyTorch (references from scripts/make_fixtures.py).
 mod common;
 use tch::{Kind, Tensor};
-use tl::preprocess::{self, PreprocessConfig};
+use tl::data::preprocess::{self, PreprocessConfig};
 
 fn references() -> (
     Vec<String>,
@@ -32,7 +32,7 @@ fn preprocessing_matches_torchvision_eval_transform() {
     }
     let cfg = PreprocessConfig::default();
     let pixels = &refs["pixels"];
-    let module = tl::backbone::load_module(
+    let module = tl::features::backbone::load_module(
         &common::fixtures().join("backbones/tiny.features.pt"),
         tch::Device::Cpu,
     )
@@ -41,7 +41,7 @@ fn preprocessing_matches_torchvision_eval_transform() {
     let mut worst_mad: f64 = 0.0;
     let mut worst_cos: f64 = 1.0;
     for (i, file) in files.iter().enumerate() {
-        let img = preprocess::decode_rgb(std::path::Path::new(file)).unwrap();
+        let img = tl::data::decode::decode_rgb(std::path::Path::new(file)).unwrap();
         let ours = preprocess::resize_crop_u8(&img, cfg.resize, cfg.crop);
         let ours = Tensor::from_slice(&ours)
             .view([224, 224, 3])
@@ -76,7 +76,7 @@ fn preprocessing_matches_torchvision_eval_transform() {
 #[test]
 fn torchscript_outputs_are_identical_to_python() {
     let (_, _, refs) = references();
-    let module = tl::backbone::load_module(
+    let module = tl::features::backbone::load_module(
         &common::fixtures().join("backbones/tiny.features.pt"),
         tch::Device::Cpu,
     )

@@ -6,18 +6,23 @@
 //! Each step sees the image through a random jitter, scale and rotation, which keeps the
 //! result from being a fragile adversarial pattern; the score reported at the end is that
 //! of the saved 8-bit PNG, re-loaded and classified with no transforms at all.
-use crate::classes;
-use crate::cli::DreamArgs;
-use crate::commands::Context;
+use super::classes;
+use super::classifier::{Classifier, NetworkChoice};
+use crate::data::decode::decode_rgb;
+use crate::data::preprocess::{self, normalize_tensor};
 use crate::error::{Result, TlError};
-use crate::model::Classifier;
-use crate::preprocess::{self, normalize_tensor};
+use crate::eval::{format_top, ClassProb, Report};
 use crate::progress;
-use crate::util::SplitMix64;
+use crate::runtime::Runtime;
+use crate::util::{refuse_overwrite, FilePath, SplitMix64};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+/// The largest image side `tl dream` makes: memory grows with its square (a 2048-pixel
+/// dream through MobileNetV2 needs several GB for the gradients).
+pub const MAX_DREAM_SIZE: u32 = 2048;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DreamConfig {
@@ -27,18 +32,11 @@ pub struct DreamConfig {
     pub l2: f64,
     pub size: u32,
     pub seed: u64,
-    pub init: Option<PathBuf>,
+    pub init: Option<FilePath>,
     pub transforms: bool,
     pub save_every: Option<usize>,
     pub param: Parametrization,
     pub objective: Objective,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ClassProb {
-    pub class: String,
-    pub index: usize,
-    pub probability: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,9 +50,40 @@ pub struct DreamReport {
     pub total_variation: f64,
     pub steps: usize,
     pub seconds: f64,
-    pub output: PathBuf,
-    pub strip: Option<PathBuf>,
+    pub output: FilePath,
+    pub strip: Option<FilePath>,
     pub config: DreamConfig,
+    /// Notes for the user (a loosely matched class name, random weights).
+    pub warnings: Vec<String>,
+}
+
+impl DreamConfig {
+    /// Every number in range; the error names the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(TlError::invalid("the number of steps must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(TlError::invalid(format!(
+                "learning rate {} must be a positive number",
+                self.lr
+            )));
+        }
+        for (what, v) in [("TV weight", self.tv), ("grey-distance weight", self.l2)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(TlError::invalid(format!(
+                    "{what} {v} must be a number >= 0"
+                )));
+            }
+        }
+        if !(16..=MAX_DREAM_SIZE).contains(&self.size) {
+            return Err(TlError::invalid(format!(
+                "image size {} must be between 16 and {MAX_DREAM_SIZE} pixels",
+                self.size
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Mean absolute difference between vertically and horizontally adjacent pixels.
@@ -72,8 +101,7 @@ pub fn total_variation(x: &Tensor) -> Tensor {
 
 /// Random jitter (roll), scale and rotation, differentiable with respect to `x`.
 fn random_transform(x: &Tensor, rng: &mut SplitMix64) -> Tensor {
-    let mut uniform =
-        |lo: f64, hi: f64| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let mut uniform = |lo: f64, hi: f64| rng.uniform(lo, hi);
     let side = x.size()[2] as f64;
     let max_shift = (side / 16.0).round().max(1.0);
     let dy = uniform(-max_shift, max_shift + 1.0).floor() as i64;
@@ -91,7 +119,7 @@ fn random_transform(x: &Tensor, rng: &mut SplitMix64) -> Tensor {
 }
 
 /// How the optimised variables become an image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Parametrization {
     /// Pixels directly, clamped to [0,1] after each step.
@@ -208,7 +236,7 @@ impl ImageParam {
 }
 
 /// What the optimisation pushes up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// The target's logit.
@@ -226,20 +254,17 @@ pub fn dream(
     cfg: &DreamConfig,
     show_progress: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    if cfg.steps == 0 || cfg.lr <= 0.0 || cfg.tv < 0.0 || cfg.l2 < 0.0 || cfg.size < 16 {
-        return Err(TlError::invalid(
-            "dream needs steps > 0, lr > 0, tv >= 0, l2 >= 0 and size >= 16",
-        ));
-    }
+    cfg.validate()?;
     let device = classifier.device;
     let s = cfg.size as i64;
     tch::manual_seed(cfg.seed as i64);
     let mut rng = SplitMix64::new(cfg.seed);
     let init = match &cfg.init {
         Some(path) => {
-            let img = preprocess::decode_rgb(path)?;
+            let img = decode_rgb(path)?;
             let crop = preprocess::resize_crop_u8(&img, cfg.size, cfg.size);
-            let img = image::RgbImage::from_raw(cfg.size, cfg.size, crop).expect("crop size");
+            let img = image::RgbImage::from_raw(cfg.size, cfg.size, crop)
+                .ok_or_else(|| TlError::file(path, "cannot crop this image"))?;
             Some(preprocess::image_to_unit_tensor(&img))
         }
         None => None,
@@ -293,26 +318,6 @@ pub fn dream(
     Ok((image, frames))
 }
 
-/// Class probabilities of an 8-bit image file, as is (no resize, no crop, no transforms).
-pub fn score_file(classifier: &Classifier, path: &Path) -> Result<Vec<f32>> {
-    let img = preprocess::decode_rgb(path)?;
-    let x = normalize_tensor(
-        &preprocess::image_to_unit_tensor(&img),
-        &classifier.preprocess,
-    );
-    Ok(classifier.probabilities(&x)?.remove(0))
-}
-
-fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
-    if path.exists() && !force {
-        return Err(TlError::file(
-            path,
-            "already exists (pass --force to overwrite)",
-        ));
-    }
-    Ok(())
-}
-
 pub fn strip_path(out: &Path) -> PathBuf {
     let stem = out
         .file_stem()
@@ -321,97 +326,91 @@ pub fn strip_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}-strip.png"))
 }
 
-pub fn run(ctx: &Context, args: &DreamArgs) -> Result<()> {
-    let classifier = crate::commands::load_network(
-        ctx,
-        args.network.run.as_deref(),
-        args.network.backbone.as_deref(),
-    )?;
-    let target = classes::resolve(&args.class, &classifier.classes)?;
-    if let Some(note) = &target.note {
-        eprintln!("note: {note}");
-    }
-    refuse_overwrite(&args.out, args.force)?;
-    let strip = args.save_every.map(|_| strip_path(&args.out));
+/// What `tl dream` is asked to do.
+#[derive(Clone, Debug)]
+pub struct DreamSettings {
+    pub network: NetworkChoice,
+    /// Class name (exact, case-insensitive, or a unique substring) or index.
+    pub class: String,
+    pub out: PathBuf,
+    pub force: bool,
+    /// Image side; None: the network's crop size.
+    pub size: Option<u32>,
+    /// The optimisation (its `size` is replaced by the resolved one).
+    pub config: DreamConfig,
+}
+
+/// Dream, save the PNG (and the strip of frames), then re-load the saved file and score
+/// it as is: that score is the report's.
+pub fn run(rt: &Runtime, settings: &DreamSettings) -> Result<DreamReport> {
+    let classifier = Classifier::load(&settings.network, rt)?;
+    let mut warnings: Vec<String> = classifier.warning.iter().cloned().collect();
+    let target = classes::resolve(&settings.class, &classifier.classes)?;
+    warnings.extend(target.note.clone());
+    let mut cfg = settings.config.clone();
+    cfg.size = settings.size.unwrap_or(classifier.preprocess.crop);
+    cfg.validate()?;
+    refuse_overwrite(&settings.out, settings.force)?;
+    let strip = cfg.save_every.map(|_| strip_path(&settings.out));
     if let Some(s) = &strip {
-        refuse_overwrite(s, args.force)?;
+        refuse_overwrite(s, settings.force)?;
     }
-    let cfg = DreamConfig {
-        steps: args.steps,
-        lr: args.lr,
-        tv: args.tv,
-        l2: args.l2,
-        size: args.size.unwrap_or(classifier.preprocess.crop),
-        seed: args.seed,
-        init: args.init.clone(),
-        transforms: !args.no_transforms,
-        save_every: args.save_every,
-        param: args.param,
-        objective: args.objective,
-    };
     let start = Instant::now();
-    let (image, mut frames) = dream(&classifier, target.index, &cfg, ctx.progress)?;
+    let (image, mut frames) = crate::util::guard::catch_torch_panic(
+        &format!("dream at {0}x{0} pixels", cfg.size),
+        || dream(&classifier, target.index, &cfg, rt.progress),
+    )?;
     let seconds = start.elapsed().as_secs_f64();
-    preprocess::save_image(&preprocess::unit_tensor_to_image(&image), &args.out)?;
+    preprocess::save_image(&preprocess::unit_tensor_to_image(&image)?, &settings.out)?;
     if let Some(strip_path) = &strip {
         if frames.is_empty() || !cfg.steps.is_multiple_of(cfg.save_every.unwrap_or(1).max(1)) {
             frames.push(image.shallow_clone());
         }
         let strip = Tensor::cat(&frames, 3);
-        preprocess::save_image(&preprocess::unit_tensor_to_image(&strip), strip_path)?;
+        preprocess::save_image(&preprocess::unit_tensor_to_image(&strip)?, strip_path)?;
     }
 
     // The saved file is what counts: re-load it and score it as is.
-    let probs = score_file(&classifier, &args.out)?;
-    let saved = preprocess::image_to_unit_tensor(&preprocess::decode_rgb(&args.out)?);
-    let tv = total_variation(&saved).double_value(&[]);
-    let top5 = crate::report::top_k(&probs, 5)
-        .into_iter()
-        .map(|i| ClassProb {
-            class: classifier.classes[i].clone(),
-            index: i,
-            probability: probs[i] as f64,
-        })
-        .collect::<Vec<_>>();
-    let report = DreamReport {
+    let saved = decode_rgb(&settings.out)?;
+    let probs = classifier.classify_as_is(&saved)?;
+    let tv = total_variation(&preprocess::image_to_unit_tensor(&saved)).double_value(&[]);
+    Ok(DreamReport {
         network: classifier.description.clone(),
         class: target.name.clone(),
         index: target.index,
         probability: probs[target.index] as f64,
-        top5,
+        top5: classifier.top(&probs, 5),
         total_variation: tv,
         steps: cfg.steps,
         seconds,
-        output: args.out.clone(),
-        strip: strip.clone(),
+        output: FilePath(settings.out.clone()),
+        strip: strip.map(FilePath),
         config: cfg,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    } else {
-        println!(
-            "dream of '{}' ({}) with {}: {}",
-            report.class,
-            report.index,
-            report.network,
-            report.output.display()
-        );
-        println!(
-            "saved PNG re-scored: p({}) = {:.4}   TV = {:.4}   {} steps in {:.1}s",
-            report.class, report.probability, report.total_variation, report.steps, report.seconds
-        );
-        println!(
-            "top-5: {}",
-            report
-                .top5
-                .iter()
-                .map(|c| format!("{} {:.3}", c.class, c.probability))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        if let Some(s) = &report.strip {
-            println!("frames: {}", s.display());
-        }
+        warnings,
+    })
+}
+
+impl Report for DreamReport {
+    fn notes(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| format!("warning: {w}"))
+            .collect()
     }
-    Ok(())
+
+    fn render_text(&self) -> String {
+        let mut s = format!(
+            "dream of '{}' ({}) with {}: {}\n",
+            self.class, self.index, self.network, self.output
+        );
+        s += &format!(
+            "saved PNG re-scored: p({}) = {:.4}   TV = {:.4}   {} steps in {:.1}s\n",
+            self.class, self.probability, self.total_variation, self.steps, self.seconds
+        );
+        s += &format!("top-5: {}\n", format_top(&self.top5));
+        if let Some(strip) = &self.strip {
+            s += &format!("frames: {strip}\n");
+        }
+        s
+    }
 }

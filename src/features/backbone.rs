@@ -3,15 +3,13 @@
 //! `--backbone NAME` looks for `NAME.json` in the backbones folder; a path may name the
 //! sidecar, the `.features.pt` file, or any TorchScript image model (then ImageNet
 //! preprocessing is assumed and the feature size is read off the first batch).
+use crate::data::PreprocessConfig;
 use crate::error::{IoContext, Result, TlError, TorchContext};
-use crate::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{CModule, Device};
 
 pub const SIDECAR_FORMAT: &str = "tl-backbone/1";
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sidecar {
@@ -127,14 +125,7 @@ impl BackboneSpec {
                     return Ok(resolved);
                 }
             }
-            return Ok(BackboneSpec {
-                name: stem,
-                sidecar_path: None,
-                sidecar: None,
-                features_path: as_path.to_path_buf(),
-                classifier_path: None,
-                features_hash: Default::default(),
-            });
+            return Ok(BackboneSpec::raw(&stem, as_path));
         }
         let sidecar = dir.join(format!("{spec}.json"));
         if sidecar.is_file() {
@@ -150,6 +141,18 @@ impl BackboneSpec {
             "backbone '{spec}' not found ({hint}); export it with: scripts/export_backbones.py {spec} --out {}",
             dir.display()
         )))
+    }
+
+    /// A TorchScript feature extractor without a sidecar (ImageNet preprocessing assumed).
+    pub fn raw(name: &str, features_path: &Path) -> BackboneSpec {
+        BackboneSpec {
+            name: name.to_string(),
+            sidecar_path: None,
+            sidecar: None,
+            features_path: features_path.to_path_buf(),
+            classifier_path: None,
+            features_hash: Default::default(),
+        }
     }
 
     pub fn from_sidecar(path: &Path) -> Result<BackboneSpec> {

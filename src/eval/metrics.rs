@@ -1,8 +1,37 @@
 //! Classification metrics and their text rendering: accuracy, mean per-class accuracy,
 //! per-class precision/recall/F1, the confusion matrix and the worst files.
+use crate::util::FilePath;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::PathBuf;
+
+/// A class and its probability: the one top-k entry of every report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassProb {
+    pub class: String,
+    pub index: usize,
+    pub probability: f64,
+}
+
+/// The `k` most probable classes, most probable first.
+pub fn top_classes(probs: &[f32], classes: &[String], k: usize) -> Vec<ClassProb> {
+    top_k(probs, k)
+        .into_iter()
+        .map(|i| ClassProb {
+            class: classes.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            index: i,
+            probability: probs[i] as f64,
+        })
+        .collect()
+}
+
+/// `a 0.912, b 0.051, …`
+pub fn format_top(top: &[ClassProb]) -> String {
+    top.iter()
+        .map(|c| format!("{} {:.3}", c.class, c.probability))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassMetrics {
@@ -15,7 +44,7 @@ pub struct ClassMetrics {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TopLoss {
-    pub path: PathBuf,
+    pub path: FilePath,
     pub true_class: String,
     pub predicted: String,
     pub prob_true: f64,
@@ -96,7 +125,7 @@ impl ClassificationReport {
             .iter()
             .take(top_k_losses)
             .map(|&(i, loss, pred)| TopLoss {
-                path: paths[i].clone(),
+                path: FilePath(paths[i].clone()),
                 true_class: classes[labels[i]].clone(),
                 predicted: classes[pred].clone(),
                 prob_true: probs[i][labels[i]] as f64,
@@ -254,7 +283,26 @@ mod tests {
         assert!((r.accuracy - 0.75).abs() < 1e-12);
         assert!((r.mean_class_accuracy - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
         assert!((r.per_class[1].precision - 0.5).abs() < 1e-12);
-        assert_eq!(r.top_losses[0].path, PathBuf::from("2.jpg"));
-        assert!(r.render().contains("confusion matrix"));
+        assert_eq!(r.top_losses[0].path.0, PathBuf::from("2.jpg"));
+        // The whole rendering, compared as text (it is stable: no paths, no timings).
+        let expected = "\
+images: 4   accuracy: 75.00%   mean per-class accuracy: 83.33%   loss: 0.5108
+
+class  precision  recall     f1  support
+cat        1.000   0.667  0.800        3
+dog        0.500   1.000  0.667        1
+
+confusion matrix (rows: true, columns: predicted)
+         cat    dog
+cat        2      1
+dog        0      1
+
+top losses
+  1.204  2.jpg  (true cat p=0.300, predicted dog p=0.700)
+  0.511  3.jpg  (true dog p=0.600, predicted dog p=0.600)
+";
+        assert_eq!(r.render(), expected);
+        let top = top_classes(&probs[2], &classes, 1);
+        assert_eq!(format_top(&top), "dog 0.700");
     }
 }

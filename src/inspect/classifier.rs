@@ -1,12 +1,23 @@
 //! A differentiable image classifier: a trained run (backbone features + head) or a
-//! backbone's full ImageNet classifier. Inputs are normalised `[N,3,H,W]` tensors.
-use crate::backbone::{BackboneSpec, LoadedModule};
+//! backbone's full ImageNet classifier. `logits` takes normalised `[N,3,H,W]` tensors; the
+//! `classify_*` methods take decoded images and say in their name whether they resize.
+use crate::data::preprocess::{self, normalize_tensor, PreprocessConfig};
 use crate::error::{Result, TlError};
+use crate::eval::{top_classes, ClassProb};
+use crate::features::backbone::{BackboneSpec, LoadedModule};
 use crate::head::Head;
-use crate::preprocess::PreprocessConfig;
 use crate::run::Run;
-use std::path::Path;
+use crate::runtime::Runtime;
+use image::RgbImage;
+use std::path::PathBuf;
 use tch::{Device, Tensor};
+
+/// Which network to look at: a trained run, or a backbone's own ImageNet classifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkChoice {
+    Run(PathBuf),
+    Backbone(String),
+}
 
 enum Net {
     Run { features: LoadedModule, head: Head },
@@ -20,22 +31,31 @@ pub struct Classifier {
     /// e.g. "run runs/x (mobilenet_v2 + head)" or "mobilenet_v2 ImageNet classifier".
     pub description: String,
     pub device: Device,
+    /// Set when the weights are random or the preprocessing is assumed.
     pub warning: Option<String>,
 }
 
 impl Classifier {
-    pub fn from_run(dir: &Path, device: Device) -> Result<Classifier> {
-        let run = Run::open(dir)?;
-        let (spec, _) = run.backbone()?;
+    pub fn load(choice: &NetworkChoice, rt: &Runtime) -> Result<Classifier> {
+        match choice {
+            NetworkChoice::Run(dir) => Classifier::from_run(&Run::open(dir)?, rt.device),
+            NetworkChoice::Backbone(name) => {
+                Classifier::from_backbone(&BackboneSpec::resolve(name, &rt.backbones)?, rt.device)
+            }
+        }
+    }
+
+    pub fn from_run(run: &Run, device: Device) -> Result<Classifier> {
+        let spec = run.backbone()?;
         let features = spec.load_features(device)?;
-        let head = Head::load(run.config.head.clone(), &run.head_path(), device)?;
+        let head = run.load_head(device)?;
         Ok(Classifier {
             net: Net::Run { features, head },
             classes: run.classes.clone(),
             preprocess: run.config.preprocess,
             description: format!(
                 "run {} ({} + head)",
-                dir.display(),
+                run.dir.display(),
                 run.config.backbone.name
             ),
             device,
@@ -62,21 +82,6 @@ impl Classifier {
         })
     }
 
-    /// Either `--run DIR` or `--backbone NAME` (exactly one).
-    pub fn from_args(
-        run: Option<&Path>,
-        backbone: Option<&str>,
-        backbones_dir: &Path,
-        device: Device,
-    ) -> Result<Classifier> {
-        match (run, backbone) {
-            (Some(dir), None) => Classifier::from_run(dir, device),
-            (None, Some(name)) => Classifier::from_backbone(&BackboneSpec::resolve(name, backbones_dir)?, device),
-            (Some(_), Some(_)) => Err(TlError::invalid("give either --run or --backbone, not both")),
-            (None, None) => Err(TlError::invalid("which network? give --run RUN_DIR (a trained head) or --backbone NAME (its ImageNet classifier)")),
-        }
-    }
-
     /// Logits for normalised input; differentiable with respect to the input.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         match &self.net {
@@ -98,14 +103,32 @@ impl Classifier {
         }
     }
 
-    /// Class probabilities of preprocessed images, without gradients.
+    /// Class probabilities of a normalised batch, without gradients.
     pub fn probabilities(&self, x: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let probs = tch::no_grad(|| self.logits(&x.to_device(self.device)))?
-            .softmax(-1, tch::Kind::Float)
-            .to_device(Device::Cpu);
-        let n = probs.size()[0];
-        Ok((0..n)
-            .map(|i| Vec::<f32>::try_from(probs.get(i)).unwrap_or_default())
-            .collect())
+        let logits = tch::no_grad(|| self.logits(&x.to_device(self.device)))?;
+        crate::util::tensors::rows(&logits.softmax(-1, tch::Kind::Float))
+    }
+
+    /// One image through the eval transform (resize, centre crop, normalise): `tl predict`.
+    pub fn classify_resized(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        let x = preprocess::resized_tensor(img, &self.preprocess);
+        self.first_row(&x)
+    }
+
+    /// One image as it is, only normalised (no resize, no crop): how a dream is scored.
+    pub fn classify_as_is(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        let x = normalize_tensor(&preprocess::image_to_unit_tensor(img), &self.preprocess);
+        self.first_row(&x)
+    }
+
+    fn first_row(&self, x: &Tensor) -> Result<Vec<f32>> {
+        self.probabilities(x)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TlError::invalid("the network returned no probabilities"))
+    }
+
+    pub fn top(&self, probs: &[f32], k: usize) -> Vec<ClassProb> {
+        top_classes(probs, &self.classes, k)
     }
 }

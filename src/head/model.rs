@@ -1,7 +1,7 @@
 //! The trainable head on top of frozen features: feature standardisation (statistics of
 //! the training set, stored with the weights) followed by a linear layer, or by one hidden
 //! layer with dropout.
-use crate::error::{Result, TlError, TorchContext};
+use crate::error::{Result, TlError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
@@ -124,15 +124,18 @@ impl Head {
 
     /// Save the weights (safetensors), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp.safetensors",
-            path.file_name().unwrap().to_string_lossy()
-        ));
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes = crate::util::tensors::to_safetensors(&named)?;
+        crate::util::write_atomic(path, &bytes)
+    }
+
+    /// Are all weights and statistics finite numbers?
+    pub fn is_finite(&self) -> bool {
         self.vs
-            .save(&tmp)
-            .torch_ctx(|| format!("{}: saving head", path.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| TlError::file(path, e.to_string()))
+            .variables()
+            .values()
+            .all(|t| tch::no_grad(|| t.isfinite().all().int64_value(&[]) == 1))
     }
 
     pub fn load(config: HeadConfig, path: &Path, device: Device) -> Result<Head> {
@@ -152,6 +155,12 @@ impl Head {
                 ),
             )
         })?;
+        if !head.is_finite() {
+            return Err(TlError::file(
+                path,
+                "head weights contain NaN or infinite values (damaged file or diverged training); re-train",
+            ));
+        }
         head.vs.freeze();
         Ok(head)
     }

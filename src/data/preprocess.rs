@@ -8,12 +8,15 @@
 //!
 //! The same coefficients, in floating point, give dense resize matrices for the
 //! differentiable path used by `tl attack` (see [`ResizeMatrices`]).
-use crate::error::{Result, TlError};
+use crate::error::{Result, TlError, TorchContext};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PreprocessConfig {
@@ -30,8 +33,8 @@ impl Default for PreprocessConfig {
         PreprocessConfig {
             resize: 256,
             crop: 224,
-            mean: crate::backbone::IMAGENET_MEAN,
-            std: crate::backbone::IMAGENET_STD,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
         }
     }
 }
@@ -51,44 +54,6 @@ impl PreprocessConfig {
     pub fn numel(&self) -> usize {
         3 * (self.crop as usize) * (self.crop as usize)
     }
-}
-
-/// Decode an image file's bytes to 8-bit RGB. Grayscale, alpha, CMYK and 16-bit images are
-/// converted (alpha is dropped, as Pillow's `convert('RGB')` does).
-pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
-    if bytes.is_empty() {
-        return Err(TlError::file(path, "empty file (0 bytes)"));
-    }
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| TlError::file(path, e.to_string()))?;
-    let format = reader
-        .format()
-        .ok_or_else(|| TlError::file(path, "not an image (unrecognised content)"))?;
-    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
-        return Err(TlError::file(
-            path,
-            "truncated JPEG (no end-of-image marker)",
-        ));
-    }
-    let img = reader
-        .decode()
-        .map_err(|e| TlError::file(path, format!("cannot decode {format:?}: {e}")))?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(TlError::file(path, "image has zero width or height"));
-    }
-    Ok(img.into_rgb8())
-}
-
-/// A complete JPEG ends with FF D9 (some writers append padding after it).
-fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
-}
-
-pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| TlError::file(path, e.to_string()))?;
-    decode_rgb_bytes(&bytes, path)
 }
 
 /// torchvision's `Resize(int)` output size: shorter side to `size`, the other truncated.
@@ -277,11 +242,24 @@ pub fn normalize_into(hwc: &[u8], cfg: &PreprocessConfig, out: &mut [f32]) {
     }
 }
 
-/// Decode and preprocess one file into `out`.
-pub fn load_into(path: &Path, cfg: &PreprocessConfig, out: &mut [f32]) -> Result<()> {
-    let img = decode_rgb(path)?;
+/// Decode a file's bytes and preprocess the image into `out`.
+pub fn load_bytes_into(
+    bytes: &[u8],
+    path: &Path,
+    cfg: &PreprocessConfig,
+    out: &mut [f32],
+) -> Result<()> {
+    let img = super::decode::decode_rgb_bytes(bytes, path)?;
     preprocess_into(&img, cfg, out);
     Ok(())
+}
+
+/// The eval transform of one image as a `[1,3,crop,crop]` tensor: what `tl predict` feeds
+/// the network.
+pub fn resized_tensor(img: &RgbImage, cfg: &PreprocessConfig) -> Tensor {
+    let mut buf = vec![0f32; cfg.numel()];
+    preprocess_into(img, cfg, &mut buf);
+    Tensor::from_slice(&buf).view([1, 3, cfg.crop as i64, cfg.crop as i64])
 }
 
 /// `[1,3,H,W]` float tensor in [0,1] from an RGB image.
@@ -296,7 +274,7 @@ pub fn image_to_unit_tensor(img: &RgbImage) -> Tensor {
 }
 
 /// 8-bit image from a `[1,3,H,W]` or `[3,H,W]` tensor in [0,1] (rounded to nearest).
-pub fn unit_tensor_to_image(t: &Tensor) -> RgbImage {
+pub fn unit_tensor_to_image(t: &Tensor) -> Result<RgbImage> {
     let t = if t.dim() == 4 {
         t.squeeze_dim(0)
     } else {
@@ -308,8 +286,10 @@ pub fn unit_tensor_to_image(t: &Tensor) -> RgbImage {
         .to_kind(Kind::Uint8)
         .permute([1, 2, 0])
         .contiguous();
-    let data: Vec<u8> = Vec::<u8>::try_from(bytes.view([-1])).expect("uint8 tensor to vec");
-    RgbImage::from_raw(w as u32, h as u32, data).expect("image buffer size")
+    let data: Vec<u8> =
+        Vec::<u8>::try_from(bytes.view([-1])).torch_ctx(|| "reading image pixels".into())?;
+    RgbImage::from_raw(w as u32, h as u32, data)
+        .ok_or_else(|| TlError::invalid(format!("image tensor of shape {:?}", t.size())))
 }
 
 /// Save an RGB image as PNG, atomically; the format follows the extension (PNG if none).
@@ -358,6 +338,16 @@ impl ResizeMatrices {
         let rows = dense(height, rh, top);
         let cols_t = dense(width, rw, left).transpose(0, 1).contiguous();
         ResizeMatrices { rows, cols_t }
+    }
+
+    /// `[1,1,H,W]`: 1 where a pixel reaches the crop (has a non-zero resize weight), else
+    /// 0. Pixels outside it are never seen by the network.
+    pub fn seen_mask(&self) -> Tensor {
+        let rows = self.rows.ne(0.0).any_dim(0, false).to_kind(Kind::Float); // [H]
+        let cols = self.cols_t.ne(0.0).any_dim(1, false).to_kind(Kind::Float); // [W]
+        (rows.unsqueeze(1) * cols.unsqueeze(0))
+            .unsqueeze(0)
+            .unsqueeze(0)
     }
 
     /// `[N,3,H,W]` in [0,1] -> `[N,3,crop,crop]` in [0,1].

@@ -3,14 +3,18 @@
 //! Entries live under `<root>/features/<backbone sha256>-<preprocessing fingerprint>/`,
 //! one file per image, named by the blake3 hash of the image file's bytes — so renaming or
 //! moving a photo keeps its entry, editing it makes a new one, and a different backbone or
-//! preprocessing never sees another's features. Each entry carries a checksum of its
-//! payload; a damaged entry is reported and recomputed, never trusted.
+//! preprocessing never sees another's features. Each entry records the hash of its full key
+//! (namespace + image) and a checksum of its payload: a damaged entry, or one copied or
+//! renamed into another's place, is reported and recomputed, never trusted.
+use crate::data::PreprocessConfig;
 use crate::error::{IoContext, Result, TlError};
-use crate::preprocess::PreprocessConfig;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 4] = b"TLF1";
-const HEADER: usize = 4 + 4 + 32;
+const MAGIC: &[u8; 4] = b"TLF2";
+/// Entries of the first format carry no key; they are treated as misses and replaced.
+const OLD_MAGIC: &[u8; 4] = b"TLF1";
+const HEADER: usize = 4 + 4 + 32 + 32;
 
 pub fn default_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("TL_CACHE_DIR") {
@@ -31,17 +35,27 @@ pub fn file_key(path: &Path) -> Result<String> {
     Ok(content_key(&bytes))
 }
 
+/// Content keys of many files, in parallel on the current rayon pool.
+pub fn file_keys(paths: &[PathBuf]) -> Vec<std::result::Result<String, String>> {
+    paths
+        .par_iter()
+        .map(|p| file_key(p).map_err(|e| e.to_string()))
+        .collect()
+}
+
 #[derive(Debug)]
 pub enum Lookup {
     Hit(Vec<f32>),
     Miss,
-    /// The entry exists but is damaged; the reason says how.
+    /// The entry exists but is damaged or belongs elsewhere; the reason says how.
     Corrupt(String),
 }
 
 #[derive(Clone, Debug)]
 pub struct FeatureCache {
     dir: Option<PathBuf>,
+    /// Everything besides the image that its features depend on.
+    namespace: String,
 }
 
 impl FeatureCache {
@@ -51,18 +65,26 @@ impl FeatureCache {
         backbone_sha256: &str,
         preprocess: &PreprocessConfig,
     ) -> Result<FeatureCache> {
+        let namespace = format!("{backbone_sha256}-{}", preprocess.fingerprint());
         let dir = root.join("features").join(format!(
             "{}-{}",
             &backbone_sha256[..16.min(backbone_sha256.len())],
             preprocess.fingerprint()
         ));
-        std::fs::create_dir_all(&dir).with_path(&dir)?;
-        Ok(FeatureCache { dir: Some(dir) })
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TlError::file(&dir, format!("cannot create cache folder: {e}")))?;
+        Ok(FeatureCache {
+            dir: Some(dir),
+            namespace,
+        })
     }
 
     /// A cache that stores nothing (`--no-cache`).
     pub fn disabled() -> FeatureCache {
-        FeatureCache { dir: None }
+        FeatureCache {
+            dir: None,
+            namespace: String::new(),
+        }
     }
 
     pub fn dir(&self) -> Option<&Path> {
@@ -70,9 +92,14 @@ impl FeatureCache {
     }
 
     fn entry_path(&self, key: &str) -> Option<PathBuf> {
+        let shard = key.get(..2)?;
         self.dir
             .as_ref()
-            .map(|d| d.join(&key[..2]).join(format!("{key}.f32")))
+            .map(|d| d.join(shard).join(format!("{key}.f32")))
+    }
+
+    fn key_hash(&self, key: &str) -> [u8; 32] {
+        *blake3::hash(format!("{}/{key}", self.namespace).as_bytes()).as_bytes()
     }
 
     pub fn get(&self, key: &str, expected_dim: Option<usize>) -> Lookup {
@@ -84,25 +111,31 @@ impl FeatureCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
             Err(e) => return Lookup::Corrupt(format!("{}: {e}", path.display())),
         };
-        match decode_entry(&bytes, expected_dim) {
+        if bytes.starts_with(OLD_MAGIC) {
+            return Lookup::Miss;
+        }
+        match decode_entry(&bytes, &self.key_hash(key), expected_dim) {
             Ok(v) => Lookup::Hit(v),
             Err(why) => Lookup::Corrupt(format!("{}: {why}", path.display())),
         }
     }
 
+    /// Store one entry; an error means the cache cannot be written (read-only, full disk).
     pub fn put(&self, key: &str, features: &[f32]) -> Result<()> {
         let Some(path) = self.entry_path(key) else {
             return Ok(());
         };
-        crate::util::write_atomic_with(&path, &encode_entry(features), false)
+        let entry = encode_entry(features, &self.key_hash(key));
+        crate::util::fs::write_atomic_with(&path, &entry, false)
     }
 }
 
-pub fn encode_entry(features: &[f32]) -> Vec<u8> {
+pub fn encode_entry(features: &[f32], key_hash: &[u8; 32]) -> Vec<u8> {
     let payload: Vec<u8> = features.iter().flat_map(|f| f.to_le_bytes()).collect();
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(features.len() as u32).to_le_bytes());
+    out.extend_from_slice(key_hash);
     out.extend_from_slice(blake3::hash(&payload).as_bytes());
     out.extend_from_slice(&payload);
     out
@@ -110,12 +143,16 @@ pub fn encode_entry(features: &[f32]) -> Vec<u8> {
 
 pub fn decode_entry(
     bytes: &[u8],
+    key_hash: &[u8; 32],
     expected_dim: Option<usize>,
 ) -> std::result::Result<Vec<f32>, String> {
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
         return Err("not a feature-cache entry".into());
     }
-    let dim = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    let dim = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    if &bytes[8..40] != key_hash {
+        return Err("entry belongs to another image, backbone or preprocessing (misplaced)".into());
+    }
     let payload = &bytes[HEADER..];
     if payload.len() != dim * 4 {
         return Err(format!(
@@ -129,28 +166,13 @@ pub fn decode_entry(
             return Err(format!("holds {dim} features, expected {d}"));
         }
     }
-    if blake3::hash(payload).as_bytes() != &bytes[8..HEADER] {
+    if blake3::hash(payload).as_bytes() != &bytes[40..HEADER] {
         return Err("checksum mismatch".into());
     }
     Ok(payload
         .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
-}
-
-impl std::fmt::Display for FeatureCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.dir {
-            Some(d) => write!(f, "{}", d.display()),
-            None => write!(f, "(disabled)"),
-        }
-    }
-}
-
-/// Fail early with a clear message when the cache root cannot be used.
-pub fn check_root(root: &Path) -> Result<()> {
-    std::fs::create_dir_all(root)
-        .map_err(|e| TlError::file(root, format!("cannot create cache folder: {e}")))
 }
 
 #[cfg(test)]
@@ -158,19 +180,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roundtrip_and_corruption() {
+    fn roundtrip_corruption_and_misplacement() {
         let feats = vec![1.0f32, -2.5, 3.25];
-        let enc = encode_entry(&feats);
-        assert_eq!(decode_entry(&enc, Some(3)).unwrap(), feats);
-        assert!(decode_entry(&enc, Some(4)).is_err());
+        let key = [7u8; 32];
+        let enc = encode_entry(&feats, &key);
+        assert_eq!(decode_entry(&enc, &key, Some(3)).unwrap(), feats);
+        assert!(decode_entry(&enc, &key, Some(4)).is_err());
+        assert!(decode_entry(&enc, &[8u8; 32], Some(3))
+            .unwrap_err()
+            .contains("misplaced"));
         let mut flipped = enc.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(decode_entry(&flipped, None)
+        assert!(decode_entry(&flipped, &key, None)
             .unwrap_err()
             .contains("checksum"));
-        assert!(decode_entry(&enc[..enc.len() - 1], None)
+        assert!(decode_entry(&enc[..enc.len() - 1], &key, None)
             .unwrap_err()
             .contains("truncated"));
-        assert!(decode_entry(b"nonsense", None).is_err());
+        assert!(decode_entry(b"nonsense", &key, None).is_err());
     }
 }

@@ -1,14 +1,17 @@
 //! Datasets on disk: class-per-folder (torchvision ImageFolder, Kaggle `PetImages`),
 //! Oxford-IIIT Pets (`images/Breed_N.jpg` with optional `annotations/{trainval,test}.txt`),
 //! and explicit `train/` + `val/` folders. Class names are sorted, so label ids never
-//! depend on the order the file system lists things in.
+//! depend on the order the file system lists things in. Nothing is opened as an image here.
 use crate::error::{IoContext, Result, TlError};
-use crate::util::SplitMix64;
+use crate::util::{FilePath, SplitMix64};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff"];
+
+/// Wrapper folders (a folder holding only one folder) looked through to find the classes.
+const MAX_WRAPPER_DEPTH: usize = 4;
 
 pub fn has_image_extension(path: &Path) -> bool {
     path.extension()
@@ -33,42 +36,81 @@ pub enum Layout {
     OxfordPets,
 }
 
+/// A file found while listing that is not used, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoredFile {
+    pub path: FilePath,
+    pub reason: String,
+}
+
+impl IgnoredFile {
+    fn new(path: PathBuf, reason: &str) -> Self {
+        IgnoredFile {
+            path: FilePath(path),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// A dataset with its labelled files, before any image has been opened.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// The folder the layout was found in (the given one, or a wrapper folder inside it).
     pub root: PathBuf,
     pub layout: Layout,
     pub classes: Vec<String>,
     pub train: Vec<Sample>,
     /// Empty until a split is made, unless the layout defines one.
     pub val: Vec<Sample>,
-    /// Files skipped while listing (name and reason), e.g. `Thumbs.db`.
-    pub ignored: Vec<(PathBuf, String)>,
+    /// Files skipped while listing, e.g. `Thumbs.db`, hidden files, unlisted Oxford images.
+    pub ignored: Vec<IgnoredFile>,
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_path(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// Entries of `dir`, sorted; hidden ones go to `ignored` (files) or are passed over (folders).
+fn sorted_entries(dir: &Path, ignored: &mut Vec<IgnoredFile>) -> Result<Vec<PathBuf>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).with_path(dir)? {
+        let path = entry.with_path(dir)?.path();
+        if is_hidden(&path) {
+            if path.is_file() {
+                ignored.push(IgnoredFile::new(path, "hidden file"));
+            }
+            continue;
+        }
+        entries.push(path);
+    }
     entries.sort();
     Ok(entries)
 }
 
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(sorted_entries(dir, &mut Vec::new())?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect())
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Image files under `dir`, recursively, sorted; other files go to `ignored`.
-pub fn collect_images(dir: &Path, ignored: &mut Vec<(PathBuf, String)>) -> Result<Vec<PathBuf>> {
+pub fn collect_images(dir: &Path, ignored: &mut Vec<IgnoredFile>) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for entry in sorted_entries(dir)? {
+    for entry in sorted_entries(dir, ignored)? {
         if entry.is_dir() {
             out.extend(collect_images(&entry, ignored)?);
         } else if has_image_extension(&entry) {
             out.push(entry);
         } else {
-            ignored.push((entry, "not an image file extension".into()));
+            ignored.push(IgnoredFile::new(entry, "not an image file extension"));
         }
     }
     Ok(out)
@@ -82,27 +124,14 @@ pub fn pets_class(path: &Path) -> Option<String> {
         .then(|| class.to_string())
 }
 
-fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(sorted_entries(dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .collect())
-}
-
 fn image_folder(
     root: &Path,
     classes: Option<&[String]>,
-    ignored: &mut Vec<(PathBuf, String)>,
+    ignored: &mut Vec<IgnoredFile>,
 ) -> Result<(Vec<String>, Vec<Sample>)> {
     let dirs = subdirs(root)?;
-    let found: Vec<String> = dirs
-        .iter()
-        .map(|d| d.file_name().unwrap().to_string_lossy().to_string())
-        .collect();
-    let classes: Vec<String> = match classes {
-        Some(c) => c.to_vec(),
-        None => found.clone(),
-    };
+    let found: Vec<String> = dirs.iter().map(|d| name_of(d)).collect();
+    let classes: Vec<String> = classes.map(<[String]>::to_vec).unwrap_or(found.clone());
     let mut samples = Vec::new();
     for (dir, name) in dirs.iter().zip(&found) {
         let Some(label) = classes.iter().position(|c| c == name) else {
@@ -118,9 +147,9 @@ fn image_folder(
             samples.push(Sample { path, label });
         }
     }
-    for entry in sorted_entries(root)? {
+    for entry in sorted_entries(root, ignored)? {
         if entry.is_file() {
-            ignored.push((entry, "file outside any class folder".into()));
+            ignored.push(IgnoredFile::new(entry, "file outside any class folder"));
         }
     }
     Ok((classes, samples))
@@ -136,6 +165,28 @@ fn read_list(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Follow folders that hold exactly one folder and nothing else (e.g.
+/// `kagglecatsanddogs/PetImages/{Cat,Dog}` given as `kagglecatsanddogs`).
+fn unwrap_single_folders(root: &Path) -> Result<PathBuf> {
+    let mut dir = root.to_path_buf();
+    for _ in 0..MAX_WRAPPER_DEPTH {
+        let entries = sorted_entries(&dir, &mut Vec::new())?;
+        match entries.as_slice() {
+            // Only a folder of folders is a wrapper: `data/cat/*.jpg` is one class, not one.
+            [only] if only.is_dir() && !is_layout_marker(only) && !subdirs(only)?.is_empty() => {
+                dir = only.clone()
+            }
+            _ => break,
+        }
+    }
+    Ok(dir)
+}
+
+/// A folder name that is a layout of its own, never a wrapper.
+fn is_layout_marker(dir: &Path) -> bool {
+    matches!(name_of(dir).to_lowercase().as_str(), "images" | "train")
+}
+
 impl Dataset {
     /// Detect the layout of `root` and list its samples. `classes` fixes the label ids (for
     /// evaluating a trained run); otherwise they are the sorted class names found.
@@ -143,41 +194,28 @@ impl Dataset {
         if !root.is_dir() {
             return Err(TlError::file(root, "dataset folder not found"));
         }
+        let root = unwrap_single_folders(root)?;
         let mut ignored = Vec::new();
         // Oxford-IIIT Pets: images/ holds the files directly.
         let images = root.join("images");
         if images.is_dir() && subdirs(&images)?.is_empty() {
-            return Self::open_pets(root, classes, ignored);
+            return Self::open_pets(&root, classes, ignored);
         }
-        let dirs = subdirs(root)?;
-        let names: Vec<String> = dirs
-            .iter()
-            .map(|d| d.file_name().unwrap().to_string_lossy().to_lowercase())
-            .collect();
-        let train_i = names.iter().position(|n| n == "train");
-        let val_i = names
-            .iter()
-            .position(|n| n == "val" || n == "valid" || n == "validation");
+        let dirs = subdirs(&root)?;
+        let position = |names: &[&str]| {
+            dirs.iter()
+                .position(|d| names.contains(&name_of(d).to_lowercase().as_str()))
+        };
+        let train_i = position(&["train"]);
+        let val_i = position(&["val", "valid", "validation"]);
         if let (Some(t), Some(v)) = (train_i, val_i) {
             let (classes, train) = image_folder(&dirs[t], classes, &mut ignored)?;
             let (_, val) = image_folder(&dirs[v], Some(&classes), &mut ignored)?;
-            return Self::finish(root, Layout::TrainVal, classes, train, val, ignored);
+            return Self::finish(&root, Layout::TrainVal, classes, train, val, ignored);
         }
-        // A single wrapper folder (e.g. kagglecatsanddogs/PetImages): look inside it.
-        if dirs.len() == 1 && collect_top_images(root)?.is_empty() {
-            let inner = &dirs[0];
-            let inner_dirs = subdirs(inner)?;
-            if !inner_dirs.is_empty()
-                && inner_dirs
-                    .iter()
-                    .all(|d| subdirs(d).map(|s| s.is_empty()).unwrap_or(false))
-            {
-                return Self::open(inner, classes);
-            }
-        }
-        let (classes, train) = image_folder(root, classes, &mut ignored)?;
+        let (classes, train) = image_folder(&root, classes, &mut ignored)?;
         Self::finish(
-            root,
+            &root,
             Layout::ImageFolder,
             classes,
             train,
@@ -189,22 +227,23 @@ impl Dataset {
     fn open_pets(
         root: &Path,
         classes: Option<&[String]>,
-        mut ignored: Vec<(PathBuf, String)>,
+        mut ignored: Vec<IgnoredFile>,
     ) -> Result<Dataset> {
         let images = root.join("images");
         let files = collect_images(&images, &mut ignored)?;
         let mut by_stem = BTreeMap::new();
-        let mut found = std::collections::BTreeSet::new();
+        let mut found = BTreeSet::new();
         for path in files {
             match pets_class(&path) {
                 Some(class) => {
                     found.insert(class.clone());
-                    by_stem.insert(
-                        path.file_stem().unwrap().to_string_lossy().to_string(),
-                        (path, class),
-                    );
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    by_stem.insert(stem, (path, class));
                 }
-                None => ignored.push((path, "name is not <Breed>_<number>".into())),
+                None => ignored.push(IgnoredFile::new(path, "name is not <Breed>_<number>")),
             }
         }
         let classes: Vec<String> = classes
@@ -218,30 +257,29 @@ impl Dataset {
         };
         let trainval = root.join("annotations").join("trainval.txt");
         let test = root.join("annotations").join("test.txt");
-        let (train, val) = if trainval.is_file() && test.is_file() {
-            let pick = |list: Vec<String>| -> Result<Vec<Sample>> {
-                let mut out = Vec::new();
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        if trainval.is_file() && test.is_file() {
+            let (train_list, test_list) = (read_list(&trainval)?, read_list(&test)?);
+            for (list, side) in [(train_list, &mut train), (test_list, &mut val)] {
                 for stem in list {
-                    if let Some((path, class)) = by_stem.get(&stem) {
-                        out.push(Sample {
-                            path: path.clone(),
-                            label: label_of(class, path)?,
-                        });
+                    if let Some((path, class)) = by_stem.remove(&stem) {
+                        let label = label_of(&class, &path)?;
+                        side.push(Sample { path, label });
                     }
                 }
-                Ok(out)
-            };
-            (pick(read_list(&trainval)?)?, pick(read_list(&test)?)?)
-        } else {
-            let mut all = Vec::new();
-            for (path, class) in by_stem.values() {
-                all.push(Sample {
-                    path: path.clone(),
-                    label: label_of(class, path)?,
-                });
             }
-            (all, Vec::new())
-        };
+            for (path, _) in by_stem.into_values() {
+                ignored.push(IgnoredFile::new(
+                    path,
+                    "not listed in annotations/trainval.txt or test.txt",
+                ));
+            }
+        } else {
+            for (path, class) in by_stem.into_values() {
+                let label = label_of(&class, &path)?;
+                train.push(Sample { path, label });
+            }
+        }
         Self::finish(root, Layout::OxfordPets, classes, train, val, ignored)
     }
 
@@ -251,7 +289,7 @@ impl Dataset {
         classes: Vec<String>,
         mut train: Vec<Sample>,
         mut val: Vec<Sample>,
-        ignored: Vec<(PathBuf, String)>,
+        ignored: Vec<IgnoredFile>,
     ) -> Result<Dataset> {
         if classes.is_empty() {
             return Err(TlError::file(
@@ -279,12 +317,26 @@ impl Dataset {
         self.train.iter().chain(&self.val).cloned().collect()
     }
 
+    /// Classes with no image file at all (before any is opened).
+    pub fn empty_classes(&self) -> Vec<String> {
+        let mut counts = vec![0usize; self.classes.len()];
+        for s in self.train.iter().chain(&self.val) {
+            counts[s.label] += 1;
+        }
+        counts
+            .iter()
+            .zip(&self.classes)
+            .filter(|(n, _)| **n == 0)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
     /// Move a stratified fraction of `train` into `val`, reproducibly for a seed. Each class
     /// with at least two images keeps at least one on each side.
     pub fn split(&mut self, fraction: f64, seed: u64) -> Result<()> {
-        if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
+        if !(fraction > 0.0 && fraction < 1.0) {
             return Err(TlError::invalid(format!(
-                "--val-split must be in (0, 1), got {fraction}"
+                "the validation fraction must be in (0, 1), got {fraction}"
             )));
         }
         let mut by_class: Vec<Vec<Sample>> = vec![Vec::new(); self.classes.len()];
@@ -295,12 +347,11 @@ impl Dataset {
         for mut group in by_class {
             rng.shuffle(&mut group);
             let n = group.len();
-            let mut n_val = (n as f64 * fraction).round() as usize;
-            if n >= 2 {
-                n_val = n_val.clamp(1, n - 1);
+            let n_val = if n >= 2 {
+                ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
             } else {
-                n_val = 0;
-            }
+                0
+            };
             self.val.extend(group.drain(..n_val));
             self.train.extend(group);
         }
@@ -308,21 +359,6 @@ impl Dataset {
         self.val.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(())
     }
-
-    pub fn class_counts(samples: &[Sample], n_classes: usize) -> Vec<usize> {
-        let mut counts = vec![0; n_classes];
-        for s in samples {
-            counts[s.label] += 1;
-        }
-        counts
-    }
-}
-
-fn collect_top_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(sorted_entries(dir)?
-        .into_iter()
-        .filter(|p| p.is_file() && has_image_extension(p))
-        .collect())
 }
 
 /// Expand files and folders given on the command line into image files (folders

@@ -1,0 +1,113 @@
+//! `tl dream` flags → `DreamSettings`.
+use super::{emit, values, NetworkArgs};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use tl::inspect::dream::{DreamConfig, DreamSettings, Objective, Parametrization, MAX_DREAM_SIZE};
+use tl::runtime::Runtime;
+use tl::util::FilePath;
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ParamArg {
+    /// Pixels directly, clamped to [0,1] after each step.
+    Pixel,
+    /// A 1/f-scaled Fourier spectrum with decorrelated colour and a sigmoid (lucid/lucent).
+    Fourier,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ObjectiveArg {
+    /// The target's logit.
+    Logit,
+    /// The target's log-probability (also pushes similar classes down).
+    Logprob,
+}
+
+fn size(s: &str) -> Result<u32, String> {
+    let v = values::at_least_one(s)?;
+    if (16..=MAX_DREAM_SIZE as usize).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(format!(
+            "must be between 16 and {MAX_DREAM_SIZE} pixels (memory grows with its square)"
+        ))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DreamArgs {
+    /// Class name (exact, case-insensitive, or a unique substring) or index.
+    #[arg(long, short)]
+    pub class: String,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Output PNG.
+    #[arg(long, short, default_value = "dream.png")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "256", value_parser = values::at_least_one)]
+    pub steps: usize,
+    /// Adam learning rate on the image parameters.
+    #[arg(long, default_value = "0.1", value_parser = values::positive)]
+    pub lr: f64,
+    /// Total-variation weight (TV is the mean absolute difference of neighbouring pixels).
+    #[arg(long, default_value = "10", value_parser = values::non_negative)]
+    pub tv: f64,
+    /// Penalty on the mean squared distance from mid-grey: keeps the low frequencies from
+    /// saturating into black and white blobs.
+    #[arg(long, default_value = "20", value_parser = values::non_negative)]
+    pub l2: f64,
+    /// Image side in pixels, 16 to 2048 (default: the backbone's crop size).
+    #[arg(long, value_parser = size)]
+    pub size: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start from this photo instead of noise.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Turn off the random jitter/scale/rotation applied at each step.
+    #[arg(long)]
+    pub no_transforms: bool,
+    /// How the image is parametrised.
+    #[arg(long, value_enum, default_value_t = ParamArg::Fourier)]
+    pub param: ParamArg,
+    /// What is maximised: the target's logit or its log-probability.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Logprob)]
+    pub objective: ObjectiveArg,
+    /// Also write a strip of frames every K steps (<out>-strip.png).
+    #[arg(long, value_parser = values::at_least_one)]
+    pub save_every: Option<usize>,
+    /// Overwrite the output files if they exist.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(rt: &Runtime, args: &DreamArgs) -> anyhow::Result<()> {
+    let settings = DreamSettings {
+        network: args.network.choice()?,
+        class: args.class.clone(),
+        out: args.out.clone(),
+        force: args.force,
+        size: args.size,
+        config: DreamConfig {
+            steps: args.steps,
+            lr: args.lr,
+            tv: args.tv,
+            l2: args.l2,
+            size: 0,
+            seed: args.seed,
+            init: args.init.clone().map(FilePath),
+            transforms: !args.no_transforms,
+            save_every: args.save_every,
+            param: match args.param {
+                ParamArg::Pixel => Parametrization::Pixel,
+                ParamArg::Fourier => Parametrization::Fourier,
+            },
+            objective: match args.objective {
+                ObjectiveArg::Logit => Objective::Logit,
+                ObjectiveArg::Logprob => Objective::Logprob,
+            },
+        },
+    };
+    emit(&tl::inspect::dream::run(rt, &settings)?, args.json)
+}

@@ -1,0 +1,52 @@
+//! `tl eval` flags → `EvalSettings`.
+use super::{emit, values, CacheArgs};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use tl::runtime::Runtime;
+use tl::workflow::evaluate::{EvalSettings, EvalSplit};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// Every image in the folder.
+    All,
+    /// The run's validation images (as recorded at training).
+    Val,
+    /// The run's training images (as recorded at training).
+    Train,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A run folder written by `tl train`.
+    pub run: PathBuf,
+    /// Labelled dataset folder (same class names as the run).
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value_t = SplitArg::All)]
+    pub split: SplitArg,
+    /// How many of the worst files to list.
+    #[arg(long, default_value_t = 10)]
+    pub top_losses: usize,
+    #[arg(long, default_value = "32", value_parser = values::at_least_one)]
+    pub batch_size: usize,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+pub fn run(rt: &Runtime, args: &EvalArgs) -> anyhow::Result<()> {
+    let settings = EvalSettings {
+        run: args.run.clone(),
+        data: args.data.clone(),
+        split: match args.split {
+            SplitArg::All => EvalSplit::All,
+            SplitArg::Val => EvalSplit::Val,
+            SplitArg::Train => EvalSplit::Train,
+        },
+        top_losses: args.top_losses,
+        batch_size: args.batch_size,
+        cache: args.cache.settings(),
+    };
+    emit(&tl::workflow::evaluate::evaluate(rt, &settings)?, args.json)
+}

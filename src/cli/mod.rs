@@ -1,0 +1,212 @@
+//! The command line: clap arguments, parsed and validated once, then turned into the plain
+//! settings the library takes (one file per subcommand). Errors are printed as one
+//! `tl: error:` line; clap's name the flag, the library's name the file or value.
+mod attack;
+mod bench;
+mod dream;
+mod eval;
+mod predict;
+mod train;
+mod values;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use tl::eval::Report;
+use tl::runtime::{Runtime, RuntimeSettings};
+
+#[derive(Parser, Debug)]
+#[command(name = "tl", version, args_override_self = true, about = "Transfer learning on images: frozen TorchScript backbones, cached features, linear heads — and a look inside the network (dreams, adversarial attacks).", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", env = "TL_DEVICE", value_parser = values::device)]
+    pub device: tl::device::DeviceChoice,
+    /// CPU threads for libtorch and for decoding (default: all cores).
+    #[arg(long, global = true, env = "TL_THREADS", value_parser = values::at_least_one)]
+    pub threads: Option<usize>,
+    /// Threads decoding and resizing images while the backbone runs (default: half the
+    /// threads on CPU, at low priority; all of them with CUDA).
+    #[arg(long, global = true, env = "TL_DECODE_THREADS", value_parser = values::at_least_one)]
+    pub decode_threads: Option<usize>,
+    /// Folder holding exported backbones (NAME.json + TorchScript files).
+    #[arg(long, global = true, env = "TL_BACKBONES", default_value = "backbones")]
+    pub backbones: PathBuf,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show libtorch, CUDA/cuDNN, threads and where backbones and the cache are.
+    #[command(after_help = "Example:\n  tl doctor")]
+    Doctor(DoctorArgs),
+    /// Train a head on frozen backbone features of a folder dataset.
+    #[command(
+        after_help = "Examples:\n  tl train --backbone mobilenet_v2 data/PetImages --val-split 0.2\n  tl train --backbone vgg16 data/oxford-pets --epochs 50 --hidden 512 --out runs/pets"
+    )]
+    Train(train::TrainArgs),
+    /// Measure a trained run on a labelled folder.
+    #[command(
+        after_help = "Examples:\n  tl eval runs/20260101-120000-mobilenet_v2 data/PetImages\n  tl eval runs/pets data/oxford-pets --split val --json"
+    )]
+    Eval(eval::EvalArgs),
+    /// Classify images with a trained run (or a backbone's ImageNet classifier).
+    #[command(
+        after_help = "Examples:\n  tl predict runs/pets photo.jpg more_photos/\n  tl predict --backbone mobilenet_v2 cat.png --top-k 5 --json"
+    )]
+    Predict(predict::PredictArgs),
+    /// Optimise an image from noise until the network sees a class ("what does it think a cat looks like?").
+    #[command(
+        after_help = "Examples:\n  tl dream --backbone mobilenet_v2 --class 'Siamese cat' -o siamese.png\n  tl dream --run runs/catsdogs --class cat --save-every 32 -o cat.png"
+    )]
+    Dream(dream::DreamArgs),
+    /// Measure a backbone alone on ready tensors, and the machine's matrix-multiply rate.
+    #[command(
+        after_help = "Example:\n  tl bench --backbone resnet50 --batch-size 32 --batches 5 --json"
+    )]
+    Bench(bench::BenchArgs),
+    /// Perturb images imperceptibly so the network sees a target class.
+    #[command(
+        after_help = "Examples:\n  tl attack dog.jpg --backbone mobilenet_v2 --target tabby --eps 4/255 -o dog_as_tabby.png\n  tl attack dogs/ --run runs/catsdogs --target cat --eps 1/255,2/255,4/255 -o adversarial/"
+    )]
+    Attack(attack::AttackArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--cache-dir` / `--no-cache`, shared by train and eval.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Feature cache folder (default: $TL_CACHE_DIR or the XDG cache dir, ~/.cache/tl).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    fn settings(&self) -> tl::features::CacheSettings {
+        tl::features::CacheSettings {
+            dir: self.cache_dir.clone(),
+            enabled: !self.no_cache,
+        }
+    }
+}
+
+/// `--run` or `--backbone`, exactly one (dream, attack).
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct NetworkArgs {
+    /// A trained run (backbone + head; classes from the run).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// A backbone's ImageNet classifier (classes from its sidecar).
+    #[arg(long, short)]
+    pub backbone: Option<String>,
+}
+
+impl NetworkArgs {
+    fn choice(&self) -> anyhow::Result<tl::inspect::NetworkChoice> {
+        use tl::inspect::NetworkChoice;
+        match (&self.run, &self.backbone) {
+            (Some(run), None) => Ok(NetworkChoice::Run(run.clone())),
+            (None, Some(name)) => Ok(NetworkChoice::Backbone(name.clone())),
+            _ => anyhow::bail!("give either --run RUN_DIR or --backbone NAME"),
+        }
+    }
+}
+
+/// Print a report: its notes to stderr, then JSON or text to stdout.
+fn emit<R: Report>(report: &R, json: bool) -> anyhow::Result<()> {
+    for note in report.notes() {
+        eprintln!("{note}");
+    }
+    if json {
+        println!(
+            "{}",
+            tl::util::fs::to_json_pretty(report).map_err(anyhow::Error::msg)?
+        );
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(())
+}
+
+fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(&RuntimeSettings {
+        device: g.device,
+        threads: g.threads,
+        decode_threads: g.decode_threads,
+        backbones: g.backbones.clone(),
+        progress: !g.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    })?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = runtime(&cli.global)?;
+    match &cli.command {
+        Command::Doctor(a) => emit(&tl::workflow::doctor::doctor(&rt), a.json),
+        Command::Train(a) => train::run(&rt, a),
+        Command::Eval(a) => eval::run(&rt, a),
+        Command::Predict(a) => predict::run(&rt, a),
+        Command::Dream(a) => dream::run(&rt, a),
+        Command::Attack(a) => attack::run(&rt, a),
+        Command::Bench(a) => bench::run(&rt, a),
+    }
+}
+
+/// clap's error as one line: its first paragraph, without the `error:` prefix.
+fn one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let paragraph: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    paragraph
+        .join(" ")
+        .trim_start_matches("error:")
+        .trim()
+        .to_string()
+}
+
+/// Parse, run, print; the process exit code (2 for a bad command line, 1 for a failure).
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                err.exit();
+            }
+            eprintln!("tl: error: {}", one_line(&err));
+            return 2;
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("tl: error: {err:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `tl train` flags → `TrainSettings`.
+use super::{emit, values, CacheArgs};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use tl::head::{OptimizerKind, Schedule, TrainConfig};
+use tl::runtime::Runtime;
+use tl::workflow::train::{TrainSettings, ValidationChoice, L2};
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum OptimizerArg {
+    Adam,
+    Adamw,
+    Sgd,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Cosine,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset folder: class-per-folder, train/+val/ folders, or Oxford-IIIT Pets (images/ + annotations/).
+    pub data: PathBuf,
+    /// Backbone: a name exported in the backbones folder, a sidecar .json, or a TorchScript file.
+    #[arg(long, short)]
+    pub backbone: String,
+    /// Fraction of each class held out for validation (ignored when the layout defines a split).
+    #[arg(long, default_value = "0.2", value_parser = values::open_fraction)]
+    pub val_split: f64,
+    /// An explicit validation folder (class-per-folder, same classes).
+    #[arg(long)]
+    pub val_dir: Option<PathBuf>,
+    /// Seed for the split, the head's initialisation and the batch order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "100", value_parser = values::at_least_one)]
+    pub epochs: usize,
+    /// Head training batch size.
+    #[arg(long, default_value = "64", value_parser = values::at_least_one)]
+    pub head_batch_size: usize,
+    /// Feature-extraction batch size.
+    #[arg(long, default_value = "32", value_parser = values::at_least_one)]
+    pub batch_size: usize,
+    /// Mixed-precision feature extraction on CUDA (autocast); ignored on CPU.
+    #[arg(long)]
+    pub amp: bool,
+    #[arg(long, default_value = "0.01", value_parser = values::positive)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
+    pub optimizer: OptimizerArg,
+    /// SGD momentum.
+    #[arg(long, default_value = "0.9", value_parser = values::unit_interval)]
+    pub momentum: f64,
+    /// Decoupled weight decay (AdamW) or L2 in the update (Adam, SGD).
+    #[arg(long, default_value = "0", value_parser = values::non_negative)]
+    pub weight_decay: f64,
+    /// L2 penalty on the head's weights added to the loss (l2/2·‖W‖²), as in L2-regularised
+    /// logistic regression; `auto` is 1/(training images), scikit-learn's C=1.
+    #[arg(long, default_value = "auto", value_parser = values::l2)]
+    pub l2: L2,
+    /// Standardise features (training-set mean/std, stored with the head) before the head.
+    #[arg(long)]
+    pub standardize: bool,
+    #[arg(long, default_value = "0", value_parser = values::unit_interval)]
+    pub label_smoothing: f64,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
+    /// Stop after this many epochs without validation-loss improvement (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub patience: usize,
+    /// Width of one hidden layer (0: a linear head).
+    #[arg(long, default_value_t = 0)]
+    pub hidden: u32,
+    /// Dropout after the hidden layer.
+    #[arg(long, default_value = "0.2", value_parser = values::unit_interval)]
+    pub dropout: f64,
+    /// Run folder to write (default: runs/<timestamp>-<backbone>).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Write into an existing, non-empty --out folder; overwrite --save-features.
+    #[arg(long)]
+    pub force: bool,
+    /// Also save the features and labels used (train_x, train_y, val_x, val_y) to this
+    /// safetensors file, e.g. to compare with another classifier.
+    #[arg(long)]
+    pub save_features: Option<PathBuf>,
+    /// Keep a class that has no (readable) image instead of refusing to train.
+    #[arg(long)]
+    pub allow_empty_classes: bool,
+    /// Print the report as JSON (report.json's content).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl TrainArgs {
+    pub fn settings(&self) -> TrainSettings {
+        TrainSettings {
+            data: self.data.clone(),
+            backbone: self.backbone.clone(),
+            validation: match &self.val_dir {
+                Some(dir) => ValidationChoice::Folder(dir.clone()),
+                None => ValidationChoice::Fraction(self.val_split),
+            },
+            seed: self.seed,
+            hidden: self.hidden as i64,
+            dropout: self.dropout,
+            standardize: self.standardize,
+            training: TrainConfig {
+                epochs: self.epochs,
+                batch_size: self.head_batch_size,
+                lr: self.lr,
+                optimizer: match self.optimizer {
+                    OptimizerArg::Adam => OptimizerKind::Adam,
+                    OptimizerArg::Adamw => OptimizerKind::Adamw,
+                    OptimizerArg::Sgd => OptimizerKind::Sgd,
+                },
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                label_smoothing: self.label_smoothing,
+                l2: 0.0,
+                schedule: match self.schedule {
+                    ScheduleArg::Constant => Schedule::Constant,
+                    ScheduleArg::Cosine => Schedule::Cosine,
+                },
+                patience: self.patience,
+                seed: self.seed,
+            },
+            l2: self.l2,
+            batch_size: self.batch_size,
+            amp: self.amp,
+            out: self.out.clone(),
+            force: self.force,
+            save_features: self.save_features.clone(),
+            cache: self.cache.settings(),
+            allow_empty_classes: self.allow_empty_classes,
+        }
+    }
+}
+
+pub fn run(rt: &Runtime, args: &TrainArgs) -> anyhow::Result<()> {
+    let report = tl::workflow::train::train(rt, &args.settings())?;
+    emit(&report, args.json)
+}

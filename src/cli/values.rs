@@ -1,0 +1,72 @@
+//! Value parsers: each flag's number is checked when it is parsed (finite, in range), so a
+//! bad value fails at once with clap naming the flag, before any image is read.
+use tl::util::parse_fraction;
+
+fn number(s: &str) -> Result<f64, String> {
+    parse_fraction(s)
+}
+
+/// A whole number >= 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// A finite number > 0.
+pub fn positive(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number > 0".into())
+    }
+}
+
+/// A finite number >= 0.
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number >= 0".into())
+    }
+}
+
+/// A finite number in [0, 1).
+pub fn unit_interval(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be in [0, 1)".into())
+    }
+}
+
+/// A finite number in (0, 1).
+pub fn open_fraction(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err("must be in (0, 1)".into())
+    }
+}
+
+/// `auto`, or a finite number >= 0.
+pub fn l2(s: &str) -> Result<tl::workflow::train::L2, String> {
+    use tl::workflow::train::L2;
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(L2::Auto);
+    }
+    non_negative(s)
+        .map(L2::Fixed)
+        .map_err(|_| "must be 'auto' or a number >= 0".into())
+}
+
+/// A device name: auto, cpu, cuda or cuda:N.
+pub fn device(s: &str) -> Result<tl::device::DeviceChoice, String> {
+    s.parse()
+}

@@ -1,0 +1,64 @@
+//! Image files to 8-bit RGB. Grayscale, alpha, CMYK and 16-bit images are converted (alpha
+//! is dropped, as Pillow's `convert('RGB')` does); truncated, empty and non-image files are
+//! errors that name the file. Decoding never panics and never allocates without bound: the
+//! decoder's memory limit refuses absurd headers, and a decoder panic on a damaged file is
+//! turned into an error.
+use crate::error::{Result, TlError};
+use image::RgbImage;
+use std::io::Cursor;
+use std::path::Path;
+
+/// The most memory one decode may allocate (a 100-megapixel 16-bit RGBA image).
+pub const MAX_DECODE_BYTES: u64 = 800 << 20;
+
+/// Decode an image file's bytes (`path` only names it in errors).
+pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(TlError::file(path, "empty file (0 bytes)"));
+    }
+    // A damaged file must cost one skipped image, never the run: the image crate's decoders
+    // are meant not to panic, but this keeps a bug in one of them from taking `tl` down.
+    match std::panic::catch_unwind(|| decode_inner(bytes, path)) {
+        Ok(result) => result,
+        Err(_) => Err(TlError::file(
+            path,
+            "the image decoder failed on this file (damaged?)",
+        )),
+    }
+}
+
+fn decode_inner(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| TlError::file(path, e.to_string()))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| TlError::file(path, "not an image (unrecognised content)"))?;
+    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+        return Err(TlError::file(
+            path,
+            "truncated JPEG (no end-of-image marker)",
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| TlError::file(path, format!("cannot decode {format:?}: {e}")))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(TlError::file(path, "image has zero width or height"));
+    }
+    Ok(img.into_rgb8())
+}
+
+/// A complete JPEG ends with FF D9 (some writers append padding after it).
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| TlError::file(path, e.to_string()))?;
+    decode_rgb_bytes(&bytes, path)
+}

@@ -1,0 +1,28 @@
+//! Stage 2: from preprocessed images to feature vectors. `backbone` finds and loads the
+//! frozen TorchScript network, `cache` stores one checksummed entry per image and backbone,
+//! `extract` drives both over a list of files.
+pub mod backbone;
+pub mod cache;
+pub mod extract;
+
+pub use backbone::BackboneSpec;
+pub use cache::FeatureCache;
+pub use extract::{extract, ExtractOptions, ExtractStats, Extracted};
+
+/// The cache for `--cache-dir`/`--no-cache` settings, for one backbone and its preprocessing.
+#[derive(Clone, Debug, Default)]
+pub struct CacheSettings {
+    /// None: `$TL_CACHE_DIR` or the user's cache folder.
+    pub dir: Option<std::path::PathBuf>,
+    pub enabled: bool,
+}
+
+impl CacheSettings {
+    pub fn open(&self, spec: &BackboneSpec) -> crate::Result<FeatureCache> {
+        if !self.enabled {
+            return Ok(FeatureCache::disabled());
+        }
+        let root = self.dir.clone().unwrap_or_else(cache::default_root);
+        FeatureCache::open(&root, &spec.verified_features_hash()?, &spec.preprocess())
+    }
+}

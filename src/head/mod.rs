@@ -1,0 +1,9 @@
+//! Stage 3: the trainable head on top of frozen features (`model`) and its training on
+//! cached features (`train`).
+pub mod model;
+pub mod train;
+
+pub use model::{Head, HeadConfig};
+pub use train::{
+    train_head, EpochMetrics, OptimizerKind, Schedule, Split, TrainConfig, TrainOutcome,
+};

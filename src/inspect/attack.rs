@@ -1,0 +1,687 @@
+//! `tl attack`: targeted (or untargeted) projected gradient descent on the user's image,
+//! at its own resolution, through the exact resize/crop/normalise path of `tl predict`.
+//!
+//! Pixels stay in [0,1]; the perturbation is kept on the 8-bit grid during the attack
+//! (rounded towards zero, with a straight-through gradient), so the saved lossless file is
+//! exactly the image that was optimised and never exceeds the budget. Success is judged
+//! by re-loading the saved file and classifying it as `tl predict` does.
+use super::classes;
+use super::classifier::{Classifier, NetworkChoice};
+use crate::data::decode::decode_rgb;
+use crate::data::preprocess::{self, normalize_tensor, ResizeMatrices};
+use crate::error::{Result, TlError, TorchContext};
+use crate::eval::{argmax, format_top, ClassProb, Report};
+use crate::progress;
+use crate::runtime::Runtime;
+use crate::util::{refuse_overwrite, FilePath};
+use image::RgbImage;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// Memory an attack step takes per pixel of the input image (float copies of the image,
+/// the perturbation, their gradients and the resize products), measured on a 4000x3000
+/// photo (see BENCHMARKS.md); used to refuse images that cannot fit before allocating.
+pub const ATTACK_BYTES_PER_PIXEL: u64 = 100;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    Linf,
+    L2,
+}
+
+/// Reach a class, or just leave the current one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Goal {
+    Targeted(String),
+    Untargeted,
+}
+
+/// What `tl attack` is asked to do.
+#[derive(Clone, Debug)]
+pub struct AttackSettings {
+    pub network: NetworkChoice,
+    pub images: Vec<PathBuf>,
+    pub goal: Goal,
+    /// Output file (one image, one budget) or folder.
+    pub out: PathBuf,
+    /// Budgets in [0,1] pixel units; several make a sweep.
+    pub eps: Vec<f64>,
+    /// Step size; None: eps/4 (L-inf) or eps/5 (L2).
+    pub alpha: Option<f64>,
+    pub steps: usize,
+    pub norm: Norm,
+    pub margin: f64,
+    pub random_start: bool,
+    pub seed: u64,
+    pub diff: Option<PathBuf>,
+    pub force: bool,
+}
+
+impl AttackSettings {
+    /// Every number in range; the error names the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.eps.is_empty() {
+            return Err(TlError::invalid("no perturbation budget given"));
+        }
+        for &e in &self.eps {
+            if !(e.is_finite() && e > 0.0) || (self.norm == Norm::Linf && e > 1.0) {
+                return Err(TlError::invalid(format!(
+                    "budget {e} must be in (0, 1] for L-inf (pixel units; e.g. 4/255) and > 0 for L2"
+                )));
+            }
+        }
+        if let Some(a) = self.alpha {
+            if !(a.is_finite() && a > 0.0) {
+                return Err(TlError::invalid(format!("step size {a} must be positive")));
+            }
+        }
+        if self.steps == 0 {
+            return Err(TlError::invalid("the number of steps must be at least 1"));
+        }
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return Err(TlError::invalid(format!(
+                "margin {} must be >= 0",
+                self.margin
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttackConfig {
+    pub norm: Norm,
+    pub eps: f64,
+    pub alpha: f64,
+    pub steps: usize,
+    pub margin: f64,
+    pub random_start: bool,
+    pub seed: u64,
+    /// Class to reach (targeted) or None (untargeted: leave the original class).
+    pub target: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttackOutcome {
+    pub input: FilePath,
+    pub output: Option<FilePath>,
+    pub eps: f64,
+    pub success: bool,
+    /// Why the image was not attacked, if it was not.
+    pub skipped: Option<String>,
+    pub original_class: String,
+    pub adversarial_class: String,
+    pub original_top5: Vec<ClassProb>,
+    pub adversarial_top5: Vec<ClassProb>,
+    /// Probability of the target (targeted) or of the original class (untargeted).
+    pub prob_before: f64,
+    pub prob_after: f64,
+    pub linf: f64,
+    pub l2: f64,
+    pub psnr_db: f64,
+    pub steps: usize,
+    pub seconds: f64,
+}
+
+impl AttackOutcome {
+    fn new(input: &Path, eps: f64) -> Self {
+        AttackOutcome {
+            input: FilePath(input.to_path_buf()),
+            output: None,
+            eps,
+            success: false,
+            skipped: None,
+            original_class: String::new(),
+            adversarial_class: String::new(),
+            original_top5: vec![],
+            adversarial_top5: vec![],
+            prob_before: 0.0,
+            prob_after: 0.0,
+            linf: 0.0,
+            l2: 0.0,
+            psnr_db: f64::INFINITY,
+            steps: 0,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// Success at one budget over all images.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpsSummary {
+    pub eps: f64,
+    pub eps_label: String,
+    pub attacked: usize,
+    pub succeeded: usize,
+    pub success_rate: f64,
+    pub median_steps: Option<usize>,
+    pub mean_l2: f64,
+    pub median_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttackReport {
+    pub network: String,
+    pub outcomes: Vec<AttackOutcome>,
+    pub summary: Vec<EpsSummary>,
+    pub warnings: Vec<String>,
+    /// One line per image and a summary table (several images or budgets).
+    #[serde(skip)]
+    pub many: bool,
+}
+
+/// Did the attack reach its goal on these probabilities?
+fn reached(probs: &[f32], original: usize, target: Option<usize>) -> bool {
+    let pred = argmax(probs);
+    match target {
+        Some(t) => pred == t,
+        None => pred != original,
+    }
+}
+
+/// Put a perturbation on the 8-bit grid without leaving the budget or the [0,1] range.
+/// L-inf: rounded towards zero, where values within float error of a grid step (e.g.
+/// eps = 4/255 exactly) count as reaching it, capped at the largest step inside the budget.
+/// L2: rounded to nearest, shrunk until the rounded perturbation is inside the ball.
+fn quantize(delta: &Tensor, cfg: &AttackConfig) -> Tensor {
+    let scaled = delta * 255.0;
+    match cfg.norm {
+        Norm::Linf => {
+            let k = (cfg.eps * 255.0 + 1e-6).floor();
+            let q = (scaled.abs() + 1e-4).floor().clamp_max(k) * scaled.sign();
+            q / 255.0
+        }
+        Norm::L2 => {
+            // Rounding to nearest keeps the changes of at least half a level (truncation
+            // would zero the many small ones an L2 step spreads over a large image); shrink
+            // until the rounded perturbation is inside the ball, then fall back to truncation.
+            let mut factor = 1.0;
+            for _ in 0..8 {
+                let q = (&scaled * factor).round() / 255.0;
+                let norm = q.square().sum(Kind::Float).sqrt().double_value(&[]);
+                if norm <= cfg.eps {
+                    return q;
+                }
+                factor *= 0.98 * cfg.eps / norm;
+            }
+            (scaled * factor).trunc() / 255.0
+        }
+    }
+}
+
+fn project(delta: &Tensor, x0: &Tensor, cfg: &AttackConfig) -> Tensor {
+    let d = match cfg.norm {
+        Norm::Linf => delta.clamp(-cfg.eps, cfg.eps),
+        Norm::L2 => {
+            let norm = delta.square().sum(Kind::Float).sqrt().clamp_min(1e-12);
+            let factor = (norm.reciprocal() * cfg.eps).clamp_max(1.0);
+            delta * factor
+        }
+    };
+    (x0 + d).clamp(0.0, 1.0) - x0
+}
+
+/// Attack one decoded image. Returns the adversarial image and the steps used.
+pub fn attack_image(
+    classifier: &Classifier,
+    img: &RgbImage,
+    original: usize,
+    cfg: &AttackConfig,
+    bar: &indicatif::ProgressBar,
+) -> Result<(RgbImage, usize)> {
+    let device = classifier.device;
+    let (w, h) = img.dimensions();
+    let x0 = preprocess::image_to_unit_tensor(img).to_device(device);
+    let resize = ResizeMatrices::new(w, h, &classifier.preprocess, device);
+    tch::manual_seed(cfg.seed as i64);
+    let mut delta = if cfg.random_start {
+        // Only where the network looks: pixels outside the centre crop get no gradient and
+        // noise there would only lower the PSNR.
+        let seen = resize.seen_mask();
+        let r = match cfg.norm {
+            Norm::Linf => (Tensor::rand_like(&x0) * 2.0 - 1.0) * cfg.eps * &seen,
+            Norm::L2 => {
+                let g = Tensor::randn_like(&x0) * &seen;
+                &g / g.square().sum(Kind::Float).sqrt().clamp_min(1e-12) * (cfg.eps * 0.5)
+            }
+        };
+        project(&r, &x0, cfg)
+    } else {
+        x0.zeros_like()
+    };
+    let goal = Tensor::from_slice(&[cfg.target.unwrap_or(original) as i64]).to_device(device);
+    let mut margin = cfg.margin;
+    let mut used = 0;
+    for step in 0..cfg.steps {
+        let d = delta.detach().set_requires_grad(true);
+        // Straight-through quantisation: the forward pass sees the 8-bit image.
+        let dq = &d + (quantize(&d, cfg) - &d).detach();
+        let x = &x0 + dq;
+        let logits =
+            classifier.logits(&normalize_tensor(&resize.apply(&x), &classifier.preprocess))?;
+        let lg = Vec::<f32>::try_from(logits.get(0).detach().to_device(Device::Cpu))
+            .torch_ctx(|| "reading logits".into())?;
+        // How far the attack is from its goal, in logits: target over the best other class,
+        // or the best other class over the original one.
+        let best_except = |skip: usize| {
+            lg.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, v)| *v)
+                .fold(f32::MIN, f32::max)
+        };
+        let winner_margin = match cfg.target {
+            Some(t) => lg[t] - best_except(t),
+            None => best_except(original) - lg[original],
+        };
+        let hit = winner_margin >= margin as f32;
+        bar.set_message(format!("margin {winner_margin:+.2}"));
+        if hit {
+            // Check on the 8-bit image through the predict path before stopping.
+            let candidate = preprocess::unit_tensor_to_image(&(&x0 + quantize(&delta, cfg)))?;
+            if reached(
+                &classifier.classify_resized(&candidate)?,
+                original,
+                cfg.target,
+            ) {
+                return Ok((candidate, step));
+            }
+            // Quantisation or the resize path undid it: ask for a wider margin.
+            margin = (margin * 2.0).max(0.5);
+        }
+        let ce = logits.cross_entropy_loss::<Tensor>(&goal, None, Reduction::Mean, -100, 0.0);
+        let loss = if cfg.target.is_some() { ce } else { -ce };
+        let grad = Tensor::run_backward(&[&loss], &[&d], false, false).remove(0);
+        let stepped = match cfg.norm {
+            Norm::Linf => &delta - grad.sign() * cfg.alpha,
+            Norm::L2 => {
+                let g_norm = grad.square().sum(Kind::Float).sqrt().clamp_min(1e-12);
+                &delta - &grad / g_norm * cfg.alpha
+            }
+        };
+        delta = tch::no_grad(|| project(&stepped, &x0, cfg));
+        used = step + 1;
+    }
+    let final_image = preprocess::unit_tensor_to_image(&(&x0 + quantize(&delta, cfg)))?;
+    Ok((final_image, used))
+}
+
+/// Perturbation statistics in [0,1] pixel units.
+pub fn distortion(a: &RgbImage, b: &RgbImage) -> (f64, f64, f64) {
+    let (mut linf, mut sq) = (0f64, 0f64);
+    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
+        let d = (*x as f64 - *y as f64) / 255.0;
+        linf = linf.max(d.abs());
+        sq += d * d;
+    }
+    let mse = sq / a.as_raw().len() as f64;
+    let psnr = if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (1.0 / mse).log10()
+    };
+    (linf, sq.sqrt(), psnr)
+}
+
+/// Perturbation amplified for viewing: grey is zero, full range is the largest change.
+pub fn diff_image(a: &RgbImage, b: &RgbImage) -> RgbImage {
+    let max = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (*x as i32 - *y as i32).abs())
+        .max()
+        .unwrap_or(0)
+        .max(1) as f32;
+    let data = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| {
+            (127.5 + 127.5 * (*y as f32 - *x as f32) / max)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    RgbImage::from_raw(a.width(), a.height(), data).unwrap_or_else(|| RgbImage::new(1, 1))
+}
+
+fn output_names(inputs: &[PathBuf]) -> Vec<String> {
+    let mut seen = std::collections::HashMap::new();
+    inputs
+        .iter()
+        .map(|p| {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "image".into());
+            let n = seen.entry(stem.clone()).or_insert(0usize);
+            *n += 1;
+            if *n == 1 {
+                format!("{stem}.png")
+            } else {
+                format!("{stem}-{n}.png")
+            }
+        })
+        .collect()
+}
+
+pub fn eps_label(eps: f64) -> String {
+    let k = eps * 255.0;
+    if eps >= 1.0 {
+        return format!("{eps}");
+    }
+    if (k - k.round()).abs() < 1e-6 {
+        format!("{}/255", k.round())
+    } else {
+        format!("{eps:.4}")
+    }
+}
+
+/// Everything one image's attack needs besides the image and its budget.
+struct Job<'a> {
+    classifier: &'a Classifier,
+    settings: &'a AttackSettings,
+    target: Option<usize>,
+    many: bool,
+    progress: bool,
+}
+
+pub fn run(rt: &Runtime, settings: &AttackSettings) -> Result<AttackReport> {
+    settings.validate()?;
+    let classifier = Classifier::load(&settings.network, rt)?;
+    let mut warnings: Vec<String> = classifier.warning.iter().cloned().collect();
+    let target = match &settings.goal {
+        Goal::Targeted(name) => {
+            let r = classes::resolve(name, &classifier.classes)?;
+            warnings.extend(r.note.clone());
+            Some(r.index)
+        }
+        Goal::Untargeted => None,
+    };
+    let inputs = crate::data::expand_inputs(&settings.images)?;
+    let sweep = settings.eps.len() > 1;
+    let many = inputs.len() > 1 || sweep;
+    let out = &settings.out;
+    if many && out.extension().is_some() && !out.is_dir() {
+        return Err(TlError::file(
+            out,
+            "several images or budgets need an output folder, not a file name",
+        ));
+    }
+    if !many {
+        refuse_overwrite(out, settings.force)?;
+    }
+    if settings.diff.is_some() && many {
+        return Err(TlError::invalid(
+            "the amplified difference image takes one image and one budget",
+        ));
+    }
+    let job = Job {
+        classifier: &classifier,
+        settings,
+        target,
+        many,
+        progress: rt.progress,
+    };
+    let names = output_names(&inputs);
+    let overall = progress::bar(
+        (inputs.len() * settings.eps.len()) as u64,
+        "attack",
+        rt.progress,
+    );
+    let mut outcomes: Vec<AttackOutcome> = Vec::new();
+    for &eps in &settings.eps {
+        for (path, name) in inputs.iter().zip(&names) {
+            let out_path = if !many {
+                out.clone()
+            } else if sweep {
+                out.join(format!("eps-{}", eps_label(eps).replace('/', "_")))
+                    .join(name)
+            } else {
+                out.join(name)
+            };
+            outcomes.push(attack_one(&job, path, &out_path, eps)?);
+            overall.inc(1);
+        }
+    }
+    overall.finish_and_clear();
+    if outcomes.iter().all(|o| o.skipped.is_some()) {
+        let reasons: Vec<&str> = outcomes
+            .iter()
+            .filter_map(|o| o.skipped.as_deref())
+            .collect();
+        return Err(TlError::invalid(format!(
+            "no image could be attacked: {}",
+            reasons.join("; ")
+        )));
+    }
+    let summary = settings
+        .eps
+        .iter()
+        .map(|&e| summarise(&outcomes, e))
+        .collect();
+    Ok(AttackReport {
+        network: classifier.description.clone(),
+        outcomes,
+        summary,
+        warnings,
+        many,
+    })
+}
+
+fn summarise(outcomes: &[AttackOutcome], eps: f64) -> EpsSummary {
+    let attacked: Vec<&AttackOutcome> = outcomes
+        .iter()
+        .filter(|o| o.eps == eps && o.skipped.is_none())
+        .collect();
+    let ok: Vec<&&AttackOutcome> = attacked.iter().filter(|o| o.success).collect();
+    let mut steps: Vec<usize> = ok.iter().map(|o| o.steps).collect();
+    steps.sort();
+    let mut seconds: Vec<f64> = attacked.iter().map(|o| o.seconds).collect();
+    seconds.sort_by(f64::total_cmp);
+    let n = attacked.len();
+    EpsSummary {
+        eps,
+        eps_label: eps_label(eps),
+        attacked: n,
+        succeeded: ok.len(),
+        success_rate: if n == 0 {
+            0.0
+        } else {
+            ok.len() as f64 / n as f64
+        },
+        median_steps: steps.get(steps.len() / 2).copied(),
+        mean_l2: if n == 0 {
+            0.0
+        } else {
+            attacked.iter().map(|o| o.l2).sum::<f64>() / n as f64
+        },
+        median_seconds: seconds.get(seconds.len() / 2).copied(),
+    }
+}
+
+/// Refuse an image whose attack cannot fit in memory, before libtorch tries.
+fn check_memory(path: &Path, img: &RgbImage) -> Result<()> {
+    let pixels = img.width() as u64 * img.height() as u64;
+    let need = pixels * ATTACK_BYTES_PER_PIXEL;
+    if let Some(available) = crate::util::available_memory() {
+        if need > available {
+            return Err(TlError::file(
+                path,
+                format!(
+                    "{}x{} pixels: attacking it at full resolution needs about {:.1} GB, {:.1} GB available; downscale it first",
+                    img.width(),
+                    img.height(),
+                    need as f64 / 1e9,
+                    available as f64 / 1e9
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn attack_one(job: &Job, path: &Path, out_path: &Path, eps: f64) -> Result<AttackOutcome> {
+    let (classifier, settings, target) = (job.classifier, job.settings, job.target);
+    let start = Instant::now();
+    let mut outcome = AttackOutcome::new(path, eps);
+    // With several images, one that cannot be used is skipped and reported; alone, it fails.
+    let skip = |outcome: &mut AttackOutcome, e: TlError| -> Result<()> {
+        if job.many {
+            outcome.skipped = Some(e.to_string());
+            Ok(())
+        } else {
+            Err(e)
+        }
+    };
+    let img = match decode_rgb(path).and_then(|img| check_memory(path, &img).map(|_| img)) {
+        Ok(img) => img,
+        Err(e) => {
+            skip(&mut outcome, e)?;
+            return Ok(outcome);
+        }
+    };
+    let before = classifier.classify_resized(&img)?;
+    let original = argmax(&before);
+    outcome.original_class = classifier.classes[original].clone();
+    outcome.original_top5 = classifier.top(&before, 5);
+    let watched = target.unwrap_or(original);
+    outcome.prob_before = before[watched] as f64;
+    if target == Some(original) {
+        let why = TlError::file(
+            path,
+            format!(
+                "already classified as '{}' (p={:.3}); nothing to attack",
+                outcome.original_class, before[original]
+            ),
+        );
+        skip(&mut outcome, why)?;
+        return Ok(outcome);
+    }
+    refuse_overwrite(out_path, settings.force)?;
+    if let Some(diff) = &settings.diff {
+        refuse_overwrite(diff, settings.force)?;
+    }
+    let cfg = AttackConfig {
+        norm: settings.norm,
+        eps,
+        alpha: settings.alpha.unwrap_or(match settings.norm {
+            Norm::Linf => eps / 4.0,
+            Norm::L2 => eps / 5.0,
+        }),
+        steps: settings.steps,
+        margin: settings.margin,
+        random_start: settings.random_start,
+        seed: settings.seed,
+        target,
+    };
+    let bar = progress::bar(settings.steps as u64, "steps", job.progress && !job.many);
+    let (adv, steps) =
+        crate::util::guard::catch_torch_panic(&format!("{}: attack", path.display()), || {
+            attack_image(classifier, &img, original, &cfg, &bar)
+        })?;
+    bar.finish_and_clear();
+    preprocess::save_image(&adv, out_path)?;
+    // The saved file is what counts: re-load it and classify it as `tl predict` does.
+    let reloaded = decode_rgb(out_path)?;
+    let after = classifier.classify_resized(&reloaded)?;
+    let (linf, l2, psnr) = distortion(&img, &reloaded);
+    outcome.output = Some(FilePath(out_path.to_path_buf()));
+    outcome.success = reached(&after, original, target);
+    outcome.adversarial_class = classifier.classes[argmax(&after)].clone();
+    outcome.adversarial_top5 = classifier.top(&after, 5);
+    outcome.prob_after = after[watched] as f64;
+    outcome.linf = linf;
+    outcome.l2 = l2;
+    outcome.psnr_db = psnr;
+    outcome.steps = steps;
+    outcome.seconds = start.elapsed().as_secs_f64();
+    if let Some(diff) = &settings.diff {
+        preprocess::save_image(&diff_image(&img, &reloaded), diff)?;
+    }
+    Ok(outcome)
+}
+
+impl Report for AttackReport {
+    fn notes(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| format!("warning: {w}"))
+            .collect()
+    }
+
+    fn render_text(&self) -> String {
+        let mut s = String::new();
+        for o in &self.outcomes {
+            s += &render_outcome(o, self.many);
+        }
+        if self.many {
+            s += &format!(
+                "\n{:>10}  {:>8}  {:>9}  {:>12}  {:>8}\n",
+                "eps", "success", "attacked", "median steps", "mean L2"
+            );
+            for e in &self.summary {
+                let steps = e
+                    .median_steps
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into());
+                s += &format!(
+                    "{:>10}  {:>7.1}%  {:>9}  {:>12}  {:>8.3}\n",
+                    e.eps_label,
+                    e.success_rate * 100.0,
+                    e.attacked,
+                    steps,
+                    e.mean_l2
+                );
+            }
+        }
+        s
+    }
+}
+
+fn render_outcome(o: &AttackOutcome, many: bool) -> String {
+    if let Some(why) = &o.skipped {
+        return format!("{}: skipped: {why}\n", o.input);
+    }
+    if many {
+        return format!(
+            "{}  {}  {} -> {}  p {:.3} -> {:.3}  Linf {:.1}/255  L2 {:.3}  PSNR {:.1} dB  {} steps\n",
+            if o.success { "OK  " } else { "FAIL" },
+            o.input,
+            o.original_class,
+            o.adversarial_class,
+            o.prob_before,
+            o.prob_after,
+            o.linf * 255.0,
+            o.l2,
+            o.psnr_db,
+            o.steps
+        );
+    }
+    let output = o.output.as_ref().map(|p| p.to_string()).unwrap_or_default();
+    format!(
+        "input:        {}\noriginal:     {}\nadversarial:  {}\ntarget p:     {:.4} -> {:.4}\n\
+perturbation: Linf {:.4} ({:.1}/255), L2 {:.4}, PSNR {:.1} dB\n\
+steps:        {} in {:.1}s (eps {})\n\
+result:       {} — saved {} is classified as '{}'\n",
+        o.input,
+        format_top(&o.original_top5),
+        format_top(&o.adversarial_top5),
+        o.prob_before,
+        o.prob_after,
+        o.linf,
+        o.linf * 255.0,
+        o.l2,
+        o.psnr_db,
+        o.steps,
+        o.seconds,
+        eps_label(o.eps),
+        if o.success { "SUCCESS" } else { "FAILED" },
+        output,
+        o.adversarial_class
+    )
+}

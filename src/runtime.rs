@@ -1,0 +1,67 @@
+//! Where and how `tl` computes: the device, CPU threads, decoder threads, the backbones
+//! folder and whether progress bars are drawn. Made once from plain settings (the CLI's
+//! global flags) and handed to every stage.
+use crate::device::DeviceChoice;
+use crate::error::Result;
+use std::path::PathBuf;
+use tch::Device;
+
+#[derive(Clone, Debug)]
+pub struct RuntimeSettings {
+    pub device: DeviceChoice,
+    /// CPU threads for libtorch and decoding (None: all cores).
+    pub threads: Option<usize>,
+    /// Decoder threads (None: half the threads on CPU, all of them with CUDA).
+    pub decode_threads: Option<usize>,
+    pub backbones: PathBuf,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub device: Device,
+    pub threads: usize,
+    pub decode_threads: usize,
+    pub backbones: PathBuf,
+    pub progress: bool,
+}
+
+impl Runtime {
+    pub fn new(s: &RuntimeSettings) -> Result<Runtime> {
+        let threads = s
+            .threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .max(1);
+        tch::set_num_threads(threads as i32);
+        let device = s.device.resolve()?;
+        // On CPU the backbone needs the cores; one low-priority decoder per two cores keeps
+        // up with it (measured in BENCHMARKS.md). On a GPU, decoding is the bottleneck.
+        let default_decoders = if device == Device::Cpu {
+            (threads / 2).max(1)
+        } else {
+            threads
+        };
+        Ok(Runtime {
+            device,
+            threads,
+            decode_threads: s.decode_threads.unwrap_or(default_decoders).max(1),
+            backbones: s.backbones.clone(),
+            progress: s.progress,
+        })
+    }
+
+    /// A CPU runtime for library users and tests: all cores, no progress bars.
+    pub fn cpu(backbones: impl Into<PathBuf>) -> Result<Runtime> {
+        Runtime::new(&RuntimeSettings {
+            device: DeviceChoice::Cpu,
+            threads: None,
+            decode_threads: None,
+            backbones: backbones.into(),
+            progress: false,
+        })
+    }
+}

@@ -1,0 +1,241 @@
+//! Files written so that a crash or a full disk never leaves a half-written one, with the
+//! permissions a user expects (0666 minus the umask), and never over a user's file unasked.
+use crate::error::{IoContext, Result, TlError};
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The folder a path lives in ("." for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A temporary file next to `path`, created with mode 0666 minus the umask (tempfile's
+/// default, 0600, would survive the rename and hide the output from the user's group).
+fn temp_file_near(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(dir).with_path(dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tl-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir).with_path(dir)
+}
+
+/// Write `bytes` to `path` through a temporary file in the same folder and a rename. The
+/// temporary file is removed on every error path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// As [`write_atomic`]; `durable` also flushes the data to disk before the rename (skipped
+/// for cache entries, which carry their own checksum and are cheap to recompute).
+pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    if path.is_dir() {
+        return Err(TlError::file(path, "is a folder; expected a file name"));
+    }
+    let mut tmp = temp_file_near(path)?;
+    tmp.write_all(bytes).with_path(path)?;
+    if durable {
+        tmp.as_file().sync_data().with_path(path)?;
+    }
+    tmp.persist(path)
+        .map_err(|e| TlError::file(path, e.error.to_string()))?;
+    Ok(())
+}
+
+pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let mut text = to_json_pretty(value).map_err(|e| TlError::file(path, e))?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+/// Pretty JSON, or why it cannot be made (never a panic).
+pub fn to_json_pretty<T: Serialize + ?Sized>(value: &T) -> std::result::Result<String, String> {
+    serde_json::to_string_pretty(value).map_err(|e| format!("cannot write JSON: {e}"))
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_path(path)?;
+    serde_json::from_str(&text).map_err(|e| TlError::file(path, format!("invalid JSON: {e}")))
+}
+
+/// The one "don't overwrite without asking" rule of every command that writes a file.
+pub fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        return Err(TlError::file(
+            path,
+            "already exists (pass --force to overwrite)",
+        ));
+    }
+    Ok(())
+}
+
+/// Is `dir` a folder with something in it? (An unreadable folder counts as non-empty, so
+/// that it is never written into unasked.)
+pub fn is_non_empty_dir(dir: &Path) -> bool {
+    dir.is_dir()
+        && std::fs::read_dir(dir)
+            .map(|mut r| r.next().is_some())
+            .unwrap_or(true)
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).with_path(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_path(path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(super::hex(&hasher.finalize()))
+}
+
+/// A folder built under a temporary name next to its destination and moved into place by
+/// [`StagedDir::commit`]; dropped before that (an error, a panic), it is removed with its
+/// contents, so an interrupted or failed write leaves nothing behind.
+pub struct StagedDir {
+    tmp: Option<tempfile::TempDir>,
+    dest: PathBuf,
+}
+
+impl StagedDir {
+    /// Stage a folder for `dest`. `dest` may exist only if it is empty or `force` is set.
+    pub fn new(dest: &Path, force: bool) -> Result<StagedDir> {
+        if dest.exists() && !dest.is_dir() {
+            return Err(TlError::file(dest, "exists and is not a folder"));
+        }
+        if is_non_empty_dir(dest) && !force {
+            return Err(TlError::file(
+                dest,
+                "output folder exists and is not empty (pass --force to write into it)",
+            ));
+        }
+        let parent = parent_dir(dest);
+        std::fs::create_dir_all(parent).with_path(parent)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tl-staging-")
+            .tempdir_in(parent)
+            .with_path(parent)?;
+        Ok(StagedDir {
+            tmp: Some(tmp),
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// Where to write the files now.
+    pub fn path(&self) -> &Path {
+        self.tmp.as_ref().map(|t| t.path()).unwrap_or(&self.dest)
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Move the staged folder into place: one rename when the destination does not exist
+    /// (or is empty), otherwise one rename per file into it (`--force`).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let Some(tmp) = self.tmp.take() else {
+            return Ok(self.dest.clone());
+        };
+        let staged = tmp.keep();
+        let result = self.move_into_place(&staged);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staged);
+        }
+        result.map(|_| self.dest.clone())
+    }
+
+    fn move_into_place(&self, staged: &Path) -> Result<()> {
+        #[cfg(unix)]
+        {
+            // TempDir makes its folder 0700; a run folder is for the user's group too.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = 0o777 & !current_umask();
+            let _ = std::fs::set_permissions(staged, std::fs::Permissions::from_mode(mode));
+        }
+        if !is_non_empty_dir(&self.dest) {
+            if self.dest.is_dir() {
+                std::fs::remove_dir(&self.dest).with_path(&self.dest)?;
+            }
+            return std::fs::rename(staged, &self.dest).with_path(&self.dest);
+        }
+        for entry in std::fs::read_dir(staged).with_path(staged)? {
+            let entry = entry.with_path(staged)?;
+            let to = self.dest.join(entry.file_name());
+            if to.is_dir() {
+                return Err(TlError::file(
+                    &to,
+                    "is a folder; cannot replace it with a file",
+                ));
+            }
+            std::fs::rename(entry.path(), &to).with_path(&to)?;
+        }
+        std::fs::remove_dir(staged).with_path(staged)
+    }
+}
+
+/// The process umask, read without changing it (Linux: /proc/self/status).
+#[cfg(unix)]
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file_and_leaves_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_json_atomic(&path, &vec![1, 2, 3]).unwrap();
+        let back: Vec<i32> = read_json(&path).unwrap();
+        assert_eq!(back, vec![1, 2, 3]);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+        // A folder as the target is refused, and no temporary file is left.
+        let err = write_atomic(dir.path(), b"x").unwrap_err().to_string();
+        assert!(err.contains("is a folder"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn staged_dir_is_removed_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("run");
+        {
+            let staged = StagedDir::new(&dest, false).unwrap();
+            std::fs::write(staged.path().join("a"), b"1").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let staged = StagedDir::new(&dest, false).unwrap();
+        std::fs::write(staged.path().join("a"), b"1").unwrap();
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"1");
+        assert!(StagedDir::new(&dest, false).is_err());
+        let staged = StagedDir::new(&dest, true).unwrap();
+        std::fs::write(staged.path().join("b"), b"2").unwrap();
+        staged.commit().unwrap();
+        assert!(dest.join("a").is_file() && dest.join("b").is_file());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,151 @@
+//! `tl doctor`: what this installation can do — libtorch, CUDA, threads, backbones, cache.
+use crate::eval::Report;
+use crate::features::{backbone, BackboneSpec};
+use crate::runtime::Runtime;
+use crate::util::FilePath;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackboneStatus {
+    pub name: String,
+    /// "1280 features, 1000 classes, weights: pretrained", or the error.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DoctorReport {
+    pub tl_version: String,
+    pub libtorch_version: String,
+    pub libtorch_dir: String,
+    pub cuda_devices: Vec<String>,
+    pub cudnn: Option<String>,
+    pub libtorch_cuda_loaded: bool,
+    pub default_device: String,
+    pub threads: usize,
+    pub torch_threads: i32,
+    pub mkl: bool,
+    pub mkldnn: bool,
+    pub backbones_dir: FilePath,
+    pub backbones: Vec<BackboneStatus>,
+    pub cache_dir: FilePath,
+}
+
+impl Report for DoctorReport {
+    fn render_text(&self) -> String {
+        let mut s = format!("tl {}\n", self.tl_version);
+        s += &format!(
+            "libtorch: {} ({})\n",
+            self.libtorch_version, self.libtorch_dir
+        );
+        if self.cuda_devices.is_empty() {
+            s += "CUDA: not available\n";
+        } else {
+            s += &format!("CUDA: available, {} device(s)\n", self.cuda_devices.len());
+            for (i, name) in self.cuda_devices.iter().enumerate() {
+                s += &format!("  cuda:{i}: {name}\n");
+            }
+            s += &format!(
+                "cuDNN: {}\n",
+                self.cudnn.as_deref().unwrap_or("not available")
+            );
+        }
+        s += &format!(
+            "libtorch_cuda loaded: {}\n",
+            if self.libtorch_cuda_loaded {
+                "yes (GPU builds of libtorch can use CUDA when a driver is present)"
+            } else {
+                "no (CPU-only libtorch)"
+            }
+        );
+        s += &format!("default device: {}\n", self.default_device);
+        s += &format!(
+            "threads: {} (libtorch intra-op {}), MKL: {}, mkldnn: {}\n",
+            self.threads, self.torch_threads, self.mkl, self.mkldnn
+        );
+        s += &format!("backbones folder: {}\n", self.backbones_dir);
+        if self.backbones.is_empty() {
+            s += "  (none exported; run scripts/export_backbones.py mobilenet_v2 --weights FILE)\n";
+        }
+        for b in &self.backbones {
+            s += &format!("  {}: {}\n", b.name, b.status);
+        }
+        s += &format!("feature cache: {}\n", self.cache_dir);
+        s
+    }
+}
+
+fn gpu_names(count: usize) -> Vec<String> {
+    let from_smi: Vec<String> = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    (0..count)
+        .map(|i| {
+            from_smi
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| "(name unknown)".into())
+        })
+        .collect()
+}
+
+fn backbone_status(dir: &std::path::Path, name: &str) -> String {
+    match BackboneSpec::from_sidecar(&dir.join(format!("{name}.json"))) {
+        Ok(spec) => match &spec.sidecar {
+            Some(s) => format!(
+                "{} features, {} classes, weights: {}",
+                s.feature_dim,
+                s.num_classes,
+                if s.pretrained() {
+                    "pretrained"
+                } else {
+                    "RANDOM (shapes/speed only)"
+                }
+            ),
+            None => "no sidecar".into(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn doctor(rt: &Runtime) -> DoctorReport {
+    let count = if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    DoctorReport {
+        tl_version: env!("CARGO_PKG_VERSION").into(),
+        libtorch_version: crate::LIBTORCH_VERSION.into(),
+        libtorch_dir: option_env!("TL_LIBTORCH_LIB")
+            .unwrap_or("location unknown")
+            .into(),
+        cuda_devices: gpu_names(count),
+        cudnn: (count > 0 && tch::Cuda::cudnn_is_available())
+            .then(|| format!("available (version {})", tch::utils::version_cudnn())),
+        libtorch_cuda_loaded: maps.contains("libtorch_cuda.so"),
+        default_device: crate::device::describe(rt.device),
+        threads: rt.threads,
+        torch_threads: tch::get_num_threads(),
+        mkl: tch::utils::has_mkl(),
+        mkldnn: tch::utils::has_mkldnn(),
+        backbones_dir: FilePath(rt.backbones.clone()),
+        backbones: backbone::list(&rt.backbones)
+            .into_iter()
+            .map(|name| BackboneStatus {
+                status: backbone_status(&rt.backbones, &name),
+                name,
+            })
+            .collect(),
+        cache_dir: FilePath(crate::features::cache::default_root()),
+    }
+}

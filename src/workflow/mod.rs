@@ -1,0 +1,83 @@
+//! Stage 7: the commands as library calls. Each takes plain settings (no command-line
+//! types), runs the stages above in order and returns a typed report.
+pub mod bench;
+pub mod doctor;
+pub mod evaluate;
+pub mod predict;
+pub mod train;
+
+use crate::data::Sample;
+use crate::util::FilePath;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use tch::{Device, Tensor};
+
+/// A file that could not be used, and why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub path: FilePath,
+    pub reason: String,
+}
+
+/// Usable extraction results as flat arrays: features, labels and paths, plus what was skipped.
+pub(crate) struct Gathered {
+    pub x: Vec<f32>,
+    pub y: Vec<i64>,
+    pub paths: Vec<PathBuf>,
+    pub skipped: Vec<SkippedFile>,
+}
+
+pub(crate) fn gather(
+    samples: &[Sample],
+    features: &[std::result::Result<Vec<f32>, String>],
+) -> Gathered {
+    let mut g = Gathered {
+        x: Vec::new(),
+        y: Vec::new(),
+        paths: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for (s, f) in samples.iter().zip(features) {
+        match f {
+            Ok(v) => {
+                g.x.extend_from_slice(v);
+                g.y.push(s.label as i64);
+                g.paths.push(s.path.clone());
+            }
+            Err(why) => g.skipped.push(SkippedFile {
+                path: FilePath(s.path.clone()),
+                reason: why.clone(),
+            }),
+        }
+    }
+    g
+}
+
+pub(crate) fn tensor_2d(xs: &[f32], n: usize, d: usize, device: Device) -> Tensor {
+    Tensor::from_slice(xs)
+        .view([n as i64, d as i64])
+        .to_device(device)
+}
+
+/// Lines for stderr about skipped and ignored files.
+pub(crate) fn skipped_notes(skipped: &[SkippedFile], ignored: usize) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !skipped.is_empty() {
+        notes.push(format!(
+            "skipped {} unreadable image(s) (listed in report.json):",
+            skipped.len()
+        ));
+        for s in skipped.iter().take(10) {
+            notes.push(format!("  {}", s.reason));
+        }
+        if skipped.len() > 10 {
+            notes.push(format!("  … and {} more", skipped.len() - 10));
+        }
+    }
+    if ignored > 0 {
+        notes.push(format!(
+            "ignored {ignored} file(s) that are not images or not part of the layout (listed in report.json)"
+        ));
+    }
+    notes
+}
