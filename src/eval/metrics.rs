@@ -181,6 +181,27 @@ impl ClassificationReport {
                 m.support
             );
         }
+        self.render_confusion(&mut s, width);
+        if !self.top_losses.is_empty() {
+            let _ = writeln!(s, "\ntop losses");
+            for t in &self.top_losses {
+                let _ = writeln!(
+                    s,
+                    "  {:.3}  {}  (true {} p={:.3}, predicted {} p={:.3})",
+                    t.loss,
+                    t.path.display(),
+                    t.true_class,
+                    t.prob_true,
+                    t.predicted,
+                    t.prob_predicted
+                );
+            }
+        }
+        s
+    }
+
+    /// The confusion matrix (up to 12 classes) or the most confused pairs.
+    fn render_confusion(&self, s: &mut String, width: usize) {
         let k = self.per_class.len();
         if k <= 12 {
             let _ = writeln!(s, "\nconfusion matrix (rows: true, columns: predicted)");
@@ -220,22 +241,6 @@ impl ClassificationReport {
                 );
             }
         }
-        if !self.top_losses.is_empty() {
-            let _ = writeln!(s, "\ntop losses");
-            for t in &self.top_losses {
-                let _ = writeln!(
-                    s,
-                    "  {:.3}  {}  (true {} p={:.3}, predicted {} p={:.3})",
-                    t.loss,
-                    t.path.display(),
-                    t.true_class,
-                    t.prob_true,
-                    t.predicted,
-                    t.prob_predicted
-                );
-            }
-        }
-        s
     }
 }
 

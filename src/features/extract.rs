@@ -204,7 +204,36 @@ struct Collector<'a> {
 }
 
 impl Collector<'_> {
-    fn chunk(&mut self, chunk: &mut Chunk) {
+    /// Record a chunk's hits and failures, and run the backbone on its misses (loading it
+    /// if that has not happened yet). Returns the seconds spent in the backbone.
+    fn chunk(
+        &mut self,
+        chunk: &mut Chunk,
+        module: &mut Option<LoadedModule>,
+        spec: &BackboneSpec,
+        opts: &ExtractOptions,
+    ) -> Result<f64> {
+        self.record(chunk);
+        let batch = &chunk.decoded;
+        if batch.indices.is_empty() {
+            return Ok(0.0);
+        }
+        let m = match module.take() {
+            Some(m) => m,
+            None => spec.load_features(opts.device)?,
+        };
+        let m = &*module.insert(m);
+        let t_fwd = Instant::now();
+        let out = run_batch(m, &batch.tensor(&spec.preprocess()), opts.device, opts.amp)?;
+        let seconds = t_fwd.elapsed().as_secs_f64();
+        let d = out.len() / batch.indices.len();
+        check_dim(m, d, spec.sidecar.as_ref().map(|s| s.feature_dim as usize))?;
+        self.computed(&batch.indices, &out, d);
+        self.bar.inc(batch.indices.len() as u64);
+        Ok(seconds)
+    }
+
+    fn record(&mut self, chunk: &mut Chunk) {
         let done = chunk.hits.len() + chunk.unreadable.len() + chunk.decoded.failures.len();
         self.bar.inc(done as u64);
         for (i, key, v) in chunk.hits.drain(..) {
@@ -255,7 +284,6 @@ pub fn extract(
     opts: &ExtractOptions,
 ) -> Result<Extracted> {
     let start = Instant::now();
-    let cfg = spec.preprocess();
     let expected_dim = spec.sidecar.as_ref().map(|s| s.feature_dim as usize);
     let pool = decode_pool(opts)?;
     let mut collect = Collector {
@@ -274,6 +302,39 @@ pub fn extract(
         cache_ok: cache.dir().is_some(),
         bar: progress::bar(paths.len() as u64, "extract", opts.progress),
     };
+    let first_compute = pipeline(paths, spec, cache, opts, &pool, &mut collect)?;
+    collect.bar.finish_and_clear();
+    let mut out = collect.out;
+    out.stats.corrupt_cache_entries = out.corrupt.len();
+    if let Some(t) = first_compute {
+        out.stats.compute_seconds = t.elapsed().as_secs_f64();
+        if out.stats.compute_seconds > 0.0 {
+            out.stats.images_per_second = out.stats.computed as f64 / out.stats.compute_seconds;
+        }
+    }
+    if out.dim == 0 {
+        out.dim = out
+            .features
+            .iter()
+            .find_map(|f| f.as_ref().ok().map(Vec::len))
+            .unwrap_or(0);
+    }
+    out.stats.seconds = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// The producer (read, hash, look up, decode on the pool) and the consumer (the backbone,
+/// on this thread). Returns when the first miss was seen, if one was.
+fn pipeline(
+    paths: &[PathBuf],
+    spec: &BackboneSpec,
+    cache: &FeatureCache,
+    opts: &ExtractOptions,
+    pool: &rayon::ThreadPool,
+    collect: &mut Collector,
+) -> Result<Option<Instant>> {
+    let cfg = spec.preprocess();
+    let expected_dim = spec.sidecar.as_ref().map(|s| s.feature_dim as usize);
     let batch_size = opts.batch_size.max(1);
     let indices: Vec<usize> = (0..paths.len()).collect();
     let (tx, rx) = crossbeam_channel::bounded::<Chunk>(2);
@@ -281,8 +342,7 @@ pub fn extract(
     let (need_tx, need_rx) = crossbeam_channel::bounded::<()>(1);
     let (mut fwd, mut wait) = (0f64, 0f64);
     let mut first_compute: Option<Instant> = None;
-    let result: Result<()> = std::thread::scope(|scope| {
-        let pool = &pool;
+    std::thread::scope(|scope| {
         let indices = &indices;
         scope.spawn(move || {
             for chunk_indices in indices.chunks(batch_size) {
@@ -306,6 +366,7 @@ pub fn extract(
                 recv(need_rx) -> msg => {
                     // Once is enough (and a closed channel must not be selected again).
                     need_rx = crossbeam_channel::never();
+                    first_compute.get_or_insert_with(Instant::now);
                     if msg.is_ok() && module.is_none() {
                         module = Some(spec.load_features(opts.device)?);
                     }
@@ -313,51 +374,20 @@ pub fn extract(
                 recv(rx) -> msg => {
                     let Ok(mut chunk) = msg else { break };
                     wait += t_wait.elapsed().as_secs_f64();
-                    collect.chunk(&mut chunk);
-                    let batch = &chunk.decoded;
-                    if !batch.indices.is_empty() {
+                    if !chunk.decoded.indices.is_empty() {
                         first_compute.get_or_insert_with(Instant::now);
-                        let m = match module.take() {
-                            Some(m) => m,
-                            None => spec.load_features(opts.device)?,
-                        };
-                        let m = &*module.insert(m);
-                        let t_fwd = Instant::now();
-                        let out = run_batch(m, &batch.tensor(&cfg), opts.device, opts.amp)?;
-                        fwd += t_fwd.elapsed().as_secs_f64();
-                        let d = out.len() / batch.indices.len();
-                        check_dim(m, d, expected_dim)?;
-                        collect.computed(&batch.indices, &out, d);
-                        collect.bar.inc(batch.indices.len() as u64);
                     }
+                    fwd += collect.chunk(&mut chunk, &mut module, spec, opts)?;
                     t_wait = Instant::now();
                 }
             }
         }
-        Ok(())
-    });
-    result?;
-    collect.bar.finish_and_clear();
+        Ok::<(), TlError>(())
+    })?;
     if std::env::var_os("TL_DEBUG_TIMING").is_some() {
         eprintln!("extract timing: waiting for decoded batches {wait:.2}s, backbone {fwd:.2}s");
     }
-    let mut out = collect.out;
-    out.stats.corrupt_cache_entries = out.corrupt.len();
-    if let Some(t) = first_compute {
-        out.stats.compute_seconds = t.elapsed().as_secs_f64();
-        if out.stats.compute_seconds > 0.0 {
-            out.stats.images_per_second = out.stats.computed as f64 / out.stats.compute_seconds;
-        }
-    }
-    if out.dim == 0 {
-        out.dim = out
-            .features
-            .iter()
-            .find_map(|f| f.as_ref().ok().map(Vec::len))
-            .unwrap_or(0);
-    }
-    out.stats.seconds = start.elapsed().as_secs_f64();
-    Ok(out)
+    Ok(first_compute)
 }
 
 fn check_dim(module: &LoadedModule, d: usize, expected: Option<usize>) -> Result<()> {

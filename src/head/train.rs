@@ -98,6 +98,17 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
+impl EpochMetrics {
+    /// `loss 0.1234 acc 0.950 | val loss 0.2345 acc 0.900`
+    pub fn summary(&self) -> String {
+        let train = format!("loss {:.4} acc {:.3}", self.train_loss, self.train_accuracy);
+        match (self.val_loss, self.val_accuracy) {
+            (Some(l), Some(a)) => format!("{train} | val loss {l:.4} acc {a:.3}"),
+            _ => train,
+        }
+    }
+}
+
 pub struct TrainOutcome {
     pub head: Head,
     pub history: Vec<EpochMetrics>,
@@ -204,13 +215,24 @@ fn run_epoch(
 
 /// Keeps the weights of the best epoch (lowest validation loss; without validation data,
 /// the last epoch) and says when to stop.
+/// (score, epoch, weights) of the best epoch so far.
+type Snapshot = (f64, usize, Vec<(String, Tensor)>);
+
 struct EarlyStopping {
     patience: usize,
-    best: Option<(f64, usize, Vec<(String, Tensor)>)>,
+    best: Option<Snapshot>,
     since_best: usize,
 }
 
 impl EarlyStopping {
+    fn new(patience: usize) -> Self {
+        EarlyStopping {
+            patience,
+            best: None,
+            since_best: 0,
+        }
+    }
+
     /// Record an epoch; true when training should stop.
     fn update(&mut self, head: &Head, epoch: usize, val_loss: Option<f64>) -> bool {
         let score = val_loss.unwrap_or(-(epoch as f64));
@@ -247,6 +269,15 @@ impl EarlyStopping {
     }
 }
 
+fn check_finite(epoch: usize, train_loss: f64, val_loss: Option<f64>, lr: f64) -> Result<()> {
+    if !train_loss.is_finite() || val_loss.is_some_and(|l| !l.is_finite()) {
+        return Err(TlError::invalid(format!(
+            "training diverged at epoch {epoch} (loss {train_loss}) with learning rate {lr}; try a smaller one"
+        )));
+    }
+    Ok(())
+}
+
 pub fn train_head(
     head_config: HeadConfig,
     cfg: &TrainConfig,
@@ -267,11 +298,7 @@ pub fn train_head(
     let mut rng = SplitMix64::new(cfg.seed);
     let mut order: Vec<i64> = (0..n).collect();
     let mut history = Vec::new();
-    let mut stopper = EarlyStopping {
-        patience: cfg.patience,
-        best: None,
-        since_best: 0,
-    };
+    let mut stopper = EarlyStopping::new(cfg.patience);
     let mut stopped_early = false;
     let bar = progress::bar(cfg.epochs as u64, "train", show_progress);
     for epoch in 1..=cfg.epochs {
@@ -287,12 +314,7 @@ pub fn train_head(
             }
             _ => (None, None),
         };
-        if !train_loss.is_finite() || val_loss.is_some_and(|l| !l.is_finite()) {
-            return Err(TlError::invalid(format!(
-                "training diverged at epoch {epoch} (loss {train_loss}) with learning rate {}; try a smaller one",
-                cfg.lr
-            )));
-        }
+        check_finite(epoch, train_loss, val_loss, cfg.lr)?;
         let m = EpochMetrics {
             epoch,
             lr,

@@ -224,6 +224,23 @@ fn project(delta: &Tensor, x0: &Tensor, cfg: &AttackConfig) -> Tensor {
     (x0 + d).clamp(0.0, 1.0) - x0
 }
 
+/// How far the attack is from its goal, in logits: the target over the best other class,
+/// or the best other class over the original one.
+fn goal_margin(logits: &[f32], original: usize, target: Option<usize>) -> f32 {
+    let best_except = |skip: usize| {
+        logits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, v)| *v)
+            .fold(f32::MIN, f32::max)
+    };
+    match target {
+        Some(t) => logits[t] - best_except(t),
+        None => best_except(original) - logits[original],
+    }
+}
+
 /// Attack one decoded image. Returns the adversarial image and the steps used.
 pub fn attack_image(
     classifier: &Classifier,
@@ -264,19 +281,7 @@ pub fn attack_image(
             classifier.logits(&normalize_tensor(&resize.apply(&x), &classifier.preprocess))?;
         let lg = Vec::<f32>::try_from(logits.get(0).detach().to_device(Device::Cpu))
             .torch_ctx(|| "reading logits".into())?;
-        // How far the attack is from its goal, in logits: target over the best other class,
-        // or the best other class over the original one.
-        let best_except = |skip: usize| {
-            lg.iter()
-                .enumerate()
-                .filter(|(i, _)| *i != skip)
-                .map(|(_, v)| *v)
-                .fold(f32::MIN, f32::max)
-        };
-        let winner_margin = match cfg.target {
-            Some(t) => lg[t] - best_except(t),
-            None => best_except(original) - lg[original],
-        };
+        let winner_margin = goal_margin(&lg, original, cfg.target);
         let hit = winner_margin >= margin as f32;
         bar.set_message(format!("margin {winner_margin:+.2}"));
         if hit {
@@ -406,20 +411,7 @@ pub fn run(rt: &Runtime, settings: &AttackSettings) -> Result<AttackReport> {
     let sweep = settings.eps.len() > 1;
     let many = inputs.len() > 1 || sweep;
     let out = &settings.out;
-    if many && out.extension().is_some() && !out.is_dir() {
-        return Err(TlError::file(
-            out,
-            "several images or budgets need an output folder, not a file name",
-        ));
-    }
-    if !many {
-        refuse_overwrite(out, settings.force)?;
-    }
-    if settings.diff.is_some() && many {
-        return Err(TlError::invalid(
-            "the amplified difference image takes one image and one budget",
-        ));
-    }
+    check_outputs(settings, many)?;
     let job = Job {
         classifier: &classifier,
         settings,
@@ -473,6 +465,26 @@ pub fn run(rt: &Runtime, settings: &AttackSettings) -> Result<AttackReport> {
     })
 }
 
+/// One image and one budget write a file; more need a folder.
+fn check_outputs(settings: &AttackSettings, many: bool) -> Result<()> {
+    let out = &settings.out;
+    if many && out.extension().is_some() && !out.is_dir() {
+        return Err(TlError::file(
+            out,
+            "several images or budgets need an output folder, not a file name",
+        ));
+    }
+    if !many {
+        refuse_overwrite(out, settings.force)?;
+    }
+    if settings.diff.is_some() && many {
+        return Err(TlError::invalid(
+            "the amplified difference image takes one image and one budget",
+        ));
+    }
+    Ok(())
+}
+
 fn summarise(outcomes: &[AttackOutcome], eps: f64) -> EpsSummary {
     let attacked: Vec<&AttackOutcome> = outcomes
         .iter()
@@ -508,7 +520,7 @@ fn summarise(outcomes: &[AttackOutcome], eps: f64) -> EpsSummary {
 fn check_memory(path: &Path, img: &RgbImage) -> Result<()> {
     let pixels = img.width() as u64 * img.height() as u64;
     let need = pixels * ATTACK_BYTES_PER_PIXEL;
-    if let Some(available) = crate::util::available_memory() {
+    if let Some(available) = crate::util::text::available_memory() {
         if need > available {
             return Err(TlError::file(
                 path,

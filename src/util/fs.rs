@@ -99,7 +99,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(super::hex(&hasher.finalize()))
+    Ok(super::text::hex(&hasher.finalize()))
 }
 
 /// A folder built under a temporary name next to its destination and moved into place by

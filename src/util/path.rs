@@ -57,7 +57,7 @@ impl Serialize for FilePath {
             Some(text) => s.serialize_str(text),
             None => Repr::Raw {
                 text: self.0.to_string_lossy().into_owned(),
-                bytes_hex: super::hex(&raw_bytes(&self.0)),
+                bytes_hex: super::text::hex(&raw_bytes(&self.0)),
             }
             .serialize(s),
         }
@@ -101,7 +101,7 @@ fn from_raw_bytes(bytes: Vec<u8>) -> PathBuf {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -123,6 +123,33 @@ pub struct TrainReport {
     pub timing_seconds: Timing,
 }
 
+impl TrainReport {
+    /// The epoch figures of a finished training (the rest is filled in by the caller).
+    fn from_outcome(outcome: &TrainOutcome, train_accuracy: f64) -> TrainReport {
+        let best = outcome.history.get(outcome.best_epoch.saturating_sub(1));
+        TrainReport {
+            run: FilePath::default(),
+            best_epoch: outcome.best_epoch,
+            epochs_run: outcome.history.len(),
+            stopped_early: outcome.stopped_early,
+            train_accuracy,
+            val_accuracy: best.and_then(|m| m.val_accuracy),
+            val_loss: best.and_then(|m| m.val_loss),
+            validation: None,
+            extraction: ExtractStats::default(),
+            damaged_cache_entries: Vec::new(),
+            skipped: Vec::new(),
+            ignored_files: Vec::new(),
+            warnings: Vec::new(),
+            timing_seconds: Timing {
+                extract: 0.0,
+                train: 0.0,
+                total: 0.0,
+            },
+        }
+    }
+}
+
 impl Report for TrainReport {
     fn render_text(&self) -> String {
         let val = match &self.validation {
@@ -340,30 +367,15 @@ fn split_record(dataset: &Dataset, ex: &Extracted) -> SplitRecord {
     }
 }
 
-pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
-    let started = Instant::now();
-    s.validate()?;
-    let mut warnings = Vec::new();
-    let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
-    warnings.extend(spec.weights_warning());
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let prepared = prepare_dataset(s, &mut warnings)?;
-    let dataset = &prepared.dataset;
-    eprintln!(
-        "dataset {} ({:?}): {} classes, {} train / {} val images",
-        s.data.display(),
-        dataset.layout,
-        dataset.classes.len(),
-        dataset.train.len(),
-        dataset.val.len()
-    );
-
-    let sha = spec.verified_features_hash()?;
-    let cache = s.cache.open(&spec)?;
-    let samples: Vec<Sample> = dataset.all();
-    let paths: Vec<PathBuf> = samples.iter().map(|x| x.path.clone()).collect();
+fn extract_features(
+    rt: &Runtime,
+    s: &TrainSettings,
+    spec: &BackboneSpec,
+    dataset: &Dataset,
+    warnings: &mut Vec<String>,
+) -> Result<(Extracted, Option<PathBuf>)> {
+    let cache = s.cache.open(spec)?;
+    let paths: Vec<PathBuf> = dataset.all().into_iter().map(|x| x.path).collect();
     let opts = ExtractOptions {
         batch_size: s.batch_size,
         decode_threads: rt.decode_threads,
@@ -371,7 +383,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         progress: rt.progress,
         amp: s.amp,
     };
-    let ex = features::extract(&paths, &spec, &cache, &opts)?;
+    let ex = features::extract(&paths, spec, &cache, &opts)?;
     eprintln!("{}", extraction_line(&ex));
     for c in &ex.corrupt {
         eprintln!("warning: damaged cache entry recomputed: {c}");
@@ -380,23 +392,87 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         eprintln!("warning: {w}");
         warnings.push(w.clone());
     }
+    Ok((ex, cache.dir().map(Path::to_path_buf)))
+}
+
+fn validation_report(
+    outcome: &TrainOutcome,
+    f: &FeatureSet,
+    classes: &[String],
+) -> Result<Option<ClassificationReport>> {
+    if f.val.y.is_empty() {
+        return Ok(None);
+    }
+    let probs = crate::util::tensors::rows(&tch::no_grad(|| {
+        outcome.head.forward(&f.val_x).softmax(-1, tch::Kind::Float)
+    }))?;
+    let labels: Vec<usize> = f.val.y.iter().map(|&y| y as usize).collect();
+    Ok(Some(ClassificationReport::compute(
+        &probs,
+        &labels,
+        &f.val.paths,
+        classes,
+        10,
+    )))
+}
+
+/// Everything config.json records.
+struct RunFacts<'a> {
+    spec: &'a BackboneSpec,
+    sha: &'a str,
+    prepared: &'a Prepared,
+    features: &'a FeatureSet,
+    cache_dir: Option<PathBuf>,
+}
+
+fn run_config(
+    rt: &Runtime,
+    s: &TrainSettings,
+    facts: RunFacts,
+    head: HeadConfig,
+    train: TrainConfig,
+) -> RunConfig {
+    let f = facts.features;
+    RunConfig {
+        tl_version: env!("CARGO_PKG_VERSION").into(),
+        created_at: chrono::Local::now().to_rfc3339(),
+        seed: s.seed,
+        backbone: backbone_record(s, facts.spec, facts.sha, f.dim),
+        preprocess: facts.spec.preprocess(),
+        data: DataRecord {
+            root: FilePath(std::fs::canonicalize(&s.data).unwrap_or(s.data.clone())),
+            layout: facts.prepared.dataset.layout,
+            val_split: facts.prepared.val_split,
+            val_dir: facts.prepared.val_dir.clone().map(FilePath),
+            train_images: f.train.y.len(),
+            val_images: f.val.y.len(),
+        },
+        head,
+        train,
+        extract: ExtractRecord {
+            batch_size: s.batch_size,
+            threads: rt.threads,
+            device: crate::device::describe(rt.device),
+            cache_dir: facts.cache_dir.map(FilePath),
+        },
+    }
+}
+
+pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
+    let started = Instant::now();
+    s.validate()?;
+    let mut warnings = Vec::new();
+    let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
+    if let Some(w) = spec.weights_warning() {
+        eprintln!("warning: {w}");
+        warnings.push(w);
+    }
+    let prepared = prepare_dataset(s, &mut warnings)?;
+    let dataset = &prepared.dataset;
+    let sha = spec.verified_features_hash()?;
+    let (ex, cache_dir) = extract_features(rt, s, &spec, dataset, &mut warnings)?;
     let f = feature_tensors(dataset, &ex, rt.device);
-    let mut skipped = f.train.skipped.clone();
-    skipped.extend(f.val.skipped.iter().cloned());
-    for line in skipped_notes(&skipped, dataset.ignored.len()) {
-        eprintln!("{line}");
-    }
-    if f.train.y.is_empty() {
-        return Err(TlError::file(&s.data, "no readable training images"));
-    }
-    let unreadable = classes_without_readable_images(dataset, &f);
-    check_empty_classes(
-        &s.data,
-        &unreadable,
-        "no readable image",
-        s.allow_empty_classes,
-        &mut warnings,
-    )?;
+    let skipped = check_readable(s, dataset, &f, &mut warnings)?;
     if let Some(path) = &s.save_features {
         save_features(path, &f)?;
     }
@@ -404,61 +480,27 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
     let t_train = Instant::now();
     let (head_config, train_config, outcome) = fit(s, rt, &f, dataset.classes.len())?;
     let train_seconds = t_train.elapsed().as_secs_f64();
-    let validation = (!f.val.y.is_empty()).then(|| {
-        let probs = crate::util::tensors::rows(&tch::no_grad(|| {
-            outcome.head.forward(&f.val_x).softmax(-1, tch::Kind::Float)
-        }));
-        probs.map(|probs| {
-            let labels: Vec<usize> = f.val.y.iter().map(|&y| y as usize).collect();
-            ClassificationReport::compute(&probs, &labels, &f.val.paths, &dataset.classes, 10)
-        })
-    });
-    let validation = validation.transpose()?;
-    let (_, train_accuracy) = evaluate(
-        &outcome.head,
-        &Split {
-            x: &f.train_x,
-            y: &f.train_y,
-        },
-        4096,
-    );
+    let validation = validation_report(&outcome, &f, &dataset.classes)?;
+    let train_split = Split {
+        x: &f.train_x,
+        y: &f.train_y,
+    };
+    let (_, train_accuracy) = evaluate(&outcome.head, &train_split, 4096);
 
     let dest = s
         .out
         .clone()
         .unwrap_or_else(|| run::default_dir(&spec.name));
-    let config = RunConfig {
-        tl_version: env!("CARGO_PKG_VERSION").into(),
-        created_at: chrono::Local::now().to_rfc3339(),
-        seed: s.seed,
-        backbone: backbone_record(s, &spec, &sha, f.dim),
-        preprocess: spec.preprocess(),
-        data: DataRecord {
-            root: FilePath(std::fs::canonicalize(&s.data).unwrap_or(s.data.clone())),
-            layout: dataset.layout,
-            val_split: prepared.val_split,
-            val_dir: prepared.val_dir.clone().map(FilePath),
-            train_images: f.train.y.len(),
-            val_images: f.val.y.len(),
-        },
-        head: head_config,
-        train: train_config,
-        extract: ExtractRecord {
-            batch_size: s.batch_size,
-            threads: rt.threads,
-            device: crate::device::describe(rt.device),
-            cache_dir: cache.dir().map(|p| FilePath(p.to_path_buf())),
-        },
+    let facts = RunFacts {
+        spec: &spec,
+        sha: &sha,
+        prepared: &prepared,
+        features: &f,
+        cache_dir,
     };
-    let best = outcome.history.get(outcome.best_epoch.saturating_sub(1));
-    let mut report = TrainReport {
+    let config = run_config(rt, s, facts, head_config, train_config);
+    let report = TrainReport {
         run: FilePath(dest.clone()),
-        best_epoch: outcome.best_epoch,
-        epochs_run: outcome.history.len(),
-        stopped_early: outcome.stopped_early,
-        train_accuracy,
-        val_accuracy: best.and_then(|m| m.val_accuracy),
-        val_loss: best.and_then(|m| m.val_loss),
         validation,
         extraction: ex.stats.clone(),
         damaged_cache_entries: ex.corrupt.clone(),
@@ -468,23 +510,46 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         timing_seconds: Timing {
             extract: ex.stats.seconds,
             train: train_seconds,
-            total: 0.0,
+            total: started.elapsed().as_secs_f64(),
         },
+        ..TrainReport::from_outcome(&outcome, train_accuracy)
     };
-    report.timing_seconds.total = started.elapsed().as_secs_f64();
-    run::write(
-        &dest,
-        s.force,
-        &run::RunContents {
-            config: &config,
-            classes: &dataset.classes,
-            head: &outcome.head,
-            split: &split_record(dataset, &ex),
-            metrics: &outcome.history,
-            report: &report,
-        },
-    )?;
+    let contents = run::RunContents {
+        config: &config,
+        classes: &dataset.classes,
+        head: &outcome.head,
+        split: &split_record(dataset, &ex),
+        metrics: &outcome.history,
+        report: &report,
+    };
+    run::write(&dest, s.force, &contents)?;
     Ok(report)
+}
+
+/// Report unreadable files; refuse when nothing (or a class) is left.
+fn check_readable(
+    s: &TrainSettings,
+    dataset: &Dataset,
+    f: &FeatureSet,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<SkippedFile>> {
+    let mut skipped = f.train.skipped.clone();
+    skipped.extend(f.val.skipped.iter().cloned());
+    for line in skipped_notes(&skipped, dataset.ignored.len()) {
+        eprintln!("{line}");
+    }
+    if f.train.y.is_empty() {
+        return Err(TlError::file(&s.data, "no readable training images"));
+    }
+    let unreadable = classes_without_readable_images(dataset, f);
+    check_empty_classes(
+        &s.data,
+        &unreadable,
+        "no readable image",
+        s.allow_empty_classes,
+        warnings,
+    )?;
+    Ok(skipped)
 }
 
 fn classes_without_readable_images(dataset: &Dataset, f: &FeatureSet) -> Vec<String> {

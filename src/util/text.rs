@@ -1,0 +1,115 @@
+//! Numbers and hashes as text, and the seeded RNG behind every split and shuffle.
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SplitMix64: a tiny, fully specified generator, so that shuffles and splits made with a
+/// seed stay the same across crate upgrades and platforms.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0), without modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let v = self.next_u64();
+            if v < zone {
+                return v % n;
+            }
+        }
+    }
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Parse a finite number that may be written as a fraction, e.g. `4/255` or `0.0157`.
+pub fn parse_fraction(text: &str) -> std::result::Result<f64, String> {
+    let text = text.trim();
+    let number = |s: &str| {
+        s.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("'{text}' is not a number or fraction"))
+    };
+    let value = match text.split_once('/') {
+        Some((num, den)) => {
+            let den = number(den)?;
+            if den == 0.0 {
+                return Err(format!("'{text}' divides by zero"));
+            }
+            number(num)? / den
+        }
+        None => number(text)?,
+    };
+    if !value.is_finite() {
+        return Err(format!("'{text}' is not finite"));
+    }
+    Ok(value)
+}
+
+/// Seconds as a short human string.
+pub fn human_duration(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        format!("{}m{:02}s", (secs / 60.0) as u64, (secs % 60.0) as u64)
+    }
+}
+
+/// Bytes of memory the kernel says are available now (Linux), to refuse work that cannot fit
+/// before libtorch tries to allocate it.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fractions_parse() {
+        assert!((parse_fraction("4/255").unwrap() - 4.0 / 255.0).abs() < 1e-12);
+        assert_eq!(parse_fraction("0.5").unwrap(), 0.5);
+        assert!(parse_fraction("1/0").is_err());
+        assert!(parse_fraction("abc").is_err());
+        assert!(parse_fraction("inf").is_err());
+        assert!(parse_fraction("NaN").is_err());
+    }
+
+    #[test]
+    fn splitmix_is_stable() {
+        let mut a = SplitMix64::new(42);
+        let mut b = SplitMix64::new(42);
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        let mut v: Vec<u32> = (0..100).collect();
+        SplitMix64::new(1).shuffle(&mut v);
+        let mut sorted = v.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(v, sorted);
+    }
+}
