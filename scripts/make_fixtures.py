@@ -9,6 +9,8 @@
                             generated images (and on real photos from ../shared when present), for
                             the preprocessing-parity and TorchScript-identity tests
 - parity.json               the file list of parity.safetensors
+- geometry/                 PNGs of odd sizes and Pillow's Resize + CenterCrop of each, for the
+                            exact-geometry test
 
 Runs in a few seconds; scripts/test.sh calls it before cargo test.
 """
@@ -103,6 +105,27 @@ def parity(tiny_features: Path, rng: np.random.Generator) -> None:
     (OUT / "parity.json").write_text(json.dumps({"files": [str(p) for p in files], "real": len(real)}, indent=1))
 
 
+# (width, height, resize, crop): odd sizes, half-pixel crop offsets, up- and downscaling.
+GEOMETRY = [(341, 256, 256, 224), (257, 1000, 256, 224), (97, 61, 40, 32), (500, 375, 256, 224),
+            (223, 225, 224, 224), (120, 80, 256, 224), (1001, 333, 64, 56),
+            (300, 1000, 256, 224), (64, 640, 40, 32), (640, 64, 40, 32)]
+
+
+def geometry(rng: np.random.Generator) -> None:
+    """Pillow's own Resize + CenterCrop of PNGs (no decoder differences), for an exact test."""
+    out = OUT / "geometry"
+    out.mkdir()
+    arrays, cases = {}, []
+    for i, (w, h, resize, crop) in enumerate(GEOMETRY):
+        path = out / f"g{i}.png"
+        smooth_image(rng, w, h).save(path)
+        img = T.CenterCrop(crop)(T.Resize(resize)(Image.open(path).convert("RGB")))
+        arrays[f"g{i}"] = torch.from_numpy(np.asarray(img).copy())
+        cases.append({"file": str(path), "resize": resize, "crop": crop, "key": f"g{i}"})
+    save_file(arrays, str(out / "pillow.safetensors"))
+    (out / "cases.json").write_text(json.dumps(cases, indent=1))
+
+
 def main() -> int:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -113,6 +136,7 @@ def main() -> int:
     shutil.copy(features, OUT / "backbones" / "raw.pt")
     write_broken(OUT / "broken", rng)
     parity(features, rng)
+    geometry(rng)
     print(f"make_fixtures: wrote {OUT.relative_to(ROOT)} (tiny backbone {sidecar.name}, broken files, parity references)")
     return 0
 

@@ -22,8 +22,63 @@ fn train(tl: &Tl, data: &Path, out: &Path, extra: &[&str]) -> serde_json::Value 
 #[test]
 fn doctor_runs_on_cpu() {
     let out = Tl::new().ok(&["doctor"]);
-    assert!(out.contains("libtorch: 2.13.0"), "{out}");
-    assert!(out.contains("tiny"), "{out}");
+    // The version the library was built against, not a copy of it.
+    assert_ne!(tl::LIBTORCH_VERSION, "unknown");
+    assert!(
+        out.contains(&format!("libtorch: {} (", tl::LIBTORCH_VERSION)),
+        "{out}"
+    );
+    assert!(out.contains("default device: cpu"), "{out}");
+    assert!(
+        out.contains("  tiny: 32 features, 10 classes, weights: RANDOM"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&Tl::new().ok(&["doctor", "--json"])).unwrap();
+    assert_eq!(json["libtorch_version"], tl::LIBTORCH_VERSION);
+}
+
+#[test]
+fn bench_measures_the_backbone_and_matmul() {
+    let tl = Tl::new();
+    let json: serde_json::Value = serde_json::from_str(&tl.ok(&[
+        "bench",
+        "--backbone",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--batches",
+        "2",
+        "--matmul-size",
+        "64",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(json["backbone"], "tiny");
+    assert_eq!(json["device"], "cpu");
+    assert_eq!(
+        (json["batch_size"].as_u64(), json["batches"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert!(json["images_per_second"].as_f64().unwrap() > 0.0);
+    assert!(json["matmul_gflops"].as_f64().unwrap() > 0.0);
+    let text = tl.ok(&[
+        "bench",
+        "--backbone",
+        "tiny",
+        "--batches",
+        "1",
+        "--matmul-size",
+        "0",
+    ]);
+    assert!(
+        text.starts_with("tiny: ")
+            && text.contains(" img/s on ready tensors (batch 32, 1 threads, cpu)"),
+        "{text}"
+    );
+    assert!(!text.contains("matmul"), "--matmul-size 0 skips it: {text}");
+    let err = tl.fails(&["bench", "--backbone", "nonexistent"]);
+    assert!(err.contains("backbone 'nonexistent' not found"), "{err}");
 }
 
 #[test]
@@ -42,7 +97,41 @@ fn train_writes_a_complete_run_and_learns() {
     let data = tmp.path().join("data");
     color_dataset(&data, &["blue", "green", "red"], 16, 1);
     let run = tmp.path().join("run");
-    let report = train(&tl, &data, &run, &["--val-split", "0.25", "--seed", "3"]);
+    let out = tl
+        .cmd()
+        .args([
+            "train",
+            "--backbone",
+            tiny().to_str().unwrap(),
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "-q",
+            "--val-split",
+            "0.25",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The status lines, compared whole where they hold no timing.
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(data.to_str().unwrap(), "DATA");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines[1], "dataset DATA (ImageFolder): 3 classes, 36 train / 12 val images",
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with("features: 0 cached, 48 computed ("),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().next().unwrap(),
+        format!("run: {}", run.display())
+    );
+    let report = read_json(&run.join("report.json"));
     for f in [
         "config.json",
         "classes.json",
@@ -91,6 +180,9 @@ fn train_writes_a_complete_run_and_learns() {
     ]))
     .unwrap();
     assert_eq!(json["report"]["images"], 12);
+    // Exactly the validation images of training: the same accuracy as report.json.
+    assert_eq!(json["report"]["accuracy"], report["val_accuracy"]);
+    assert_eq!(json["split_check"]["found"], 12);
     let conf = json["report"]["confusion"].as_array().unwrap();
     let total: u64 = conf
         .iter()

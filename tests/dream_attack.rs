@@ -12,6 +12,27 @@ fn tv(img: &image::RgbImage) -> f64 {
     tl::inspect::dream::total_variation(&t).double_value(&[])
 }
 
+/// p(class) of a PNG under the tiny ImageNet classifier, computed without `tl`'s code:
+/// pixels / 255, ImageNet mean/std, the TorchScript file, softmax.
+fn independent_score(png_path: &Path, class: i64) -> f64 {
+    let img = png(png_path);
+    let (w, h) = img.dimensions();
+    let x = tch::Tensor::from_slice(img.as_raw())
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .to_kind(tch::Kind::Float)
+        / 255.0;
+    let mean = tch::Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([3, 1, 1]);
+    let std = tch::Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([3, 1, 1]);
+    let x = ((x - mean) / std).unsqueeze(0);
+    let model =
+        tch::CModule::load(common::fixtures().join("backbones/tiny.classifier.pt")).unwrap();
+    let logits = tch::no_grad(|| model.forward_ts(&[x])).unwrap();
+    logits
+        .softmax(-1, tch::Kind::Float)
+        .double_value(&[0, class])
+}
+
 fn dream_json(tl: &Tl, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "dream",
@@ -47,8 +68,15 @@ fn dream_reaches_the_class_deterministically_and_tv_smooths() {
     );
     let img = png(&a);
     assert_eq!(img.dimensions(), (64, 64));
-    // The reported probability is that of the saved file: rescore it independently.
+    // The reported probability is that of the saved file: re-score it independently, with
+    // libtorch directly on the classifier file and the PNG as written.
     assert_eq!(ra["class"], "espresso");
+    let p_independent = independent_score(&a, ra["index"].as_i64().unwrap());
+    assert!(
+        (ra["probability"].as_f64().unwrap() - p_independent).abs() < 1e-5,
+        "reported {} vs re-scored {p_independent}",
+        ra["probability"]
+    );
     // Without the random transforms the tiny net is easy to drive to the class.
     let start = dream_json(
         &tl,
@@ -358,21 +386,50 @@ fn attack_sweep_and_many_images() {
     let summary = r["summary"].as_array().unwrap();
     assert_eq!(summary.len(), 2);
     assert_eq!(summary[0]["eps_label"], "1/255");
+    assert_eq!(summary[1]["eps_label"], "16/255");
+    let outcomes = r["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 6, "3 files x 2 budgets");
+    for (i, s) in summary.iter().enumerate() {
+        let eps = s["eps"].as_f64().unwrap();
+        let mine: Vec<&serde_json::Value> = outcomes
+            .iter()
+            .filter(|o| o["eps"].as_f64() == Some(eps))
+            .collect();
+        assert_eq!(mine.len(), 3);
+        let broken = mine
+            .iter()
+            .find(|o| o["input"].as_str().unwrap().ends_with("broken.jpg"))
+            .unwrap();
+        assert!(broken["skipped"].as_str().unwrap().contains("broken.jpg"));
+        let attacked: Vec<&&serde_json::Value> =
+            mine.iter().filter(|o| o["skipped"].is_null()).collect();
+        let mut succeeded = 0;
+        for o in &attacked {
+            // Every attacked image was written, into the budget's folder, and its verdict
+            // is what `tl predict` says of the file.
+            let file = Path::new(o["output"].as_str().unwrap());
+            assert!(file.is_file(), "{}", file.display());
+            let label = if i == 0 { "eps-1_255" } else { "eps-16_255" };
+            assert!(
+                file.parent().unwrap().ends_with(label),
+                "{}",
+                file.display()
+            );
+            let zebra = current_class(&tl, file) == "zebra";
+            assert_eq!(o["success"].as_bool().unwrap(), zebra, "{o}");
+            succeeded += zebra as u64;
+        }
+        assert_eq!(s["attacked"].as_u64(), Some(attacked.len() as u64));
+        assert_eq!(s["succeeded"].as_u64(), Some(succeeded));
+        let rate = succeeded as f64 / attacked.len().max(1) as f64;
+        assert!((s["success_rate"].as_f64().unwrap() - rate).abs() < 1e-12);
+    }
     assert!(
         summary[1]["success_rate"].as_f64().unwrap()
-            >= summary[0]["success_rate"].as_f64().unwrap()
+            >= summary[0]["success_rate"].as_f64().unwrap(),
+        "a larger budget cannot do worse: {summary:?}"
     );
-    let outcomes = r["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 6);
-    assert!(outcomes.iter().any(|o| o["skipped"]
-        .as_str()
-        .is_some_and(|s| s.contains("broken.jpg"))));
-    assert!(
-        out.join("eps-16_255").join("a.png").is_file()
-            || outcomes.iter().any(
-                |o| o["input"].as_str().unwrap().ends_with("a.png") && o["skipped"].is_string()
-            )
-    );
+    // The text table states the same figures (same seed, same attack).
     let text = tl.ok(&[
         "attack",
         dir.to_str().unwrap(),
@@ -381,16 +438,22 @@ fn attack_sweep_and_many_images() {
         "--target",
         "zebra",
         "--eps",
-        "2/255,8/255",
+        "1/255,16/255",
         "--steps",
-        "5",
+        "10",
         "-o",
         tmp.path().join("out2").to_str().unwrap(),
     ]);
-    assert!(
-        text.contains("success") && text.contains("2/255") && text.contains("8/255"),
-        "{text}"
-    );
+    for s in summary {
+        let row = format!(
+            "{:>10}  {:>7.1}%  {:>9}",
+            s["eps_label"].as_str().unwrap(),
+            s["success_rate"].as_f64().unwrap() * 100.0,
+            s["attacked"].as_u64().unwrap()
+        );
+        assert!(text.contains(&row), "missing row '{row}' in:\n{text}");
+    }
+    assert_eq!(text.matches("broken.jpg: skipped").count(), 2, "{text}");
 }
 
 #[test]
@@ -477,23 +540,36 @@ fn dream_from_a_photo_and_untargeted_attack() {
     let tmp = tempfile::tempdir().unwrap();
     let photo = tmp.path().join("photo.png");
     test_photo(&photo);
-    // --init: starts from the photo (centre-cropped to the dream size), for both parametrisations.
+    // --init: starts from the photo (centre-cropped to the dream size), for both
+    // parametrisations: after a few steps the image is still close to the photo, and much
+    // closer than a dream from noise.
+    let photo_img = tl::data::decode::decode_rgb(&photo).unwrap();
+    let target = tl::data::preprocess::resize_crop_u8(&photo_img, 64, 64);
+    let distance = |p: &Path| {
+        let img = png(p);
+        img.as_raw()
+            .iter()
+            .zip(&target)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / target.len() as f64
+    };
     for param in ["fourier", "pixel"] {
-        let out = tmp.path().join(format!("init-{param}.png"));
-        let r = dream_json(
-            &tl,
-            &out,
-            &[
-                "--init",
-                photo.to_str().unwrap(),
-                "--steps",
-                "5",
-                "--param",
-                param,
-            ],
+        let (init, noise) = (
+            tmp.path().join(format!("init-{param}.png")),
+            tmp.path().join(format!("noise-{param}.png")),
         );
-        assert_eq!(png(&out).dimensions(), (64, 64));
-        assert!(r["probability"].as_f64().unwrap() > 0.0);
+        let common_args = ["--steps", "5", "--lr", "0.01", "--param", param];
+        let mut with_init = common_args.to_vec();
+        with_init.extend(["--init", photo.to_str().unwrap()]);
+        dream_json(&tl, &init, &with_init);
+        dream_json(&tl, &noise, &common_args);
+        assert_eq!(png(&init).dimensions(), (64, 64));
+        let (d_init, d_noise) = (distance(&init), distance(&noise));
+        assert!(
+            d_init < 20.0 && d_init < 0.5 * d_noise,
+            "{param}: mean distance to the photo {d_init:.1} from --init vs {d_noise:.1} from noise"
+        );
     }
     // --untargeted: success means the saved file's class differs from the original one.
     let out = tmp.path().join("untargeted.png");

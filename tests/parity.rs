@@ -90,8 +90,31 @@ fn torchscript_outputs_are_identical_to_python() {
 }
 
 #[test]
-fn generated_pil_geometry_matches_for_odd_sizes() {
-    // A crop offset that Python rounds half-to-even: (341 - 224) / 2 = 58.5 -> 58.
-    assert_eq!(preprocess::crop_offset(341, 224), 58);
-    assert_eq!(preprocess::resized_size(257, 1000, 256), (256, 996));
+fn resize_and_crop_match_pillow_exactly_for_odd_sizes() {
+    // PNG inputs, so that the decoders agree byte for byte: what is compared is the
+    // geometry (sizes, half-pixel crop offsets) and Pillow's fixed-point filter.
+    let dir = common::fixtures().join("geometry");
+    let cases = common::read_json(&dir.join("cases.json"));
+    let pillow = Tensor::read_safetensors(dir.join("pillow.safetensors")).unwrap();
+    let pillow: std::collections::HashMap<String, Tensor> = pillow.into_iter().collect();
+    for case in cases.as_array().unwrap() {
+        let file = case["file"].as_str().unwrap();
+        let (resize, crop) = (
+            case["resize"].as_u64().unwrap() as u32,
+            case["crop"].as_u64().unwrap() as u32,
+        );
+        let img = tl::data::decode::decode_rgb(std::path::Path::new(file)).unwrap();
+        let ours = preprocess::resize_crop_u8(&img, resize, crop);
+        let want = &pillow[case["key"].as_str().unwrap()];
+        assert_eq!(want.size(), [crop as i64, crop as i64, 3], "{file}");
+        let want = Vec::<u8>::try_from(want.view([-1])).unwrap();
+        let differing = ours.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing,
+            0,
+            "{file} ({}x{} -> resize {resize}, crop {crop}): {differing} bytes differ from Pillow",
+            img.width(),
+            img.height()
+        );
+    }
 }

@@ -53,6 +53,10 @@ pub struct AttackArgs {
     /// Write the perturbation, amplified for viewing, to this file (one image only).
     #[arg(long)]
     pub diff: Option<PathBuf>,
+    /// Refuse images with more pixels than this (the attack runs at full resolution,
+    /// about 100 bytes of memory per pixel).
+    #[arg(long, default_value_t = tl::inspect::attack::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
     /// Overwrite output files that exist.
     #[arg(long)]
     pub force: bool,
@@ -87,6 +91,7 @@ pub fn run(rt: &Runtime, args: &AttackArgs) -> anyhow::Result<()> {
         seed: args.seed,
         diff: args.diff.clone(),
         force: args.force,
+        max_pixels: args.max_pixels,
     };
     emit(&tl::inspect::attack::run(rt, &settings)?, args.json)
 }

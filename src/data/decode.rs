@@ -8,6 +8,13 @@ use image::RgbImage;
 use std::io::Cursor;
 use std::path::Path;
 
+static CAUGHT_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many decoder panics were caught (and turned into errors) in this process.
+pub fn caught_panics() -> usize {
+    CAUGHT_PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The most memory one decode may allocate (a 100-megapixel 16-bit RGBA image).
 pub const MAX_DECODE_BYTES: u64 = 800 << 20;
 
@@ -20,10 +27,13 @@ pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     // are meant not to panic, but this keeps a bug in one of them from taking `tl` down.
     match std::panic::catch_unwind(|| decode_inner(bytes, path)) {
         Ok(result) => result,
-        Err(_) => Err(TlError::file(
-            path,
-            "the image decoder failed on this file (damaged?)",
-        )),
+        Err(_) => {
+            CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(TlError::file(
+                path,
+                "the image decoder failed on this file (damaged?)",
+            ))
+        }
     }
 }
 

@@ -40,7 +40,7 @@ impl Default for PreprocessConfig {
 }
 
 /// Bumped whenever preprocessing changes numerically, so that cached features are not reused.
-pub const PREPROCESS_VERSION: u32 = 1;
+pub const PREPROCESS_VERSION: u32 = 2;
 
 impl PreprocessConfig {
     /// A short stable identifier of everything that changes the numbers.
@@ -163,6 +163,11 @@ pub fn preprocess_into(img: &RgbImage, cfg: &PreprocessConfig, out: &mut [f32]) 
 }
 
 /// The resized and cropped image, 8-bit RGB, interleaved (HWC), `crop * crop * 3` bytes.
+///
+/// Two separable passes with 8-bit rounding in between, in Pillow's order: horizontal
+/// first, except when the height shrinks by more than twice as many pixels as the width —
+/// then vertical first (Pillow 13, python-pillow/Pillow#9549; the version torchvision 0.28
+/// installs). The order changes the rounding of the intermediate image, so it must match.
 pub fn resize_crop_u8(img: &RgbImage, resize: u32, crop: u32) -> Vec<u8> {
     let (w, h) = img.dimensions();
     let (rw, rh) = resized_size(w, h, resize);
@@ -170,27 +175,81 @@ pub fn resize_crop_u8(img: &RgbImage, resize: u32, crop: u32) -> Vec<u8> {
     let (cw, ch) = (crop.min(rw), crop.min(rh));
     let horiz = fixed_coeffs(w, rw, left, cw);
     let vert = fixed_coeffs(h, rh, top, ch);
-    let row_first = vert.start.iter().copied().min().unwrap_or(0);
-    let row_last = vert
-        .start
-        .iter()
-        .zip(&vert.len)
-        .map(|(s, l)| s + l)
-        .max()
-        .unwrap_or(0);
-    let src = img.as_raw();
-    let stride = w as usize * 3;
-    let cw = cw as usize;
-    let half = 1i32 << (PRECISION_BITS - 1);
+    let shrink_h = h as i64 - rh as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > 2 * (w as i64 - rw as i64);
+    let src = Plane {
+        data: img.as_raw(),
+        width: w as usize,
+        first_row: 0,
+    };
+    let out = if vertical_first {
+        // Only the columns the horizontal pass reads.
+        let (c0, c1) = horiz.span();
+        let temp = vertical_pass(&src, &vert, c0, c1);
+        let temp = Plane {
+            data: &temp,
+            width: c1 - c0,
+            first_row: 0,
+        };
+        horizontal_pass(&temp, &horiz, c0, 0, ch as usize)
+    } else {
+        // Only the rows the vertical pass reads.
+        let (r0, r1) = vert.span();
+        let temp = horizontal_pass(&src, &horiz, 0, r0, r1);
+        let temp = Plane {
+            data: &temp,
+            width: cw as usize,
+            first_row: r0,
+        };
+        vertical_pass(&temp, &vert, 0, cw as usize)
+    };
+    // A crop larger than the resized image is zero-padded by torchvision; we only allow
+    // crop <= resize, so the output is always crop x crop.
+    debug_assert_eq!(out.len(), (crop * crop * 3) as usize);
+    out
+}
 
-    // Horizontal pass over the rows the vertical pass will read.
-    let mut temp = vec![0u8; (row_last - row_first) * cw * 3];
-    for (ti, y) in (row_first..row_last).enumerate() {
-        let row = &src[y * stride..(y + 1) * stride];
-        let dst = &mut temp[ti * cw * 3..(ti + 1) * cw * 3];
-        for xx in 0..cw {
+/// Interleaved RGB rows `first_row..` of an image `width` pixels wide.
+struct Plane<'a> {
+    data: &'a [u8],
+    width: usize,
+    first_row: usize,
+}
+
+impl FixedCoeffs {
+    /// The input indices `[first, last)` the coefficients read.
+    fn span(&self) -> (usize, usize) {
+        let first = self.start.iter().copied().min().unwrap_or(0);
+        let last = self
+            .start
+            .iter()
+            .zip(&self.len)
+            .map(|(s, l)| s + l)
+            .max()
+            .unwrap_or(0);
+        (first, last)
+    }
+}
+
+/// Resample each row `r0..r1` of `src` horizontally; input column `c` is `c - col_offset`
+/// in `src`.
+fn horizontal_pass(
+    src: &Plane,
+    horiz: &FixedCoeffs,
+    col_offset: usize,
+    r0: usize,
+    r1: usize,
+) -> Vec<u8> {
+    let out_w = horiz.start.len();
+    let stride = src.width * 3;
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; (r1 - r0) * out_w * 3];
+    for (ti, y) in (r0..r1).enumerate() {
+        let row = &src.data[(y - src.first_row) * stride..(y - src.first_row + 1) * stride];
+        let dst = &mut out[ti * out_w * 3..(ti + 1) * out_w * 3];
+        for xx in 0..out_w {
             let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
-            let base = horiz.start[xx] * 3;
+            let base = (horiz.start[xx] - col_offset) * 3;
             let (mut r, mut g, mut b) = (half, half, half);
             for (j, &kv) in k.iter().enumerate() {
                 let p = base + j * 3;
@@ -203,28 +262,34 @@ pub fn resize_crop_u8(img: &RgbImage, resize: u32, crop: u32) -> Vec<u8> {
             dst[xx * 3 + 2] = clip8(b);
         }
     }
-    // Vertical pass.
-    let ch = ch as usize;
-    let tstride = cw * 3;
-    let mut out = vec![0u8; ch * cw * 3];
-    let mut acc = vec![0i32; tstride];
-    for yy in 0..ch {
+    out
+}
+
+/// Resample columns `c0..c1` of `src` vertically, one output row per coefficient row.
+fn vertical_pass(src: &Plane, vert: &FixedCoeffs, c0: usize, c1: usize) -> Vec<u8> {
+    let stride = src.width * 3;
+    let out_stride = (c1 - c0) * 3;
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let rows = vert.start.len();
+    let mut out = vec![0u8; rows * out_stride];
+    let mut acc = vec![0i32; out_stride];
+    for yy in 0..rows {
         acc.iter_mut().for_each(|a| *a = half);
         let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
-        let base = vert.start[yy] - row_first;
+        let base = vert.start[yy] - src.first_row;
         for (j, &kv) in k.iter().enumerate() {
-            let row = &temp[(base + j) * tstride..(base + j + 1) * tstride];
+            let row = &src.data[(base + j) * stride + c0 * 3..(base + j) * stride + c1 * 3];
             for (a, &p) in acc.iter_mut().zip(row) {
                 *a += p as i32 * kv;
             }
         }
-        for (o, &a) in out[yy * tstride..(yy + 1) * tstride].iter_mut().zip(&acc) {
+        for (o, &a) in out[yy * out_stride..(yy + 1) * out_stride]
+            .iter_mut()
+            .zip(&acc)
+        {
             *o = clip8(a);
         }
     }
-    // A crop larger than the resized image is zero-padded by torchvision; we only allow
-    // crop <= resize, so the output is always crop x crop.
-    debug_assert_eq!(out.len(), (crop * crop * 3) as usize);
     out
 }
 

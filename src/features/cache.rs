@@ -108,7 +108,15 @@ impl FeatureCache {
         };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
+            // A missing entry, or a shard folder that cannot exist (a file in its place).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Lookup::Miss
+            }
             Err(e) => return Lookup::Corrupt(format!("{}: {e}", path.display())),
         };
         if bytes.starts_with(OLD_MAGIC) {

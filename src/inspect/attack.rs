@@ -58,7 +58,13 @@ pub struct AttackSettings {
     pub seed: u64,
     pub diff: Option<PathBuf>,
     pub force: bool,
+    /// Larger images are refused (the attack runs at the image's own resolution).
+    pub max_pixels: u64,
 }
+
+/// The default bound on an attacked image: 50 megapixels, about 5 GB at
+/// [`ATTACK_BYTES_PER_PIXEL`].
+pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 
 impl AttackSettings {
     /// Every number in range; the error names the bad value.
@@ -516,9 +522,23 @@ fn summarise(outcomes: &[AttackOutcome], eps: f64) -> EpsSummary {
     }
 }
 
-/// Refuse an image whose attack cannot fit in memory, before libtorch tries.
-fn check_memory(path: &Path, img: &RgbImage) -> Result<()> {
+/// Refuse an image over the pixel bound, or whose attack cannot fit in memory, before
+/// libtorch tries.
+fn check_memory(path: &Path, img: &RgbImage, max_pixels: u64) -> Result<()> {
     let pixels = img.width() as u64 * img.height() as u64;
+    if pixels > max_pixels {
+        return Err(TlError::file(
+            path,
+            format!(
+                "{}x{} pixels ({:.1} MP) is over the bound of {:.1} MP: the attack runs at the image's own resolution (about {:.1} GB here); downscale it or raise the bound",
+                img.width(),
+                img.height(),
+                pixels as f64 / 1e6,
+                max_pixels as f64 / 1e6,
+                (pixels * ATTACK_BYTES_PER_PIXEL) as f64 / 1e9
+            ),
+        ));
+    }
     let need = pixels * ATTACK_BYTES_PER_PIXEL;
     if let Some(available) = crate::util::text::available_memory() {
         if need > available {
@@ -550,7 +570,9 @@ fn attack_one(job: &Job, path: &Path, out_path: &Path, eps: f64) -> Result<Attac
             Err(e)
         }
     };
-    let img = match decode_rgb(path).and_then(|img| check_memory(path, &img).map(|_| img)) {
+    let checked =
+        decode_rgb(path).and_then(|img| check_memory(path, &img, settings.max_pixels).map(|_| img));
+    let img = match checked {
         Ok(img) => img,
         Err(e) => {
             skip(&mut outcome, e)?;

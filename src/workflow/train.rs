@@ -218,6 +218,14 @@ fn prepare_dataset(s: &TrainSettings, warnings: &mut Vec<String>) -> Result<Prep
         s.allow_empty_classes,
         warnings,
     )?;
+    eprintln!(
+        "dataset {} ({:?}): {} classes, {} train / {} val images",
+        s.data.display(),
+        dataset.layout,
+        dataset.classes.len(),
+        dataset.train.len(),
+        dataset.val.len()
+    );
     Ok(Prepared {
         dataset,
         val_split,
@@ -237,7 +245,9 @@ fn check_empty_classes(
     }
     let msg = format!("class(es) with {what}: {}", empty.join(", "));
     if allow {
-        warnings.push(format!("{msg} (kept: --allow-empty-classes)"));
+        let warning = format!("{msg} (kept: --allow-empty-classes)");
+        eprintln!("warning: {warning}");
+        warnings.push(warning);
         Ok(())
     } else {
         Err(TlError::file(
