@@ -300,7 +300,13 @@ pub fn check_destination(dest: &Path, force: bool) -> Result<()> {
 /// Write a run into `dest` (see the module comment): all files or none.
 pub fn write<R: Serialize>(dest: &Path, force: bool, c: &RunContents<R>) -> Result<PathBuf> {
     let staged = StagedDir::new(dest, force)?;
-    let dir = staged.path();
+    match write_files(staged.path(), c) {
+        Ok(()) => staged.commit(),
+        Err(e) => Err(staged.relocate_error(e)),
+    }
+}
+
+fn write_files<R: Serialize>(dir: &Path, c: &RunContents<R>) -> Result<()> {
     write_json_atomic(&dir.join(CONFIG), c.config)?;
     write_json_atomic(&dir.join(CLASSES), c.classes)?;
     c.head.save(&dir.join(HEAD))?;
@@ -314,6 +320,5 @@ pub fn write<R: Serialize>(dest: &Path, force: bool, c: &RunContents<R>) -> Resu
     }
     write_atomic(&dir.join(METRICS), metrics.as_bytes())?;
     let report = to_json_pretty(c.report).map_err(|e| TlError::file(dir.join(REPORT), e))?;
-    write_atomic(&dir.join(REPORT), format!("{report}\n").as_bytes())?;
-    staged.commit()
+    write_atomic(&dir.join(REPORT), format!("{report}\n").as_bytes())
 }

@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
 
-/// Memory an attack step takes per pixel of the input image (float copies of the image,
-/// the perturbation, their gradients and the resize products), measured on a 4000x3000
-/// photo (see BENCHMARKS.md); used to refuse images that cannot fit before allocating.
+/// Memory an attack takes per pixel of the input image (float copies of the image, the
+/// perturbation, their gradients and the resize products); used to refuse images that
+/// cannot fit before allocating. Measured: a 4000x3000 PNG peaked 1.04 GB above a 400x300
+/// one (87 B/px); issue #10 saw 10 GB for 10000x10000 (100 B/px).
 pub const ATTACK_BYTES_PER_PIXEL: u64 = 100;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,6 +68,23 @@ pub struct AttackSettings {
 pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 
 impl AttackSettings {
+    /// The attack of one image at one budget.
+    fn config(&self, eps: f64, target: Option<usize>) -> AttackConfig {
+        AttackConfig {
+            norm: self.norm,
+            eps,
+            alpha: self.alpha.unwrap_or(match self.norm {
+                Norm::Linf => eps / 4.0,
+                Norm::L2 => eps / 5.0,
+            }),
+            steps: self.steps,
+            margin: self.margin,
+            random_start: self.random_start,
+            seed: self.seed,
+            target,
+        }
+    }
+
     /// Every number in range; the error names the bad value.
     pub fn validate(&self) -> Result<()> {
         if self.eps.is_empty() {
@@ -600,19 +618,7 @@ fn attack_one(job: &Job, path: &Path, out_path: &Path, eps: f64) -> Result<Attac
     if let Some(diff) = &settings.diff {
         refuse_overwrite(diff, settings.force)?;
     }
-    let cfg = AttackConfig {
-        norm: settings.norm,
-        eps,
-        alpha: settings.alpha.unwrap_or(match settings.norm {
-            Norm::Linf => eps / 4.0,
-            Norm::L2 => eps / 5.0,
-        }),
-        steps: settings.steps,
-        margin: settings.margin,
-        random_start: settings.random_start,
-        seed: settings.seed,
-        target,
-    };
+    let cfg = settings.config(eps, target);
     let bar = progress::bar(settings.steps as u64, "steps", job.progress && !job.many);
     let (adv, steps) =
         crate::util::guard::catch_torch_panic(&format!("{}: attack", path.display()), || {

@@ -41,9 +41,9 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()>
         return Err(TlError::file(path, "is a folder; expected a file name"));
     }
     let mut tmp = temp_file_near(path)?;
-    tmp.write_all(bytes).with_path(path)?;
+    tmp.write_all(bytes).map_err(|e| io_error(path, e))?;
     if durable {
-        tmp.as_file().sync_data().with_path(path)?;
+        tmp.as_file().sync_data().map_err(|e| io_error(path, e))?;
     }
     tmp.persist(path)
         .map_err(|e| TlError::file(path, e.error.to_string()))?;
@@ -54,6 +54,13 @@ pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Resul
     let mut text = to_json_pretty(value).map_err(|e| TlError::file(path, e))?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
+}
+
+/// An I/O error on `path`, without the temporary file's name that tempfile appends.
+fn io_error(path: &Path, e: std::io::Error) -> TlError {
+    let text = e.to_string();
+    let text = text.split(" at path ").next().unwrap_or(&text);
+    TlError::file(path, text)
 }
 
 /// Pretty JSON, or why it cannot be made (never a panic).
@@ -124,14 +131,29 @@ impl StagedDir {
         }
         let parent = parent_dir(dest);
         std::fs::create_dir_all(parent).with_path(parent)?;
+        remove_abandoned_staging(parent);
         let tmp = tempfile::Builder::new()
-            .prefix(".tl-staging-")
+            .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
             .tempdir_in(parent)
             .with_path(parent)?;
         Ok(StagedDir {
             tmp: Some(tmp),
             dest: dest.to_path_buf(),
         })
+    }
+
+    /// An error about a staged file, told about its destination instead.
+    pub fn relocate_error(&self, err: TlError) -> TlError {
+        match (err, self.tmp.as_ref()) {
+            (TlError::File { path, msg }, Some(tmp)) => match path.strip_prefix(tmp.path()) {
+                Ok(rel) => TlError::File {
+                    path: self.dest.join(rel),
+                    msg,
+                },
+                Err(_) => TlError::File { path, msg },
+            },
+            (err, _) => err,
+        }
     }
 
     /// Where to write the files now.
@@ -186,6 +208,41 @@ impl StagedDir {
     }
 }
 
+const STAGING_PREFIX: &str = ".tl-staging-";
+
+/// Staging folders left by a `tl` that was killed (SIGKILL, a power cut: no chance to clean
+/// up) are named with its process id; remove those whose process is gone.
+fn remove_abandoned_staging(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(STAGING_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(unix)]
+fn process_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; EPERM means it exists under another user.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: i32) -> bool {
+    true
+}
+
 /// The process umask, read without changing it (Linux: /proc/self/status).
 #[cfg(unix)]
 fn current_umask() -> u32 {
@@ -237,5 +294,15 @@ mod tests {
         staged.commit().unwrap();
         assert!(dest.join("a").is_file() && dest.join("b").is_file());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A staging folder of a killed process is removed by the next one; a live one's
+        // (this process's) is not.
+        let dead = dir.path().join(".tl-staging-2147483646-x");
+        let live = dir
+            .path()
+            .join(format!(".tl-staging-{}-y", std::process::id()));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::create_dir(&live).unwrap();
+        StagedDir::new(&dir.path().join("other"), false).unwrap();
+        assert!(!dead.exists() && live.exists());
     }
 }
