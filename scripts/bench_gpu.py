@@ -7,12 +7,14 @@ mixed precision:
     TorchScript backbone on the GPU, inference_mode, optional autocast(fp16)
   - tl: `tl train --device cuda --batch-size 256 [--amp]` (cold cache), extraction img/s
   - both: the backbone alone on ready GPU tensors (`tl bench`, and the same in Python)
-Sized to finish in a few minutes on one H100. Writes a JSON file (--json-out).
+Contenders alternate over --rounds rounds and medians are reported. Sized to finish in a
+few minutes on one H100. Writes a JSON file (--json-out).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -91,6 +93,7 @@ def tl_extract(tl: str, data: Path, backbones: Path, batch: int, amp: bool, tmp:
     t = time.perf_counter()
     proc = subprocess.run(args, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
+        log(f"tl train failed: {proc.stderr.strip()[-800:]}")
         return {"error": proc.stderr.strip()[-2000:]}
     ex = json.loads((out / "report.json").read_text())["extraction"]
     return {"images": ex["images"], "seconds": ex["seconds"], "images_per_second": ex["images"] / ex["seconds"], "wall_seconds": time.perf_counter() - t}
@@ -102,6 +105,7 @@ def tl_bench(tl: str, backbones: Path, batch: int, amp: bool) -> dict:
         args.append("--amp")
     proc = subprocess.run(args, env=dict(os.environ, TL_BACKBONES=str(backbones)), capture_output=True, text=True)
     if proc.returncode != 0:
+        log(f"tl bench failed: {proc.stderr.strip()[-800:]}")
         return {"error": proc.stderr.strip()[-2000:]}
     return json.loads(proc.stdout)
 
@@ -112,6 +116,7 @@ def main() -> int:
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    p.add_argument("--rounds", type=int, default=3, help="contenders alternate; medians are reported")
     p.add_argument("--json-out", default=str(ROOT / "out" / "bench" / "gpu.json"))
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -130,14 +135,17 @@ def main() -> int:
         features = backbones / "resnet50.features.pt"
         for amp in (False, True):
             key = "amp" if amp else "fp32"
-            r = {"reference_backbone_only": backbone_only(features, args.batch, amp)}
-            r["tl_backbone_only"] = tl_bench(args.tl, backbones, args.batch, amp)
-            r["reference"] = reference(data, features, args.batch, args.workers, amp)
-            r["tl"] = tl_extract(args.tl, data, backbones, args.batch, amp, tmp, args.workers)
+            runs = {"reference_backbone_only": [], "tl_backbone_only": [], "reference": [], "tl": []}
+            for _ in range(args.rounds):  # alternated, so drift hits both contenders alike
+                runs["reference_backbone_only"].append(backbone_only(features, args.batch, amp))
+                runs["tl_backbone_only"].append(tl_bench(args.tl, backbones, args.batch, amp).get("images_per_second", float("nan")))
+                runs["reference"].append(reference(data, features, args.batch, args.workers, amp)["images_per_second"])
+                runs["tl"].append(tl_extract(args.tl, data, backbones, args.batch, amp, tmp, args.workers).get("images_per_second", float("nan")))
+            r = {k: {"runs": v, "median": statistics.median(v)} for k, v in runs.items()}
             res[key] = r
-            tl_rate = r["tl"].get("images_per_second")
-            log(f"[{key}] backbone only: PyTorch {r['reference_backbone_only']:.0f} img/s, tl {r['tl_backbone_only'].get('images_per_second', float('nan')):.0f} img/s")
-            log(f"[{key}] with JPEG decoding: PyTorch {r['reference']['images_per_second']:.0f} img/s, tl {tl_rate if tl_rate is None else round(tl_rate)} img/s" + (f" (ratio {tl_rate / r['reference']['images_per_second']:.2f})" if tl_rate else f" tl error: {r['tl'].get('error', '')[:400]}"))
+            med = {k: v["median"] for k, v in r.items()}
+            log(f"[{key}] backbone only (median of {args.rounds}): PyTorch {med['reference_backbone_only']:.0f} img/s, tl {med['tl_backbone_only']:.0f} img/s (ratio {med['tl_backbone_only'] / med['reference_backbone_only']:.2f})")
+            log(f"[{key}] with JPEG decoding (median of {args.rounds}): PyTorch DataLoader {med['reference']:.0f} img/s, tl {med['tl']:.0f} img/s (ratio {med['tl'] / med['reference']:.2f})")
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(res, indent=1))
     log(f"results: {args.json_out}")
