@@ -40,8 +40,39 @@ pub fn torch_message(err: &tch::TchError) -> String {
     first_line(&err.to_string())
 }
 
-/// The first meaningful line of a libtorch message (also one carried by a panic).
+/// One line from a libtorch message (also one carried by a panic): an allocation failure
+/// as "not enough memory (… GB requested)", a TorchScript interpreter failure as its
+/// `RuntimeError`, anything else as its first meaningful line.
 pub fn first_line(text: &str) -> String {
+    let text = text.trim_start_matches("called `Result::unwrap()` on an `Err` value: ");
+    if let Some(i) = text.find("you tried to allocate ") {
+        let digits: String = text[i + 22..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if let Ok(n) = digits.parse::<f64>() {
+            let size = if n >= 1e9 {
+                format!("{:.1} GB", n / 1e9)
+            } else {
+                format!("{:.0} MB", n / 1e6)
+            };
+            return format!(
+                "not enough memory ({size} requested in one allocation); try a smaller size"
+            );
+        }
+    }
+    if text.contains("DefaultCPUAllocator") || text.contains("CUDA out of memory") {
+        return "not enough memory; try a smaller size".into();
+    }
+    if text.contains("failed in the TorchScript interpreter") {
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("RuntimeError: "))
+        {
+            return line.to_string();
+        }
+    }
     let text = text.split("Exception raised from").next().unwrap_or(text);
     let line = text
         .lines()

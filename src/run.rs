@@ -284,18 +284,7 @@ pub struct RunContents<'a, R: Serialize> {
 }
 
 /// Check early (before any work) that `dest` may be written.
-pub fn check_destination(dest: &Path, force: bool) -> Result<()> {
-    if dest.exists() && !dest.is_dir() {
-        return Err(TlError::file(dest, "exists and is not a folder"));
-    }
-    if crate::util::fs::is_non_empty_dir(dest) && !force {
-        return Err(TlError::file(
-            dest,
-            "output folder exists and is not empty (pass --force to write into it)",
-        ));
-    }
-    Ok(())
-}
+pub use crate::util::fs::check_destination;
 
 /// Write a run into `dest` (see the module comment): all files or none.
 pub fn write<R: Serialize>(dest: &Path, force: bool, c: &RunContents<R>) -> Result<PathBuf> {

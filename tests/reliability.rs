@@ -706,3 +706,77 @@ fn attack_random_start_leaves_unseen_pixels_alone() {
         "changed columns {first}..{last}"
     );
 }
+
+#[test]
+fn allocation_failures_are_errors_not_panics() {
+    // An address-space limit makes libtorch's allocations fail inside tch's infallible calls.
+    const LIMIT: u64 = 3_200_000 * 1024;
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let limited = |args: &[&str]| {
+        let mut cmd = tl.cmd();
+        cmd.args(args);
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: LIMIT,
+                    rlim_max: LIMIT,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &lim);
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    if !limited(&["doctor"]).status.success() {
+        eprintln!("SKIPPED allocation_failures_are_errors_not_panics: libtorch does not load under a {} MB address-space limit here", LIMIT >> 20);
+        return;
+    }
+    let out = limited(&[
+        "dream",
+        "--backbone",
+        "tiny",
+        "--class",
+        "zebra",
+        "--size",
+        "2048",
+        "--steps",
+        "2",
+        "-o",
+        s(&tmp.path().join("big.png")),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    common::assert_clean_error(&err);
+    assert!(
+        err.contains("2048x2048") && err.contains("not enough memory"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("big.png").exists());
+    let big = tmp.path().join("photo.png");
+    image::RgbImage::from_fn(4000, 3000, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+    })
+    .save(&big)
+    .unwrap();
+    let out = limited(&[
+        "attack",
+        s(&big),
+        "--backbone",
+        "tiny",
+        "--target",
+        "zebra",
+        "--steps",
+        "2",
+        "-o",
+        s(&tmp.path().join("adv.png")),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    common::assert_clean_error(&err);
+    assert!(
+        err.contains("photo.png") && err.contains("not enough memory"),
+        "{err}"
+    );
+}

@@ -460,7 +460,16 @@ pub fn run(rt: &Runtime, settings: &AttackSettings) -> Result<AttackReport> {
             } else {
                 out.join(name)
             };
-            outcomes.push(attack_one(&job, path, &out_path, eps)?);
+            let outcome = attack_one(&job, path, &out_path, eps).map_err(|e| {
+                // Say which image, unless the error already does.
+                let text = e.to_string();
+                if text.contains(&path.display().to_string()) {
+                    e
+                } else {
+                    TlError::file(path, text)
+                }
+            })?;
+            outcomes.push(outcome);
             overall.inc(1);
         }
     }

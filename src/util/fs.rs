@@ -109,6 +109,21 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(super::text::hex(&hasher.finalize()))
 }
 
+/// The one "don't write into a user's folder unasked" rule: `dest` may be written if it does
+/// not exist, is empty, or `force` is set.
+pub fn check_destination(dest: &Path, force: bool) -> Result<()> {
+    if dest.exists() && !dest.is_dir() {
+        return Err(TlError::file(dest, "exists and is not a folder"));
+    }
+    if is_non_empty_dir(dest) && !force {
+        return Err(TlError::file(
+            dest,
+            "output folder exists and is not empty (pass --force to write into it)",
+        ));
+    }
+    Ok(())
+}
+
 /// A folder built under a temporary name next to its destination and moved into place by
 /// [`StagedDir::commit`]; dropped before that (an error, a panic), it is removed with its
 /// contents, so an interrupted or failed write leaves nothing behind.
@@ -120,15 +135,7 @@ pub struct StagedDir {
 impl StagedDir {
     /// Stage a folder for `dest`. `dest` may exist only if it is empty or `force` is set.
     pub fn new(dest: &Path, force: bool) -> Result<StagedDir> {
-        if dest.exists() && !dest.is_dir() {
-            return Err(TlError::file(dest, "exists and is not a folder"));
-        }
-        if is_non_empty_dir(dest) && !force {
-            return Err(TlError::file(
-                dest,
-                "output folder exists and is not empty (pass --force to write into it)",
-            ));
-        }
+        check_destination(dest, force)?;
         let parent = parent_dir(dest);
         std::fs::create_dir_all(parent).with_path(parent)?;
         remove_abandoned_staging(parent);
