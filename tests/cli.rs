@@ -1,6 +1,6 @@
 //! End-to-end tests of the `tl` binary on generated data and the tiny fixture backbone.
 mod common;
-use common::{color_dataset, read_json, tiny, Tl};
+use common::{color_dataset, read_json, tiny, walk, Tl};
 use std::path::Path;
 
 fn train(tl: &Tl, data: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
@@ -310,20 +310,6 @@ fn cache_is_reused_extended_and_repaired() {
     // --no-cache computes everything and leaves the cache alone.
     let r5 = train(&tl, &data, &tmp.path().join("r5"), &["--no-cache"]);
     assert_eq!(r5["extraction"]["computed"].as_u64(), Some(22));
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! names, misplaced cache entries, splits that drift, empty classes, unwritable caches,
 //! outputs that overwrite or leak, non-finite numbers, unbounded sizes, file modes.
 mod common;
-use common::{color_dataset, read_json, tiny, Tl};
+use common::{color_dataset, read_json, tiny, walk, Tl};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
@@ -29,21 +29,6 @@ fn train_args<'a>(tiny: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-/// Files under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -11,3 +11,8 @@ pub trait Report: serde::Serialize {
         Vec::new()
     }
 }
+
+/// `warning: …` lines for stderr.
+pub fn warning_lines(warnings: &[String]) -> Vec<String> {
+    warnings.iter().map(|w| format!("warning: {w}")).collect()
+}

@@ -657,10 +657,7 @@ fn attack_one(job: &Job, path: &Path, out_path: &Path, eps: f64) -> Result<Attac
 
 impl Report for AttackReport {
     fn notes(&self) -> Vec<String> {
-        self.warnings
-            .iter()
-            .map(|w| format!("warning: {w}"))
-            .collect()
+        crate::eval::warning_lines(&self.warnings)
     }
 
     fn render_text(&self) -> String {

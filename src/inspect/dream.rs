@@ -403,10 +403,7 @@ pub fn run(rt: &Runtime, settings: &DreamSettings) -> Result<DreamReport> {
 
 impl Report for DreamReport {
     fn notes(&self) -> Vec<String> {
-        self.warnings
-            .iter()
-            .map(|w| format!("warning: {w}"))
-            .collect()
+        crate::eval::warning_lines(&self.warnings)
     }
 
     fn render_text(&self) -> String {

@@ -61,11 +61,7 @@ impl Report for EvalReport {
         self.report.render()
     }
     fn notes(&self) -> Vec<String> {
-        let mut notes: Vec<String> = self
-            .warnings
-            .iter()
-            .map(|w| format!("warning: {w}"))
-            .collect();
+        let mut notes = crate::eval::warning_lines(&self.warnings);
         notes.extend(skipped_notes(&self.skipped, 0));
         notes
     }
@@ -162,9 +158,16 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
     let mut warnings = Vec::new();
     let (samples, split_check) = select(&run, &dataset, s.split, &mut warnings)?;
     if samples.is_empty() {
+        let hint = match (&run.config.data.val_dir, s.split) {
+            (Some(dir), EvalSplit::Val) => format!(
+                "; the run's validation images came from {}: evaluate that folder",
+                dir
+            ),
+            _ => String::new(),
+        };
         return Err(TlError::file(
             &s.data,
-            "none of the run's images of that split are in this folder",
+            format!("none of the run's images of that split are in this folder{hint}"),
         ));
     }
     let cache = s.cache.open(&spec)?;

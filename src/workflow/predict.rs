@@ -54,11 +54,7 @@ impl Report for PredictReport {
         s
     }
     fn notes(&self) -> Vec<String> {
-        let mut notes: Vec<String> = self
-            .warnings
-            .iter()
-            .map(|w| format!("warning: {w}"))
-            .collect();
+        let mut notes = crate::eval::warning_lines(&self.warnings);
         notes.extend(
             self.skipped
                 .iter()
