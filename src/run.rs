@@ -148,9 +148,7 @@ impl SplitRecord {
                 None => m.new.push(i),
             }
             if side.is_some() {
-                if let Some((k, _)) = by_key.get_key_value(key) {
-                    seen.insert(k);
-                }
+                seen.insert(key);
             }
         }
         for e in &self.train {

@@ -2,10 +2,6 @@
 //! bad value fails at once with clap naming the flag, before any image is read.
 use tl::util::parse_fraction;
 
-fn number(s: &str) -> Result<f64, String> {
-    parse_fraction(s)
-}
-
 /// A whole number >= 1.
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -17,7 +13,7 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
 
 /// A finite number > 0.
 pub fn positive(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
+    let v = parse_fraction(s)?;
     if v > 0.0 {
         Ok(v)
     } else {
@@ -27,7 +23,7 @@ pub fn positive(s: &str) -> Result<f64, String> {
 
 /// A finite number >= 0.
 pub fn non_negative(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
+    let v = parse_fraction(s)?;
     if v >= 0.0 {
         Ok(v)
     } else {
@@ -37,7 +33,7 @@ pub fn non_negative(s: &str) -> Result<f64, String> {
 
 /// A finite number in [0, 1).
 pub fn unit_interval(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
+    let v = parse_fraction(s)?;
     if (0.0..1.0).contains(&v) {
         Ok(v)
     } else {
@@ -47,7 +43,7 @@ pub fn unit_interval(s: &str) -> Result<f64, String> {
 
 /// A finite number in (0, 1).
 pub fn open_fraction(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
+    let v = parse_fraction(s)?;
     if v > 0.0 && v < 1.0 {
         Ok(v)
     } else {

@@ -145,7 +145,7 @@ struct Chunk {
 }
 
 fn lookup_chunk(
-    indices: &[usize],
+    indices: std::ops::Range<usize>,
     paths: &[PathBuf],
     cache: &FeatureCache,
     expected_dim: Option<usize>,
@@ -156,8 +156,9 @@ fn lookup_chunk(
         Unreadable(String),
     }
     let found: Vec<Found> = indices
-        .par_iter()
-        .map(|&i| match std::fs::read(&paths[i]) {
+        .clone()
+        .into_par_iter()
+        .map(|i| match std::fs::read(&paths[i]) {
             Err(e) => Found::Unreadable(format!("{}: {e}", paths[i].display())),
             Ok(bytes) => {
                 let key = content_key(&bytes);
@@ -181,7 +182,7 @@ fn lookup_chunk(
         },
     };
     let mut to_decode = Vec::new();
-    for (&i, f) in indices.iter().zip(found) {
+    for (i, f) in indices.zip(found) {
         match f {
             Found::Hit(key, v) => chunk.hits.push((i, key, v)),
             Found::Unreadable(why) => chunk.unreadable.push((i, why)),
@@ -198,6 +199,9 @@ fn lookup_chunk(
 /// Accumulates results as chunks and computed batches come in.
 struct Collector<'a> {
     out: Extracted,
+    cfg: PreprocessConfig,
+    /// The sidecar's feature size, if there is a sidecar.
+    expected_dim: Option<usize>,
     cache: &'a FeatureCache,
     cache_ok: bool,
     bar: indicatif::ProgressBar,
@@ -218,16 +222,15 @@ impl Collector<'_> {
         if batch.indices.is_empty() {
             return Ok(0.0);
         }
-        let m = match module.take() {
+        let m = match module {
             Some(m) => m,
-            None => spec.load_features(opts.device)?,
+            None => module.insert(spec.load_features(opts.device)?),
         };
-        let m = &*module.insert(m);
         let t_fwd = Instant::now();
-        let out = run_batch(m, &batch.tensor(&spec.preprocess()), opts.device, opts.amp)?;
+        let out = run_batch(m, &batch.tensor(&self.cfg), opts.device, opts.amp)?;
         let seconds = t_fwd.elapsed().as_secs_f64();
         let d = out.len() / batch.indices.len();
-        check_dim(m, d, spec.sidecar.as_ref().map(|s| s.feature_dim as usize))?;
+        check_dim(m, d, self.expected_dim)?;
         self.computed(&batch.indices, &out, d);
         self.bar.inc(batch.indices.len() as u64);
         Ok(seconds)
@@ -287,6 +290,8 @@ pub fn extract(
     let expected_dim = spec.sidecar.as_ref().map(|s| s.feature_dim as usize);
     let pool = decode_pool(opts)?;
     let mut collect = Collector {
+        cfg: spec.preprocess(),
+        expected_dim,
         out: Extracted {
             features: vec![Err("not computed".into()); paths.len()],
             keys: vec![None; paths.len()],
@@ -333,19 +338,17 @@ fn pipeline(
     pool: &rayon::ThreadPool,
     collect: &mut Collector,
 ) -> Result<Option<Instant>> {
-    let cfg = spec.preprocess();
-    let expected_dim = spec.sidecar.as_ref().map(|s| s.feature_dim as usize);
+    let (cfg, expected_dim) = (collect.cfg, collect.expected_dim);
     let batch_size = opts.batch_size.max(1);
-    let indices: Vec<usize> = (0..paths.len()).collect();
     let (tx, rx) = crossbeam_channel::bounded::<Chunk>(2);
     // Tells the consumer to load the backbone while the first misses decode.
     let (need_tx, need_rx) = crossbeam_channel::bounded::<()>(1);
     let (mut fwd, mut wait) = (0f64, 0f64);
     let mut first_compute: Option<Instant> = None;
     std::thread::scope(|scope| {
-        let indices = &indices;
         scope.spawn(move || {
-            for chunk_indices in indices.chunks(batch_size) {
+            for start in (0..paths.len()).step_by(batch_size) {
+                let chunk_indices = start..(start + batch_size).min(paths.len());
                 let (mut chunk, to_decode) =
                     pool.install(|| lookup_chunk(chunk_indices, paths, cache, expected_dim));
                 if !to_decode.is_empty() {

@@ -567,7 +567,7 @@ fn check_memory(path: &Path, img: &RgbImage, max_pixels: u64) -> Result<()> {
         ));
     }
     let need = pixels * ATTACK_BYTES_PER_PIXEL;
-    if let Some(available) = crate::util::text::available_memory() {
+    if let Some(available) = crate::runtime::available_memory() {
         if need > available {
             return Err(TlError::file(
                 path,

@@ -356,21 +356,10 @@ pub fn run(rt: &Runtime, settings: &DreamSettings) -> Result<DreamReport> {
         refuse_overwrite(s, settings.force)?;
     }
     let start = Instant::now();
-    let what = format!("dream at {0}x{0} pixels", cfg.size);
-    let (image, mut frames) = crate::util::guard::catch_torch_panic(&what, || {
-        dream(&classifier, target.index, &cfg, rt.progress)
-    })
-    .map_err(|e| {
-        let text = e.to_string();
-        if text.starts_with(&what) {
-            e
-        } else {
-            TlError::Torch {
-                context: what.clone(),
-                msg: text,
-            }
-        }
-    })?;
+    let (image, mut frames) = crate::util::guard::catch_torch_panic(
+        &format!("dream at {0}x{0} pixels", cfg.size),
+        || dream(&classifier, target.index, &cfg, rt.progress),
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     preprocess::save_image(&preprocess::unit_tensor_to_image(&image)?, &settings.out)?;
     if let Some(strip_path) = &strip {

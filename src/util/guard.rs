@@ -1,6 +1,7 @@
 //! libtorch reports some failures (an allocation that does not fit, say) by a panic inside
-//! tch's infallible calls. Work on user-sized tensors runs inside [`catch_torch_panic`],
-//! which turns such a panic into a one-line error; the panic message is not printed.
+//! tch's infallible calls, others as errors. Work on user-sized tensors runs inside
+//! [`catch_torch_panic`], which turns either into one line with the work's name; the panic
+//! message is not printed.
 use crate::error::{Result, TlError};
 use std::cell::Cell;
 use std::sync::Once;
@@ -21,14 +22,18 @@ fn install_hook() {
     });
 }
 
-/// Run `f`; a panic inside it becomes `TlError::Torch { context: what, .. }`.
+/// Run `f`; a panic or an error inside it becomes `TlError::Torch { context: what, .. }`.
 pub fn catch_torch_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     install_hook();
     let was = GUARDED.with(|g| g.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     GUARDED.with(|g| g.set(was));
     match result {
-        Ok(r) => r,
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(TlError::Torch {
+            context: what.to_string(),
+            msg: e.to_string(),
+        }),
         Err(payload) => {
             let text = payload
                 .downcast_ref::<String>()

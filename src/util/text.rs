@@ -75,15 +75,6 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
-/// Bytes of memory the kernel says are available now (Linux), to refuse work that cannot fit
-/// before libtorch tries to allocate it.
-pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
