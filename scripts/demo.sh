@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end: export MobileNetV2 with real ImageNet weights, train a
-# Cats-vs-Dogs head on frozen features, evaluate it, predict, dream an "ideal cat", and
+# Cats-vs-Dogs head on frozen features, evaluate it, fine-tune the top blocks, predict, dream an "ideal cat", and
 # fool the network with an imperceptible perturbation of a dog photo.
 # Settings: configs/demo.env (each can be overridden from the environment).
 set -euo pipefail
@@ -33,14 +33,16 @@ PYEOF
 fi
 
 step "1. export MobileNetV2 (TorchScript, frozen, channels-last) -> backbones/"
-if [ -f backbones/mobilenet_v2.json ]; then
+has_cuts() { "$PY" -c "import json,sys; sys.exit(0 if json.load(open('backbones/mobilenet_v2.json')).get('cuts') else 1)"; }
+if [ -f backbones/mobilenet_v2.json ] && has_cuts; then
     echo "backbones/mobilenet_v2.json exists; reusing it"
 elif [ -f "$TL_DEMO_WEIGHTS" ]; then
-    "$PY" scripts/export_backbones.py mobilenet_v2 --weights "$TL_DEMO_WEIGHTS"
+    # An export made before fine-tuning existed has no cut points: export it again.
+    "$PY" scripts/export_backbones.py mobilenet_v2 --weights "$TL_DEMO_WEIGHTS" --force
 else
     echo "no local weights at $TL_DEMO_WEIGHTS: trying the torchvision download"
-    "$PY" scripts/export_backbones.py mobilenet_v2 --weights imagenet \
-        || "$PY" scripts/export_backbones.py mobilenet_v2 --weights none
+    "$PY" scripts/export_backbones.py mobilenet_v2 --weights imagenet --force \
+        || "$PY" scripts/export_backbones.py mobilenet_v2 --weights none --force
 fi
 "$TL" doctor
 
@@ -51,6 +53,10 @@ step "   ... again with other head settings: every feature now comes from the ca
 
 step "3. evaluate on the held-out half"
 "$TL" eval "$OUT/run" "$DATA" --split val --top-losses 5
+
+step "3b. fine-tune the top 2 blocks with the head (the frozen trunk's output is cached)"
+"$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/run-finetuned" --force --finetune -q
+"$TL" eval "$OUT/run-finetuned" "$DATA" --split val --tta flip --top-losses 3
 
 CLASSES=$(ls "$DATA")
 FIRST_CLASS=$(echo "$CLASSES" | sed -n 1p)

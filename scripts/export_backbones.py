@@ -6,7 +6,17 @@ For each model name this writes, into the backbones folder:
   NAME.features.pt    [N,3,H,W] float (normalised) -> [N,D] features
   NAME.classifier.pt  [N,3,H,W] float (normalised) -> [N,C] logits
   NAME.json           sidecar: architecture, feature dim, preprocessing, class names,
-                      weights provenance and the sha256 of every file
+                      weights provenance, fine-tuning cut points and the sha256 of every file
+  NAME.trunkN.pt      for each cut N (--cuts): everything below the last N blocks, frozen
+                      like the feature extractor; [N,3,H,W] -> [N,C,h,w] (its output is cached)
+  NAME.topN.pt        the last N blocks and the pooling, scripted with their parameters so
+                      that `tl train --finetune N` can train them; [N,C,h,w] -> [N,D]
+  NAME.topall.pt      (cut `all`) the whole feature extractor, trainable; [N,3,H,W] -> [N,D]
+
+Blocks, counted from the top: MobileNetV2's final 1x1 conv and its inverted-residual blocks;
+ResNet's bottlenecks (layer4, then layer3, ...); VGG's conv layers (each with its ReLU and any
+max-pool after it). The trainable tops keep BatchNorm layers as modules (eval mode in `tl`,
+so their running statistics stay frozen); top(trunk(x)) is checked against the eager model.
 
 Both TorchScript files are traced, frozen (`torch.jit.freeze` folds BatchNorm into the
 convolutions) and hold channels-last weights; the traced graph converts its input to
@@ -43,6 +53,9 @@ TINY_CLASSES = [
     "Siamese cat", "Egyptian cat", "golden retriever", "zebra", "espresso",
 ]
 SIDECAR_FORMAT = "tl-backbone/1"
+# Cut points written by default: the top 1-3 blocks (`tl train --finetune N`; 2 is tl's
+# default N) and the whole network (`--finetune all`).
+DEFAULT_CUTS = [1, 2, 3, "all"]
 
 
 class ExportError(Exception):
@@ -72,6 +85,84 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class Top(nn.Module):
+    """The trainable top of a backbone: the last blocks, then pooling and flattening."""
+
+    def __init__(self, blocks: list, tail: nn.Module):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.tail = tail
+
+    def forward(self, x):
+        return self.tail(self.blocks(x))
+
+
+class PoolFlatten(nn.Module):
+    """Global average pooling and flattening (MobileNetV2, ResNet, tiny)."""
+
+    def forward(self, x):
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+class AvgPoolFlatten(nn.Module):
+    """VGG's adaptive 7x7 average pooling, flattened."""
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x):
+        return torch.flatten(self.pool(x), 1)
+
+
+def split_blocks(arch: str, model: nn.Module) -> tuple[list, list, nn.Module]:
+    """(names, blocks, tail): the feature extractor as a chain of blocks plus pooling."""
+    if arch == "tiny":
+        f = model.features
+        blocks = [nn.Sequential(*f[0:3]), nn.Sequential(*f[3:6]), nn.Sequential(*f[6:8])]
+        return ["features.0-2", "features.3-5", "features.6-7"], blocks, PoolFlatten()
+    if arch.startswith("mobilenet_v2"):
+        names = [f"features.{i}" for i in range(len(model.features))]
+        return names, list(model.features), PoolFlatten()
+    if arch.startswith(("resnet", "resnext", "wide_resnet")):
+        stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        names, blocks = ["stem"], [stem]
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            for i, block in enumerate(getattr(model, layer)):
+                names.append(f"{layer}.{i}")
+                blocks.append(block)
+        return names, blocks, PoolFlatten()
+    if arch.startswith("vgg"):
+        layers = list(model.features)
+        names, blocks, current, start = [], [], [], 0
+        for i, layer in enumerate(layers):
+            if isinstance(layer, nn.Conv2d) and current:
+                names.append(f"features.{start}-{i - 1}")
+                blocks.append(nn.Sequential(*current))
+                current, start = [], i
+            current.append(layer)
+        names.append(f"features.{start}-{len(layers) - 1}")
+        blocks.append(nn.Sequential(*current))
+        return names, blocks, AvgPoolFlatten(model.avgpool)
+    raise ExportError(f"no fine-tuning blocks defined for '{arch}' (use --cuts none)")
+
+
+def parse_cuts(text: str) -> list:
+    """'1,2,4,all' -> [1, 2, 4, 'all']; 'none' -> []."""
+    if text.strip() == "none":
+        return []
+    cuts = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            cuts.append("all")
+        elif part.isdigit() and int(part) > 0:
+            cuts.append(int(part))
+        else:
+            raise ExportError(f"--cuts: '{part}' is not a positive number of blocks or 'all'")
+    return cuts
 
 
 class ChannelsLast(nn.Module):
@@ -234,15 +325,70 @@ def write_json_atomic(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
+def cut_files(name: str, cut) -> tuple[str | None, str]:
+    """(trunk file, top file) names of a cut."""
+    if cut == "all":
+        return None, f"{name}.topall.pt"
+    return f"{name}.trunk{cut}.pt", f"{name}.top{cut}.pt"
+
+
+def export_cuts(arch: str, model: nn.Module, name: str, out_dir: Path, cuts: list,
+                example: torch.Tensor, want_feats: torch.Tensor) -> tuple[list, list]:
+    """Write each cut's frozen trunk and trainable top; returns (block names, sidecar entries)."""
+    import copy
+
+    if not cuts:
+        return [], []
+    try:
+        names, blocks, tail = split_blocks(arch, model)
+    except ExportError:
+        if cuts is DEFAULT_CUTS:  # an architecture without known blocks: no cuts by default
+            return [], []
+        raise
+    total = len(blocks)
+    if cuts is DEFAULT_CUTS:  # small networks (tiny) have fewer blocks than the defaults
+        cuts = [c for c in cuts if c == "all" or c < total]
+    entries = []
+    for cut in cuts:
+        n = total if cut == "all" else cut
+        if n > total or (cut != "all" and n == total):
+            raise ExportError(f"--cuts {cut}: {arch} has {total} blocks (use 1..{total - 1}, or all)")
+        trunk_name, top_name = cut_files(name, cut)
+        top = Top(copy.deepcopy(blocks[total - n:]), copy.deepcopy(tail)).eval()
+        top_ts = torch.jit.script(top)
+        entry = {"blocks": n, "first_block": names[total - n], "top_file": top_name,
+                 "top_parameters": sum(p.numel() for p in top.parameters())}
+        with torch.no_grad():
+            if trunk_name is None:
+                trunk_out = example
+            else:
+                trunk = nn.Sequential(*copy.deepcopy(blocks[:total - n])).eval()
+                trunk_ts = trace_frozen(trunk, example)
+                trunk_out = trunk_ts(example)
+                save_atomic_module(trunk_ts, out_dir / trunk_name)
+                entry["trunk_file"] = trunk_name
+                entry["trunk_sha256"] = sha256_file(out_dir / trunk_name)
+                entry["trunk_shape"] = list(trunk_out.shape[1:])
+            check_close(f"{name} cut {cut} (top after trunk)", top_ts(trunk_out), want_feats)
+        save_atomic_module(top_ts, out_dir / top_name)
+        with torch.no_grad():
+            check_close(f"{out_dir / top_name}", torch.jit.load(str(out_dir / top_name))(trunk_out), want_feats)
+        entry["top_sha256"] = sha256_file(out_dir / top_name)
+        entries.append(entry)
+    return names, entries
+
+
 def export(arch: str, weights: str, out_dir: Path, name: str | None = None, force: bool = False,
-           check_batch: int = 2) -> Path:
+           check_batch: int = 2, cuts: list | None = None) -> Path:
     name = name or arch
+    cuts = DEFAULT_CUTS if cuts is None else cuts
     out_dir.mkdir(parents=True, exist_ok=True)
     sidecar_path = out_dir / f"{name}.json"
     features_path = out_dir / f"{name}.features.pt"
     classifier_path = out_dir / f"{name}.classifier.pt"
     if not force:
-        for path in (sidecar_path, features_path, classifier_path):
+        extra = [out_dir / f for cut in cuts for f in cut_files(name, cut) if f]
+        for path in (sidecar_path, features_path, classifier_path, *extra):
             if path.exists():
                 raise ExportError(f"{path}: already exists (use --force to overwrite)")
 
@@ -268,6 +414,7 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
     with torch.no_grad():  # the reloaded files must give the same numbers
         check_close(f"{features_path}", torch.jit.load(str(features_path))(example), want_feats)
         check_close(f"{classifier_path}", torch.jit.load(str(classifier_path))(example), want_logits)
+    block_names, cut_entries = export_cuts(arch, model, name, out_dir, cuts, example, want_feats)
 
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -287,6 +434,8 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
         "features_sha256": sha256_file(features_path),
         "classifier_file": classifier_path.name,
         "classifier_sha256": sha256_file(classifier_path),
+        "blocks": block_names,
+        "cuts": cut_entries,
         "frozen": True,
         "channels_last": True,
         "max_relative_error_vs_eager": max(errs.values()),
@@ -307,6 +456,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("TL_BACKBONES", "backbones"), help="backbones folder (default: $TL_BACKBONES or ./backbones)")
     parser.add_argument("--name", help="file stem to write instead of the model name (one model only)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+    parser.add_argument("--cuts", default=None,
+                        help="fine-tuning cut points: numbers of top blocks and/or 'all', or 'none' "
+                             f"(default: {','.join(map(str, DEFAULT_CUTS))}, those the network has)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.name and len(args.models) != 1:
@@ -315,13 +467,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     for arch in args.models:
         try:
-            path = export(arch, args.weights, Path(args.out), args.name, args.force)
+            path = export(arch, args.weights, Path(args.out), args.name, args.force,
+                          cuts=None if args.cuts is None else parse_cuts(args.cuts))
         except ExportError as exc:
             print(f"export_backbones: error: {exc}", file=sys.stderr)
             return 1
         sidecar = json.loads(path.read_text())
         tag = "" if sidecar["weights"]["pretrained"] else "  [random weights: shapes/speed only]"
-        print(f"exported {arch} -> {path} (feature dim {sidecar['feature_dim']}, {sidecar['num_classes']} classes){tag}")
+        cuts = ", ".join(str(c["blocks"]) for c in sidecar["cuts"]) or "none"
+        print(f"exported {arch} -> {path} (feature dim {sidecar['feature_dim']}, {sidecar['num_classes']} classes, "
+              f"fine-tuning cuts: {cuts} of {len(sidecar['blocks'])} blocks){tag}")
     return 0
 
 

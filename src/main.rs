@@ -6,5 +6,6 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    tl::runtime::flush_denormals();
     std::process::exit(cli::main());
 }

@@ -5,6 +5,7 @@
 //! config.json      every setting, the seed, the backbone's path and sha256
 //! classes.json     class names in label order
 //! head.safetensors head weights (with the feature standardisation statistics)
+//! finetuned.safetensors  the fine-tuned top blocks (`--finetune` runs only)
 //! split.json       the exact training and validation files (path and content hash)
 //! metrics.jsonl    one line per epoch
 //! report.json      final metrics, extraction statistics, skipped and ignored files
@@ -15,8 +16,9 @@
 //! no half-written run behind.
 use crate::data::{Layout, PreprocessConfig};
 use crate::error::{Result, TlError};
+use crate::features::split::{FeatureNet, SplitSpec, TrainableTop, Unfreeze};
 use crate::features::BackboneSpec;
-use crate::head::{EpochMetrics, Head, HeadConfig, TrainConfig};
+use crate::head::{EpochMetrics, FinetuneConfig, Head, HeadConfig, TrainConfig};
 use crate::util::fs::{to_json_pretty, StagedDir};
 use crate::util::{write_atomic, write_json_atomic, FilePath};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 pub const CONFIG: &str = "config.json";
 pub const CLASSES: &str = "classes.json";
 pub const HEAD: &str = "head.safetensors";
+pub const FINETUNED: &str = "finetuned.safetensors";
 pub const SPLIT: &str = "split.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const REPORT: &str = "report.json";
@@ -73,6 +76,33 @@ pub struct RunConfig {
     pub head: HeadConfig,
     pub train: TrainConfig,
     pub extract: ExtractRecord,
+    /// Views per training image (`--views`; 1 = the eval transform only).
+    #[serde(default = "one")]
+    pub views: usize,
+    /// Present when the top of the backbone was fine-tuned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneRecord>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// What was fine-tuned, from which files, and how.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneRecord {
+    pub unfreeze: Unfreeze,
+    /// Trained blocks, and the first of them (bottom-most).
+    pub blocks: usize,
+    pub first_block: String,
+    pub top_file: FilePath,
+    pub top_sha256: String,
+    pub trunk_file: Option<FilePath>,
+    pub trunk_sha256: Option<String>,
+    /// The fine-tuned parameters, in the run folder.
+    pub weights: String,
+    pub config: FinetuneConfig,
+    pub best_epoch: usize,
 }
 
 /// One image of the recorded split: where it was and what it held.
@@ -193,6 +223,12 @@ impl Run {
                 ),
             ));
         }
+        if config.finetune.is_some() && !dir.join(FINETUNED).is_file() {
+            return Err(TlError::file(
+                dir.join(FINETUNED),
+                "fine-tuned weights missing (training did not finish?)",
+            ));
+        }
         if !dir.join(HEAD).is_file() {
             return Err(TlError::file(
                 dir.join(HEAD),
@@ -212,6 +248,59 @@ impl Run {
 
     pub fn load_head(&self, device: tch::Device) -> Result<Head> {
         Head::load(self.config.head.clone(), &self.head_path(), device)
+    }
+
+    /// The run's split of the backbone, its files checked against the run's record.
+    pub fn split_spec(&self) -> Result<Option<SplitSpec>> {
+        let Some(rec) = &self.config.finetune else {
+            return Ok(None);
+        };
+        let split = SplitSpec::resolve(&self.backbone()?, rec.unfreeze)?;
+        let changed = |path: &Path, now: &str, then: &str| {
+            TlError::file(
+                path,
+                format!(
+                    "changed since this run was trained (sha256 {}… now, {}… at training); re-train or restore the file",
+                    &now[..12.min(now.len())],
+                    &then[..12.min(then.len())]
+                ),
+            )
+        };
+        let top_hash = crate::util::sha256_file(&split.top_path)?;
+        if top_hash != rec.top_sha256 {
+            return Err(changed(&split.top_path, &top_hash, &rec.top_sha256));
+        }
+        if let (Some(trunk), Some(then)) = (&split.trunk, &rec.trunk_sha256) {
+            let now = crate::util::sha256_file(&trunk.features_path)?;
+            if &now != then {
+                return Err(changed(&trunk.features_path, &now, then));
+            }
+            let _ = trunk.features_hash.set(now);
+        }
+        Ok(Some(split))
+    }
+
+    /// The run's fine-tuned top, weights loaded and frozen.
+    pub fn load_top(&self, split: &SplitSpec, device: tch::Device) -> Result<TrainableTop> {
+        let mut top = split.load_top(device)?;
+        top.load_weights(&self.dir.join(FINETUNED))?;
+        top.vs.freeze();
+        Ok(top)
+    }
+
+    /// Images to features as this run computes them (frozen backbone, or trunk + fine-tuned top).
+    pub fn feature_net(&self, device: tch::Device) -> Result<FeatureNet> {
+        match self.split_spec()? {
+            None => Ok(FeatureNet::Frozen(self.backbone()?.load_features(device)?)),
+            Some(split) => {
+                let trunk = match &split.trunk {
+                    Some(t) => Some(t.load_features(device)?),
+                    None => None,
+                };
+                let top = self.load_top(&split, device)?;
+                Ok(FeatureNet::Split { trunk, top })
+            }
+        }
     }
 
     /// The recorded training/validation files (runs of older versions have none).
@@ -279,6 +368,8 @@ pub struct RunContents<'a, R: Serialize> {
     pub split: &'a SplitRecord,
     pub metrics: &'a [EpochMetrics],
     pub report: &'a R,
+    /// The fine-tuned top (`--finetune` runs).
+    pub top: Option<&'a TrainableTop>,
 }
 
 /// Check early (before any work) that `dest` may be written.
@@ -297,6 +388,9 @@ fn write_files<R: Serialize>(dir: &Path, c: &RunContents<R>) -> Result<()> {
     write_json_atomic(&dir.join(CONFIG), c.config)?;
     write_json_atomic(&dir.join(CLASSES), c.classes)?;
     c.head.save(&dir.join(HEAD))?;
+    if let Some(top) = c.top {
+        top.save(&dir.join(FINETUNED))?;
+    }
     write_json_atomic(&dir.join(SPLIT), c.split)?;
     let mut metrics = String::new();
     for m in c.metrics {

@@ -74,3 +74,16 @@ pub fn available_memory() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Flush denormal floats to zero (x86 FTZ and DAZ) on this thread and on every thread it
+/// starts later, libtorch's compute threads included; call it first thing. Fine-tuning with a
+/// small learning rate otherwise fills Adam's moment estimates with denormals, which x86 CPUs
+/// process many times slower (PyTorch's `torch.set_flush_denormal(True)`).
+pub fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(deprecated)]
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        _mm_setcsr(_mm_getcsr() | 0x8040);
+    }
+}

@@ -96,3 +96,51 @@ def test_shared_mobilenet_weights_see_a_cat(tmp_path):
         top5 = classifier(tf(Image.open(photo).convert("RGB"))[None])[0].topk(5).indices.tolist()
     names = [sidecar["class_names"][i] for i in top5]
     assert cats & set(names), f"{photo.name}: top-5 {names}"
+
+
+def test_tiny_cuts_split_the_features_and_tops_are_trainable(tmp_path):
+    sidecar = json.loads(eb.export("tiny", "none", tmp_path).read_text())
+    assert [c["blocks"] for c in sidecar["cuts"]] == [1, 2, 3]
+    assert len(sidecar["blocks"]) == 3
+    features = torch.jit.load(str(tmp_path / sidecar["features_file"]))
+    x = torch.randn(2, 3, 224, 224)
+    for cut in sidecar["cuts"]:
+        top = torch.jit.load(str(tmp_path / cut["top_file"]))
+        assert eb.sha256_file(tmp_path / cut["top_file"]) == cut["top_sha256"]
+        params = list(top.parameters())
+        assert params and all(p.requires_grad for p in params)
+        assert sum(p.numel() for p in params) == cut["top_parameters"]
+        if cut.get("trunk_file"):
+            trunk = torch.jit.load(str(tmp_path / cut["trunk_file"]))
+            inner = trunk(x)
+            assert list(inner.shape[1:]) == cut["trunk_shape"]
+        else:
+            inner = x
+        with torch.no_grad():
+            torch.testing.assert_close(top(inner), features(x), rtol=1e-4, atol=1e-4)
+        # The top trains: a gradient reaches its parameters.
+        top(inner.detach()).sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+@pytest.mark.parametrize("arch,count,first", [("mobilenet_v2", 19, "features.18"),
+                                              ("resnet50", 17, "layer4.2"),
+                                              ("vgg16", 13, "features.28-30")])
+def test_blocks_of_the_big_architectures(arch, count, first):
+    model = torchvision.models.get_model(arch, weights=None).eval()
+    names, blocks, tail = eb.split_blocks(arch, model)
+    assert len(names) == len(blocks) == count
+    assert names[-1] == first
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        want = eb.feature_extractor(arch, model)(x)
+        got = tail(torch.nn.Sequential(*blocks)(x))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_cuts_fail_clearly(tmp_path):
+    with pytest.raises(eb.ExportError, match="not a positive number"):
+        eb.parse_cuts("1,x")
+    with pytest.raises(eb.ExportError, match="tiny has 3 blocks"):
+        eb.export("tiny", "none", tmp_path, cuts=[3])
+    assert eb.parse_cuts("none") == []

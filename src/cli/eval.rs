@@ -28,6 +28,9 @@ pub struct EvalArgs {
     pub top_losses: usize,
     #[arg(long, default_value = "32", value_parser = values::at_least_one)]
     pub batch_size: usize,
+    /// Test-time augmentation: `flip` averages each image with its mirror image.
+    #[arg(long, value_enum, default_value_t = values::TtaArg::None)]
+    pub tta: values::TtaArg,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +50,7 @@ pub fn run(rt: &Runtime, args: &EvalArgs) -> anyhow::Result<()> {
         top_losses: args.top_losses,
         batch_size: args.batch_size,
         cache: args.cache.settings(),
+        tta: args.tta.setting(),
     };
     emit(&tl::workflow::evaluate::evaluate(rt, &settings)?, args.json)
 }

@@ -22,6 +22,9 @@ pub struct PredictArgs {
     pub top_k: usize,
     #[arg(long, default_value = "32", value_parser = values::at_least_one)]
     pub batch_size: usize,
+    /// Test-time augmentation: `flip` averages each image with its mirror image.
+    #[arg(long, value_enum, default_value_t = values::TtaArg::None)]
+    pub tta: values::TtaArg,
     #[arg(long)]
     pub json: bool,
 }
@@ -44,6 +47,7 @@ impl PredictArgs {
             inputs,
             top_k: self.top_k,
             batch_size: self.batch_size,
+            tta: self.tta.setting(),
         })
     }
 }

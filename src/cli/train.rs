@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use tl::head::{OptimizerKind, Schedule, TrainConfig};
 use tl::runtime::Runtime;
-use tl::workflow::train::{TrainSettings, ValidationChoice, L2};
+use tl::workflow::train::{FinetuneSettings, TrainSettings, ValidationChoice, L2};
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum OptimizerArg {
@@ -86,6 +86,28 @@ pub struct TrainArgs {
     /// safetensors file, e.g. to compare with another classifier.
     #[arg(long)]
     pub save_features: Option<PathBuf>,
+    /// Views per training image, each computed once and cached: the eval transform plus
+    /// K-1 seeded augmented ones (random crop of 80-100 % of the area, flip, mild colour jitter).
+    #[arg(long, default_value = "1", value_parser = values::at_least_one)]
+    pub views: usize,
+    /// After the head, fine-tune the backbone's last N blocks with it (or `all`); the frozen
+    /// part's output is cached, so an epoch runs only the top. The backbone must be exported
+    /// with that cut (scripts/export_backbones.py --cuts).
+    /// `--finetune` alone trains the last 2 blocks.
+    #[arg(long, value_parser = values::unfreeze, num_args = 0..=1, default_missing_value = "2", value_name = "N|all")]
+    pub finetune: Option<tl::features::Unfreeze>,
+    /// Learning rate of the fine-tuning stage (Adam, cosine schedule) [default: --lr / 100].
+    #[arg(long, value_parser = values::positive)]
+    pub finetune_lr: Option<f64>,
+    /// Epochs of the fine-tuning stage.
+    #[arg(long, default_value = "10", value_parser = values::at_least_one)]
+    pub finetune_epochs: usize,
+    /// Batch size of the fine-tuning stage.
+    #[arg(long, default_value = "32", value_parser = values::at_least_one)]
+    pub finetune_batch_size: usize,
+    /// Stop fine-tuning after this many epochs without validation-loss improvement (0: never).
+    #[arg(long, default_value_t = 3)]
+    pub finetune_patience: usize,
     /// Keep a class that has no (readable) image instead of refusing to train.
     #[arg(long)]
     pub allow_empty_classes: bool,
@@ -137,6 +159,14 @@ impl TrainArgs {
             save_features: self.save_features.clone(),
             cache: self.cache.settings(),
             allow_empty_classes: self.allow_empty_classes,
+            views: self.views,
+            finetune: self.finetune.map(|unfreeze| FinetuneSettings {
+                unfreeze,
+                lr: self.finetune_lr,
+                epochs: self.finetune_epochs,
+                batch_size: self.finetune_batch_size,
+                patience: self.finetune_patience,
+            }),
         }
     }
 }

@@ -66,3 +66,31 @@ pub fn l2(s: &str) -> Result<tl::workflow::train::L2, String> {
 pub fn device(s: &str) -> Result<tl::device::DeviceChoice, String> {
     s.parse()
 }
+
+/// `--finetune`: a number of top blocks (>= 1) or `all`.
+pub fn unfreeze(s: &str) -> Result<tl::features::Unfreeze, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(tl::features::Unfreeze::All);
+    }
+    at_least_one(s)
+        .map(tl::features::Unfreeze::Blocks)
+        .map_err(|e| format!("{e}; give a number of top blocks or 'all'"))
+}
+
+/// `--tta`: test-time augmentation.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TtaArg {
+    /// The eval transform only.
+    None,
+    /// Average the image and its mirror image.
+    Flip,
+}
+
+impl TtaArg {
+    pub fn setting(self) -> tl::workflow::evaluate::Tta {
+        match self {
+            TtaArg::None => tl::workflow::evaluate::Tta::None,
+            TtaArg::Flip => tl::workflow::evaluate::Tta::Flip,
+        }
+    }
+}

@@ -1,8 +1,10 @@
 //! Stage 1 of the data path: which labelled files a dataset holds (`dataset`), how each
 //! file becomes pixels (`decode`) and how pixels become the backbone's input (`preprocess`).
+pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod preprocess;
 
+pub use augment::View;
 pub use dataset::{expand_inputs, Dataset, IgnoredFile, Layout, Sample};
 pub use preprocess::PreprocessConfig;

@@ -172,6 +172,21 @@ pub fn resize_crop_u8(img: &RgbImage, resize: u32, crop: u32) -> Vec<u8> {
     let (w, h) = img.dimensions();
     let (rw, rh) = resized_size(w, h, resize);
     let (left, top) = (crop_offset(rw, crop), crop_offset(rh, crop));
+    resample_crop_u8(img, (rw, rh), (left, top), crop)
+}
+
+/// Resize `img` to `resized` (width, height; each at least `crop`) with Pillow's filter and
+/// cut the `crop`-sided square at `offset` (left, top): the eval transform's core, also
+/// used by the augmented views.
+pub fn resample_crop_u8(
+    img: &RgbImage,
+    resized: (u32, u32),
+    offset: (u32, u32),
+    crop: u32,
+) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let (rw, rh) = resized;
+    let (left, top) = offset;
     let (cw, ch) = (crop.min(rw), crop.min(rh));
     let horiz = fixed_coeffs(w, rw, left, cw);
     let vert = fixed_coeffs(h, rh, top, ch);

@@ -36,6 +36,32 @@ pub struct Sidecar {
     pub classifier_file: Option<String>,
     #[serde(default)]
     pub classifier_sha256: Option<String>,
+    /// The blocks `--finetune` counts, bottom to top (empty: exported without cuts).
+    #[serde(default)]
+    pub blocks: Vec<String>,
+    #[serde(default)]
+    pub cuts: Vec<CutPoint>,
+}
+
+/// Where the backbone was split for fine-tuning: a frozen trunk (absent when every block
+/// is trainable) and a trainable top of the last `blocks` blocks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CutPoint {
+    pub blocks: usize,
+    #[serde(default)]
+    pub first_block: String,
+    pub top_file: String,
+    #[serde(default)]
+    pub top_sha256: Option<String>,
+    #[serde(default)]
+    pub top_parameters: i64,
+    #[serde(default)]
+    pub trunk_file: Option<String>,
+    #[serde(default)]
+    pub trunk_sha256: Option<String>,
+    /// The trunk's output per image, `[channels, height, width]`, for the crop size.
+    #[serde(default)]
+    pub trunk_shape: Vec<i64>,
 }
 
 fn default_interpolation() -> String {
@@ -70,6 +96,8 @@ pub struct BackboneSpec {
     /// sha256 of `features_path`, computed (and checked against the sidecar) on first use,
     /// so that the backbone file is hashed once per process however often it is asked for.
     pub features_hash: std::sync::OnceLock<String>,
+    /// Dimensions of the module's output: 2 for features, 4 for a fine-tuning trunk.
+    pub output_rank: usize,
 }
 
 /// Names of the backbones exported in `dir` (their sidecars).
@@ -152,6 +180,7 @@ impl BackboneSpec {
             features_path: features_path.to_path_buf(),
             classifier_path: None,
             features_hash: Default::default(),
+            output_rank: 2,
         }
     }
 
@@ -203,6 +232,7 @@ impl BackboneSpec {
             features_path,
             classifier_path,
             features_hash: Default::default(),
+            output_rank: 2,
         })
     }
 
@@ -256,6 +286,7 @@ impl BackboneSpec {
         Ok(LoadedModule {
             module,
             path: self.features_path.clone(),
+            output_rank: self.output_rank,
         })
     }
 
@@ -275,11 +306,16 @@ impl BackboneSpec {
         Ok(LoadedModule {
             module,
             path: path.clone(),
+            output_rank: 2,
         })
     }
 }
 
-fn verified_hash(path: &Path, expected: Option<&str>, sidecar: Option<&Path>) -> Result<String> {
+pub(crate) fn verified_hash(
+    path: &Path,
+    expected: Option<&str>,
+    sidecar: Option<&Path>,
+) -> Result<String> {
     if !path.is_file() {
         return Err(TlError::file(path, "backbone file not found"));
     }
@@ -328,6 +364,7 @@ pub fn load_module(path: &Path, device: Device) -> Result<CModule> {
 pub struct LoadedModule {
     pub module: CModule,
     pub path: PathBuf,
+    pub output_rank: usize,
 }
 
 impl LoadedModule {
@@ -336,11 +373,16 @@ impl LoadedModule {
             .module
             .forward_ts(&[x])
             .torch_ctx(|| format!("{}: forward", self.path.display()))?;
-        if out.dim() != 2 {
+        if out.dim() != self.output_rank {
+            let expected = if self.output_rank == 2 {
+                "[batch, features]"
+            } else {
+                "[batch, channels, height, width]"
+            };
             return Err(TlError::file(
                 &self.path,
                 format!(
-                    "model output has shape {:?}; expected [batch, features]",
+                    "model output has shape {:?}; expected {expected}",
                     out.size()
                 ),
             ));

@@ -60,14 +60,21 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     /// A cache namespace for one backbone (by content hash) and one preprocessing.
+    /// `view` is the view's cache tag ("" for the plain eval transform).
     pub fn open(
         root: &Path,
         backbone_sha256: &str,
         preprocess: &PreprocessConfig,
+        view: &str,
     ) -> Result<FeatureCache> {
-        let namespace = format!("{backbone_sha256}-{}", preprocess.fingerprint());
+        let suffix = if view.is_empty() {
+            String::new()
+        } else {
+            format!("-{view}")
+        };
+        let namespace = format!("{backbone_sha256}-{}{suffix}", preprocess.fingerprint());
         let dir = root.join("features").join(format!(
-            "{}-{}",
+            "{}-{}{suffix}",
             &backbone_sha256[..16.min(backbone_sha256.len())],
             preprocess.fingerprint()
         ));

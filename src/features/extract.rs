@@ -9,7 +9,8 @@
 //! costs a warning, not the extraction.
 use super::backbone::{BackboneSpec, LoadedModule};
 use super::cache::{content_key, FeatureCache, Lookup};
-use crate::data::preprocess::{self, PreprocessConfig};
+use crate::data::preprocess::PreprocessConfig;
+use crate::data::View;
 use crate::error::{Result, TlError, TorchContext};
 use crate::progress;
 use rayon::prelude::*;
@@ -26,6 +27,8 @@ pub struct ExtractOptions {
     pub progress: bool,
     /// Mixed precision (autocast) on CUDA; no effect on CPU.
     pub amp: bool,
+    /// Which view of each image (the cache passed in must be that view's).
+    pub view: View,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -77,6 +80,7 @@ fn decode_into_batch(
     items: Vec<(usize, Vec<u8>)>,
     paths: &[PathBuf],
     cfg: &PreprocessConfig,
+    view: View,
 ) -> DecodedBatch {
     let numel = cfg.numel();
     let mut data = vec![0f32; items.len() * numel];
@@ -84,7 +88,8 @@ fn decode_into_batch(
         .par_chunks_mut(numel)
         .zip(items.par_iter())
         .map(|(slot, (i, bytes))| {
-            preprocess::load_bytes_into(bytes, &paths[*i], cfg, slot).map_err(|e| e.to_string())
+            crate::data::augment::load_view_into(bytes, &paths[*i], cfg, view, slot)
+                .map_err(|e| e.to_string())
         })
         .collect();
     let mut batch = DecodedBatch {
@@ -111,7 +116,7 @@ fn decode_into_batch(
 }
 
 /// Read and decode `paths` (for `predict`): the batch of those that could be read.
-pub fn decode_files(paths: &[PathBuf], cfg: &PreprocessConfig) -> DecodedBatch {
+pub fn decode_files(paths: &[PathBuf], cfg: &PreprocessConfig, view: View) -> DecodedBatch {
     let mut failures = Vec::new();
     let mut items = Vec::new();
     for (i, r) in paths
@@ -126,7 +131,7 @@ pub fn decode_files(paths: &[PathBuf], cfg: &PreprocessConfig) -> DecodedBatch {
             Err(e) => failures.push((i, e)),
         }
     }
-    let mut batch = decode_into_batch(items, paths, cfg);
+    let mut batch = decode_into_batch(items, paths, cfg, view);
     batch.failures.extend(failures);
     batch.failures.sort_by_key(|f| f.0);
     batch
@@ -353,7 +358,8 @@ fn pipeline(
                     pool.install(|| lookup_chunk(chunk_indices, paths, cache, expected_dim));
                 if !to_decode.is_empty() {
                     let _ = need_tx.try_send(());
-                    chunk.decoded = pool.install(|| decode_into_batch(to_decode, paths, &cfg));
+                    chunk.decoded =
+                        pool.install(|| decode_into_batch(to_decode, paths, &cfg, opts.view));
                 }
                 if tx.send(chunk).is_err() {
                     break; // the consumer stopped on an error

@@ -4,10 +4,13 @@
 pub mod backbone;
 pub mod cache;
 pub mod extract;
+pub mod split;
 
+pub use crate::data::View;
 pub use backbone::BackboneSpec;
 pub use cache::FeatureCache;
 pub use extract::{extract, ExtractOptions, ExtractStats, Extracted};
+pub use split::{FeatureNet, SplitSpec, TrainableTop, Unfreeze};
 
 /// The cache for `--cache-dir`/`--no-cache` settings, for one backbone and its preprocessing.
 #[derive(Clone, Debug, Default)]
@@ -19,10 +22,20 @@ pub struct CacheSettings {
 
 impl CacheSettings {
     pub fn open(&self, spec: &BackboneSpec) -> crate::Result<FeatureCache> {
+        self.open_view(spec, View::Center)
+    }
+
+    /// The cache of one view (see [`View`]) of the images.
+    pub fn open_view(&self, spec: &BackboneSpec, view: View) -> crate::Result<FeatureCache> {
         if !self.enabled {
             return Ok(FeatureCache::disabled());
         }
         let root = self.dir.clone().unwrap_or_else(cache::default_root);
-        FeatureCache::open(&root, &spec.verified_features_hash()?, &spec.preprocess())
+        FeatureCache::open(
+            &root,
+            &spec.verified_features_hash()?,
+            &spec.preprocess(),
+            &view.cache_tag(),
+        )
     }
 }

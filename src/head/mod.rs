@@ -1,8 +1,10 @@
 //! Stage 3: the trainable head on top of frozen features (`model`) and its training on
 //! cached features (`train`).
+pub mod finetune;
 pub mod model;
 pub mod train;
 
+pub use finetune::{finetune, FinetuneConfig, FinetuneOutcome, RowSplit};
 pub use model::{Head, HeadConfig};
 pub use train::{
     train_head, EpochMetrics, OptimizerKind, Schedule, Split, TrainConfig, TrainOutcome,

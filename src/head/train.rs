@@ -89,6 +89,9 @@ impl TrainConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochMetrics {
+    /// "head" (the head on frozen features) or "finetune" (top blocks and head).
+    #[serde(default = "head_stage")]
+    pub stage: String,
     pub epoch: usize,
     pub lr: f64,
     pub train_loss: f64,
@@ -96,6 +99,13 @@ pub struct EpochMetrics {
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
     pub seconds: f64,
+    /// Training images (views) per second, for fine-tuning epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_second: Option<f64>,
+}
+
+fn head_stage() -> String {
+    "head".into()
 }
 
 impl EpochMetrics {
@@ -142,7 +152,7 @@ pub fn evaluate(head: &Head, split: &Split, batch: i64) -> (f64, f64) {
     })
 }
 
-fn correct_count(logits: &Tensor, y: &Tensor) -> i64 {
+pub(crate) fn correct_count(logits: &Tensor, y: &Tensor) -> i64 {
     tch::no_grad(|| {
         logits
             .argmax(1, false)
@@ -213,19 +223,19 @@ fn run_epoch(
     (loss_sum / n as f64, correct as f64 / n as f64)
 }
 
+/// (score, epoch, weights of each var store) of the best epoch so far.
+type Snapshot = (f64, usize, Vec<Vec<(String, Tensor)>>);
+
 /// Keeps the weights of the best epoch (lowest validation loss; without validation data,
 /// the last epoch) and says when to stop.
-/// (score, epoch, weights) of the best epoch so far.
-type Snapshot = (f64, usize, Vec<(String, Tensor)>);
-
-struct EarlyStopping {
+pub(crate) struct EarlyStopping {
     patience: usize,
     best: Option<Snapshot>,
     since_best: usize,
 }
 
 impl EarlyStopping {
-    fn new(patience: usize) -> Self {
+    pub(crate) fn new(patience: usize) -> Self {
         EarlyStopping {
             patience,
             best: None,
@@ -234,14 +244,22 @@ impl EarlyStopping {
     }
 
     /// Record an epoch; true when training should stop.
-    fn update(&mut self, head: &Head, epoch: usize, val_loss: Option<f64>) -> bool {
+    pub(crate) fn update(
+        &mut self,
+        stores: &[&nn::VarStore],
+        epoch: usize,
+        val_loss: Option<f64>,
+    ) -> bool {
         let score = val_loss.unwrap_or(-(epoch as f64));
         if self.best.as_ref().is_none_or(|(b, _, _)| score < *b - 1e-7) {
-            let snapshot = head
-                .vs
-                .variables()
-                .into_iter()
-                .map(|(k, v)| (k, v.detach().copy()))
+            let snapshot = stores
+                .iter()
+                .map(|vs| {
+                    vs.variables()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.detach().copy()))
+                        .collect()
+                })
                 .collect();
             self.best = Some((score, epoch, snapshot));
             self.since_best = 0;
@@ -252,16 +270,18 @@ impl EarlyStopping {
     }
 
     /// Put the best epoch's weights back; returns that epoch.
-    fn restore(self, head: &Head) -> usize {
-        let Some((_, best_epoch, snapshot)) = self.best else {
+    pub(crate) fn restore(self, stores: &[&nn::VarStore]) -> usize {
+        let Some((_, best_epoch, snapshots)) = self.best else {
             return 0;
         };
         tch::no_grad(|| {
-            let vars = head.vs.variables();
-            for (name, value) in &snapshot {
-                if let Some(var) = vars.get(name) {
-                    let mut var = var.shallow_clone();
-                    var.copy_(value);
+            for (vs, snapshot) in stores.iter().zip(&snapshots) {
+                let vars = vs.variables();
+                for (name, value) in snapshot {
+                    if let Some(var) = vars.get(name) {
+                        let mut var = var.shallow_clone();
+                        var.copy_(value);
+                    }
                 }
             }
         });
@@ -269,7 +289,12 @@ impl EarlyStopping {
     }
 }
 
-fn check_finite(epoch: usize, train_loss: f64, val_loss: Option<f64>, lr: f64) -> Result<()> {
+pub(crate) fn check_finite(
+    epoch: usize,
+    train_loss: f64,
+    val_loss: Option<f64>,
+    lr: f64,
+) -> Result<()> {
     if !train_loss.is_finite() || val_loss.is_some_and(|l| !l.is_finite()) {
         return Err(TlError::invalid(format!(
             "training diverged at epoch {epoch} (loss {train_loss}) with learning rate {lr}; try a smaller one"
@@ -316,6 +341,7 @@ pub fn train_head(
         };
         check_finite(epoch, train_loss, val_loss, cfg.lr)?;
         let m = EpochMetrics {
+            stage: head_stage(),
             epoch,
             lr,
             train_loss,
@@ -323,6 +349,7 @@ pub fn train_head(
             val_loss,
             val_accuracy,
             seconds: t0.elapsed().as_secs_f64(),
+            images_per_second: None,
         };
         bar.set_message(match (val_loss, val_accuracy) {
             (Some(l), Some(a)) => {
@@ -332,13 +359,13 @@ pub fn train_head(
         });
         bar.inc(1);
         history.push(m);
-        if stopper.update(&head, epoch, val_loss) {
+        if stopper.update(&[&head.vs], epoch, val_loss) {
             stopped_early = true;
             break;
         }
     }
     bar.finish_and_clear();
-    let best_epoch = stopper.restore(&head);
+    let best_epoch = stopper.restore(&[&head.vs]);
     if !head.is_finite() {
         return Err(TlError::invalid(format!(
             "training diverged: the head's weights are not finite (learning rate {}); try a smaller one",

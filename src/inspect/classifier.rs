@@ -5,6 +5,7 @@ use crate::data::preprocess::{self, normalize_tensor, PreprocessConfig};
 use crate::error::{Result, TlError};
 use crate::eval::{top_classes, ClassProb};
 use crate::features::backbone::{BackboneSpec, LoadedModule};
+use crate::features::FeatureNet;
 use crate::head::Head;
 use crate::run::Run;
 use crate::runtime::Runtime;
@@ -20,8 +21,13 @@ pub enum NetworkChoice {
 }
 
 enum Net {
-    Run { features: LoadedModule, head: Head },
-    ImageNet { classifier: LoadedModule },
+    Run {
+        features: Box<FeatureNet>,
+        head: Head,
+    },
+    ImageNet {
+        classifier: LoadedModule,
+    },
 }
 
 pub struct Classifier {
@@ -47,14 +53,21 @@ impl Classifier {
 
     pub fn from_run(run: &Run, device: Device) -> Result<Classifier> {
         let spec = run.backbone()?;
-        let features = spec.load_features(device)?;
+        let features = run.feature_net(device)?;
         let head = run.load_head(device)?;
+        let tuned = match &run.config.finetune {
+            Some(f) => format!(", {} top block(s) fine-tuned", f.blocks),
+            None => String::new(),
+        };
         Ok(Classifier {
-            net: Net::Run { features, head },
+            net: Net::Run {
+                features: Box::new(features),
+                head,
+            },
             classes: run.classes.clone(),
             preprocess: run.config.preprocess,
             description: format!(
-                "run {} ({} + head)",
+                "run {} ({}{tuned} + head)",
                 run.dir.display(),
                 run.config.backbone.name
             ),

@@ -1,16 +1,19 @@
 //! `tl eval`: a trained run on a labelled folder — every image, or exactly the training or
 //! validation files the run recorded (found again by content, so a renamed file still
 //! counts and an added one does not slip into the validation set).
-use super::{gather, skipped_notes, tensor_2d, SkippedFile};
-use crate::data::{Dataset, Sample};
+use super::{gather, skipped_notes, SkippedFile};
+use crate::data::{Dataset, Sample, View};
 use crate::error::{Result, TlError};
 use crate::eval::{ClassificationReport, Report};
-use crate::features::{self, CacheSettings, ExtractOptions, ExtractStats};
+use crate::features::split::{CachedRows, TrainableTop};
+use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats};
+use crate::head::Head;
 use crate::run::{Run, SplitMatch};
 use crate::runtime::Runtime;
 use crate::util::FilePath;
 use serde::Serialize;
 use std::path::PathBuf;
+use tch::Tensor;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +34,25 @@ pub struct EvalSettings {
     pub top_losses: usize,
     pub batch_size: usize,
     pub cache: CacheSettings,
+    pub tta: Tta,
+}
+
+/// Test-time augmentation: average the class probabilities of several views of each image.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    None,
+    /// The image and its mirror image.
+    Flip,
+}
+
+impl Tta {
+    pub fn views(self) -> Vec<View> {
+        match self {
+            Tta::None => vec![View::Center],
+            Tta::Flip => vec![View::Center, View::Flip],
+        }
+    }
 }
 
 /// How the folder compared with the run's recorded split.
@@ -49,6 +71,7 @@ pub struct EvalReport {
     pub run: FilePath,
     pub data: FilePath,
     pub split: EvalSplit,
+    pub tta: Tta,
     pub report: ClassificationReport,
     pub skipped: Vec<SkippedFile>,
     pub extraction: ExtractStats,
@@ -170,26 +193,30 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
             format!("none of the run's images of that split are in this folder{hint}"),
         ));
     }
-    let cache = s.cache.open(&spec)?;
     let paths: Vec<PathBuf> = samples.iter().map(|x| x.path.clone()).collect();
-    let opts = ExtractOptions {
-        batch_size: s.batch_size,
-        decode_threads: rt.decode_threads,
-        device: rt.device,
-        progress: rt.progress,
-        amp: false,
-    };
-    let ex = features::extract(&paths, &spec, &cache, &opts)?;
-    warnings.extend(ex.cache_warning.clone());
-    let g = gather(&samples, &ex.features);
+    let net = EvalNet::load(&run, spec, rt.device)?;
+    let mut per_image: Vec<std::result::Result<Vec<f32>, String>> = Vec::new();
+    let mut stats = ExtractStats::default();
+    for view in s.tta.views() {
+        let (probs, st) = view_probabilities(rt, s, &net, &paths, view, &mut warnings)?;
+        if view == View::Center {
+            stats = st;
+        }
+        per_image = if per_image.is_empty() {
+            probs
+        } else {
+            per_image
+                .into_iter()
+                .zip(probs)
+                .map(|(a, b)| average(a, b))
+                .collect()
+        };
+    }
+    let g = gather(&samples, &per_image);
     if g.y.is_empty() {
         return Err(TlError::file(&s.data, "no readable images to evaluate"));
     }
-    let head = run.load_head(rt.device)?;
-    let x = tensor_2d(&g.x, g.y.len(), ex.dim, rt.device);
-    let probs = crate::util::tensors::rows(&tch::no_grad(|| {
-        head.forward(&x).softmax(-1, tch::Kind::Float)
-    }))?;
+    let probs: Vec<Vec<f32>> = g.x.chunks(run.classes.len()).map(<[f32]>::to_vec).collect();
     let labels: Vec<usize> = g.y.iter().map(|&y| y as usize).collect();
     let report =
         ClassificationReport::compute(&probs, &labels, &g.paths, &run.classes, s.top_losses);
@@ -197,10 +224,167 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
         run: FilePath(s.run.clone()),
         data: FilePath(s.data.clone()),
         split: s.split,
+        tta: s.tta,
         report,
         skipped: g.skipped,
-        extraction: ex.stats,
+        extraction: stats,
         split_check,
         warnings,
     })
+}
+
+/// The running mean of two views' probabilities (an image is usable only if both are).
+fn average(
+    a: std::result::Result<Vec<f32>, String>,
+    b: std::result::Result<Vec<f32>, String>,
+) -> std::result::Result<Vec<f32>, String> {
+    let (a, b) = (a?, b?);
+    Ok(a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect())
+}
+
+/// A run's network, split the way its cache is: what is extracted (and cached), then what
+/// runs on the extracted rows.
+enum EvalNet {
+    /// Frozen backbone features (cached), then the head.
+    Frozen { spec: BackboneSpec, head: Head },
+    /// Cached trunk outputs, then the fine-tuned top and the head.
+    Trunk {
+        trunk: BackboneSpec,
+        top: TrainableTop,
+        head: Head,
+    },
+    /// Everything fine-tuned: images straight into the top.
+    All {
+        top: TrainableTop,
+        head: Head,
+        preprocess: crate::data::PreprocessConfig,
+    },
+}
+
+impl EvalNet {
+    fn load(run: &Run, spec: BackboneSpec, device: tch::Device) -> Result<EvalNet> {
+        let head = run.load_head(device)?;
+        let Some(split) = run.split_spec()? else {
+            return Ok(EvalNet::Frozen { spec, head });
+        };
+        let top = run.load_top(&split, device)?;
+        Ok(match split.trunk {
+            Some(trunk) => EvalNet::Trunk { trunk, top, head },
+            None => EvalNet::All {
+                top,
+                head,
+                preprocess: run.config.preprocess,
+            },
+        })
+    }
+
+    fn head(&self) -> &Head {
+        match self {
+            EvalNet::Frozen { head, .. }
+            | EvalNet::Trunk { head, .. }
+            | EvalNet::All { head, .. } => head,
+        }
+    }
+}
+
+/// Per image: its class probabilities, or why it could not be used.
+type PerImage = Vec<std::result::Result<Vec<f32>, String>>;
+
+/// Class probabilities of one view of every image (or why an image could not be used).
+fn view_probabilities(
+    rt: &Runtime,
+    s: &EvalSettings,
+    net: &EvalNet,
+    paths: &[PathBuf],
+    view: View,
+    warnings: &mut Vec<String>,
+) -> Result<(PerImage, ExtractStats)> {
+    let (spec, top) = match net {
+        EvalNet::Frozen { spec, .. } => (spec, None),
+        EvalNet::Trunk { trunk, top, .. } => (trunk, Some(top)),
+        EvalNet::All {
+            top, preprocess, ..
+        } => {
+            return Ok((
+                decoded_probabilities(s, top, net.head(), preprocess, paths, view, rt.device)?,
+                ExtractStats::default(),
+            ))
+        }
+    };
+    let cache = s.cache.open_view(spec, view)?;
+    let opts = ExtractOptions {
+        batch_size: s.batch_size,
+        decode_threads: rt.decode_threads,
+        device: rt.device,
+        progress: rt.progress,
+        amp: false,
+        view,
+    };
+    let ex = features::extract(paths, spec, &cache, &opts)?;
+    if let Some(w) = &ex.cache_warning {
+        if !warnings.contains(w) {
+            warnings.push(w.clone());
+        }
+    }
+    let ok: Vec<usize> = (0..paths.len())
+        .filter(|&i| ex.features[i].is_ok())
+        .collect();
+    let mut flat = Vec::with_capacity(ok.len() * ex.dim);
+    for &i in &ok {
+        if let Ok(v) = &ex.features[i] {
+            flat.extend_from_slice(v);
+        }
+    }
+    let x = super::tensor_2d(&flat, ok.len(), ex.dim, rt.device);
+    let x = match top {
+        Some(top) => top.features_of(&CachedRows(x), s.batch_size.max(64))?,
+        None => x,
+    };
+    let probs = crate::util::tensors::rows(&tch::no_grad(|| {
+        net.head().forward(&x).softmax(-1, tch::Kind::Float)
+    }))?;
+    let mut out = ex
+        .features
+        .iter()
+        .map(|r| r.clone().map(|_| Vec::new()))
+        .collect::<Vec<_>>();
+    for (&i, p) in ok.iter().zip(probs) {
+        out[i] = Ok(p);
+    }
+    Ok((out, ex.stats))
+}
+
+/// Probabilities with every block fine-tuned: nothing is cached, images are decoded per batch.
+fn decoded_probabilities(
+    s: &EvalSettings,
+    top: &TrainableTop,
+    head: &Head,
+    preprocess: &crate::data::PreprocessConfig,
+    paths: &[PathBuf],
+    view: View,
+    device: tch::Device,
+) -> Result<Vec<std::result::Result<Vec<f32>, String>>> {
+    let mut out: Vec<std::result::Result<Vec<f32>, String>> = vec![Err(String::new()); paths.len()];
+    for (c, chunk) in paths.chunks(s.batch_size.max(1)).enumerate() {
+        let batch = features::extract::decode_files(chunk, preprocess, view);
+        for (i, why) in &batch.failures {
+            out[c * s.batch_size + i] = Err(why.clone());
+        }
+        if batch.indices.is_empty() {
+            continue;
+        }
+        let x = batch.tensor(preprocess).to_device(device);
+        let probs = tch::no_grad(|| -> Result<Tensor> {
+            Ok(head
+                .forward(&top.forward(&x)?)
+                .softmax(-1, tch::Kind::Float))
+        })?;
+        for (p, &i) in crate::util::tensors::rows(&probs)?
+            .into_iter()
+            .zip(&batch.indices)
+        {
+            out[c * s.batch_size + i] = Ok(p);
+        }
+    }
+    Ok(out)
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod doctor;
 pub mod evaluate;
+pub mod finetune;
 pub mod predict;
 pub mod train;
 
@@ -12,6 +13,21 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
+/// Features (or trunk outputs) of the training and validation images as tensors, on the
+/// device. The training rows hold every view: first the plain one of each image, then each
+/// augmented view in turn; `train` and `val` describe the plain view.
+pub(crate) struct FeatureSet {
+    pub train: Gathered,
+    pub val: Gathered,
+    pub train_x: Tensor,
+    pub train_y: Tensor,
+    pub val_x: Tensor,
+    pub val_y: Tensor,
+    pub dim: usize,
+    /// The image and view of each training row.
+    pub train_rows: Vec<(PathBuf, crate::data::View)>,
+}
+
 /// A file that could not be used, and why.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SkippedFile {
@@ -20,6 +36,7 @@ pub struct SkippedFile {
 }
 
 /// Usable extraction results as flat arrays: features, labels and paths, plus what was skipped.
+#[derive(Clone)]
 pub(crate) struct Gathered {
     pub x: Vec<f32>,
     pub y: Vec<i64>,

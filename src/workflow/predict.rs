@@ -1,5 +1,6 @@
 //! `tl predict`: classify images with a trained run or a backbone's ImageNet classifier.
 use super::SkippedFile;
+use crate::data::View;
 use crate::error::{Result, TlError};
 use crate::eval::{ClassProb, Report};
 use crate::features::extract::decode_files;
@@ -16,6 +17,7 @@ pub struct PredictSettings {
     pub inputs: Vec<PathBuf>,
     pub top_k: usize,
     pub batch_size: usize,
+    pub tta: super::evaluate::Tta,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -79,7 +81,7 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
         warnings: classifier.warning.iter().cloned().collect(),
     };
     for chunk in files.chunks(s.batch_size) {
-        let batch = decode_files(chunk, &classifier.preprocess);
+        let batch = decode_files(chunk, &classifier.preprocess, View::Center);
         report
             .skipped
             .extend(batch.failures.iter().map(|(i, e)| SkippedFile {
@@ -89,7 +91,20 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
         if batch.indices.is_empty() {
             continue;
         }
-        let probs = classifier.probabilities(&batch.tensor(&classifier.preprocess))?;
+        let mut probs = classifier.probabilities(&batch.tensor(&classifier.preprocess))?;
+        for view in s.tta.views().into_iter().skip(1) {
+            // The same files, read again: any that changed in between are left out.
+            let other = decode_files(chunk, &classifier.preprocess, view);
+            if other.indices != batch.indices {
+                return Err(TlError::invalid(
+                    "an image changed while it was being classified; run again",
+                ));
+            }
+            let more = classifier.probabilities(&other.tensor(&classifier.preprocess))?;
+            for (p, q) in probs.iter_mut().zip(more) {
+                p.iter_mut().zip(q).for_each(|(a, b)| *a = (*a + b) / 2.0);
+            }
+        }
         for (row, &i) in probs.iter().zip(&batch.indices) {
             let top = classifier.top(row, s.top_k);
             let Some(best) = top.first() else { continue };

@@ -1,11 +1,14 @@
 //! `tl train`: dataset → features (cached) → head → evaluation → run folder, one function
 //! per step.
-use super::{gather, skipped_notes, tensor_2d, Gathered, SkippedFile};
+pub use super::finetune::{FinetuneSettings, FinetuneSummary};
+use super::{gather, skipped_notes, tensor_2d, FeatureSet, Gathered, SkippedFile};
+use crate::data::View;
 use crate::data::{Dataset, IgnoredFile, Sample};
 use crate::error::{Result, TlError};
 use crate::eval::{ClassificationReport, Report};
+use crate::features::split::{CachedRows, SplitSpec, TrainableTop};
 use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats, Extracted};
-use crate::head::{self, train::evaluate, HeadConfig, Split, TrainConfig, TrainOutcome};
+use crate::head::{self, train::evaluate, Head, HeadConfig, Split, TrainConfig, TrainOutcome};
 use crate::run::{self, BackboneRecord, DataRecord, ExtractRecord, RunConfig, SplitRecord};
 use crate::runtime::Runtime;
 use crate::util::{human_duration, refuse_overwrite, FilePath};
@@ -52,6 +55,10 @@ pub struct TrainSettings {
     pub cache: CacheSettings,
     /// Keep classes that have no readable image (otherwise an error).
     pub allow_empty_classes: bool,
+    /// Views per training image: the eval transform plus `views - 1` seeded augmented ones.
+    pub views: usize,
+    /// Fine-tune the top of the backbone after the head (None: the head only).
+    pub finetune: Option<FinetuneSettings>,
 }
 
 impl TrainSettings {
@@ -76,6 +83,15 @@ impl TrainSettings {
                 self.dropout
             )));
         }
+        if self.views == 0 || self.views > 64 {
+            return Err(TlError::invalid(format!(
+                "--views {} must be between 1 and 64",
+                self.views
+            )));
+        }
+        if let Some(f) = &self.finetune {
+            self.finetune_config(f, 1.0).validate()?;
+        }
         if self.hidden < 0 || self.batch_size == 0 {
             return Err(TlError::invalid(
                 "the hidden width must be >= 0 and the batch size >= 1",
@@ -97,10 +113,27 @@ impl TrainSettings {
     }
 }
 
+impl TrainSettings {
+    /// The fine-tuning stage's configuration (`l2` as the head's).
+    pub(super) fn finetune_config(&self, f: &FinetuneSettings, l2: f64) -> head::FinetuneConfig {
+        head::FinetuneConfig {
+            epochs: f.epochs,
+            batch_size: f.batch_size,
+            lr: f.lr.unwrap_or(self.training.lr / 100.0),
+            label_smoothing: self.training.label_smoothing,
+            l2,
+            patience: f.patience,
+            seed: self.seed,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Timing {
     pub extract: f64,
     pub train: f64,
+    /// Fine-tuning the top blocks (0 without `--finetune`).
+    pub finetune: f64,
     pub total: f64,
 }
 
@@ -121,6 +154,9 @@ pub struct TrainReport {
     pub ignored_files: Vec<IgnoredFile>,
     pub warnings: Vec<String>,
     pub timing_seconds: Timing,
+    /// Views per training image.
+    pub views: usize,
+    pub finetune: Option<FinetuneSummary>,
 }
 
 impl TrainReport {
@@ -144,8 +180,11 @@ impl TrainReport {
             timing_seconds: Timing {
                 extract: 0.0,
                 train: 0.0,
+                finetune: 0.0,
                 total: 0.0,
             },
+            views: 1,
+            finetune: None,
         }
     }
 }
@@ -161,16 +200,41 @@ impl Report for TrainReport {
             ),
             None => String::new(),
         };
+        let tuned = match &self.finetune {
+            Some(f) => format!(
+                "fine-tuned the top {} block(s) from {}: best epoch {}/{}{}{}, {:.1} img/s\n",
+                f.blocks,
+                f.first_block,
+                if f.best_epoch == 0 {
+                    "0 (none beat the head alone: kept as it was)".to_string()
+                } else {
+                    f.best_epoch.to_string()
+                },
+                f.epochs_run,
+                if f.stopped_early { " (early stop)" } else { "" },
+                f.head_only_val_accuracy
+                    .map(|a| format!(", head alone {:.2}% val accuracy", 100.0 * a))
+                    .unwrap_or_default(),
+                f.images_per_second
+            ),
+            None => String::new(),
+        };
+        let t = &self.timing_seconds;
+        let tune_time = if self.finetune.is_some() {
+            format!(", {} fine-tuning", human_duration(t.finetune))
+        } else {
+            String::new()
+        };
         format!(
-            "run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\ntime: {} total ({} features, {} head)\n",
+            "run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\n{tuned}time: {} total ({} features, {} head{tune_time})\n",
             self.run,
             self.best_epoch,
             self.epochs_run,
             if self.stopped_early { " (early stop)" } else { "" },
             100.0 * self.train_accuracy,
-            human_duration(self.timing_seconds.total),
-            human_duration(self.timing_seconds.extract),
-            human_duration(self.timing_seconds.train),
+            human_duration(t.total),
+            human_duration(t.extract),
+            human_duration(t.train),
         )
     }
 }
@@ -257,31 +321,60 @@ fn check_empty_classes(
     }
 }
 
-/// Features of the training and validation images as tensors, on the device.
-struct FeatureSet {
-    train: Gathered,
-    val: Gathered,
-    train_x: Tensor,
-    train_y: Tensor,
-    val_x: Tensor,
-    val_y: Tensor,
-    dim: usize,
-}
-
-fn feature_tensors(dataset: &Dataset, ex: &Extracted, device: Device) -> FeatureSet {
+fn feature_tensors(
+    dataset: &Dataset,
+    ex: &Extracted,
+    extra: &[Extracted],
+    device: Device,
+) -> FeatureSet {
     let n_train = dataset.train.len();
-    let train = gather(&dataset.train, &ex.features[..n_train]);
-    let val = gather(&dataset.val, &ex.features[n_train..]);
+    let mut train = gather(&dataset.train, &ex.features[..n_train]);
+    let mut val = gather(&dataset.val, &ex.features[n_train..]);
     let d = ex.dim;
+    let mut xs = std::mem::take(&mut train.x);
+    let mut ys = train.y.clone();
+    let mut train_rows: Vec<(PathBuf, View)> = train
+        .paths
+        .iter()
+        .map(|p| (p.clone(), View::Center))
+        .collect();
+    for (view, ex) in View::training(extra.len() + 1)
+        .into_iter()
+        .skip(1)
+        .zip(extra)
+    {
+        let g = gather(&dataset.train, &ex.features);
+        xs.extend_from_slice(&g.x);
+        ys.extend_from_slice(&g.y);
+        train_rows.extend(g.paths.into_iter().map(|p| (p, view)));
+    }
+    let val_x = tensor_2d(&std::mem::take(&mut val.x), val.y.len(), d, device);
     FeatureSet {
-        train_x: tensor_2d(&train.x, train.y.len(), d, device),
-        train_y: Tensor::from_slice(&train.y).to_device(device),
-        val_x: tensor_2d(&val.x, val.y.len(), d, device),
+        train_x: tensor_2d(&xs, ys.len(), d, device),
+        train_y: Tensor::from_slice(&ys).to_device(device),
+        val_x,
         val_y: Tensor::from_slice(&val.y).to_device(device),
         train,
         val,
         dim: d,
+        train_rows,
     }
+}
+
+/// The features of `rows` (trunk outputs) through the top as exported, for the head.
+fn through_top(rows: &FeatureSet, top: &TrainableTop) -> Result<FeatureSet> {
+    let through = |x: &Tensor| top.features_of(&CachedRows(x.shallow_clone()), 256);
+    let train_x = through(&rows.train_x)?;
+    Ok(FeatureSet {
+        train: rows.train.clone(),
+        val: rows.val.clone(),
+        dim: train_x.size().get(1).copied().unwrap_or(0) as usize,
+        val_x: through(&rows.val_x)?,
+        train_x,
+        train_y: rows.train_y.shallow_clone(),
+        val_y: rows.val_y.shallow_clone(),
+        train_rows: rows.train_rows.clone(),
+    })
 }
 
 fn save_features(path: &Path, f: &FeatureSet) -> Result<()> {
@@ -312,7 +405,8 @@ fn fit(
     let mut config = s.training.clone();
     config.seed = s.seed;
     config.l2 = match s.l2 {
-        L2::Auto => 1.0 / f.train.y.len() as f64,
+        // Per training row: with augmented views, C=1 on the enlarged set.
+        L2::Auto => 1.0 / f.train_y.size()[0].max(1) as f64,
         L2::Fixed(v) => v,
     };
     let train = Split {
@@ -377,52 +471,85 @@ fn split_record(dataset: &Dataset, ex: &Extracted) -> SplitRecord {
     }
 }
 
-fn extract_features(
+/// One view of `paths` through `spec` (the backbone, or a fine-tuning trunk), cached.
+fn extract_view(
     rt: &Runtime,
     s: &TrainSettings,
     spec: &BackboneSpec,
-    dataset: &Dataset,
+    paths: &[PathBuf],
+    view: View,
     warnings: &mut Vec<String>,
 ) -> Result<(Extracted, Option<PathBuf>)> {
-    let cache = s.cache.open(spec)?;
-    let paths: Vec<PathBuf> = dataset.all().into_iter().map(|x| x.path).collect();
+    let cache = s.cache.open_view(spec, view)?;
     let opts = ExtractOptions {
         batch_size: s.batch_size,
         decode_threads: rt.decode_threads,
         device: rt.device,
         progress: rt.progress,
         amp: s.amp,
+        view,
     };
-    let ex = features::extract(&paths, spec, &cache, &opts)?;
-    eprintln!("{}", extraction_line(&ex));
+    let ex = features::extract(paths, spec, &cache, &opts)?;
+    let label = match view {
+        View::Center => String::new(),
+        other => format!("view {} ", other.cache_tag()),
+    };
+    eprintln!("{label}{}", extraction_line(&ex));
     for c in &ex.corrupt {
         eprintln!("warning: damaged cache entry recomputed: {c}");
     }
     if let Some(w) = &ex.cache_warning {
-        eprintln!("warning: {w}");
-        warnings.push(w.clone());
+        if !warnings.contains(w) {
+            eprintln!("warning: {w}");
+            warnings.push(w.clone());
+        }
     }
     Ok((ex, cache.dir().map(Path::to_path_buf)))
 }
 
-fn validation_report(
-    outcome: &TrainOutcome,
-    f: &FeatureSet,
+/// The plain view of every image, and the augmented views of the training images.
+struct AllViews {
+    plain: Extracted,
+    augmented: Vec<Extracted>,
+    cache_dir: Option<PathBuf>,
+}
+
+fn extract_views(
+    rt: &Runtime,
+    s: &TrainSettings,
+    spec: &BackboneSpec,
+    dataset: &Dataset,
+    warnings: &mut Vec<String>,
+) -> Result<AllViews> {
+    let paths: Vec<PathBuf> = dataset.all().into_iter().map(|x| x.path).collect();
+    let (plain, cache_dir) = extract_view(rt, s, spec, &paths, View::Center, warnings)?;
+    let train_paths: Vec<PathBuf> = dataset.train.iter().map(|x| x.path.clone()).collect();
+    let mut augmented = Vec::new();
+    for view in View::training(s.views).into_iter().skip(1) {
+        augmented.push(extract_view(rt, s, spec, &train_paths, view, warnings)?.0);
+    }
+    Ok(AllViews {
+        plain,
+        augmented,
+        cache_dir,
+    })
+}
+
+pub(super) fn validation_report(
+    head: &Head,
+    val_x: &Tensor,
+    val: &Gathered,
     classes: &[String],
 ) -> Result<Option<ClassificationReport>> {
-    if f.val.y.is_empty() {
+    if val.y.is_empty() {
         return Ok(None);
     }
     let probs = crate::util::tensors::rows(&tch::no_grad(|| {
-        outcome.head.forward(&f.val_x).softmax(-1, tch::Kind::Float)
+        head.forward(val_x).softmax(-1, tch::Kind::Float)
     }))?;
-    let labels: Vec<usize> = f.val.y.iter().map(|&y| y as usize).collect();
+    let labels: Vec<usize> = val.y.iter().map(|&y| y as usize).collect();
     Ok(Some(ClassificationReport::compute(
-        &probs,
-        &labels,
-        &f.val.paths,
-        classes,
-        10,
+        &probs, &labels, &val.paths, classes, 10,
     )))
 }
 
@@ -433,6 +560,7 @@ struct RunFacts<'a> {
     prepared: &'a Prepared,
     features: &'a FeatureSet,
     cache_dir: Option<PathBuf>,
+    finetune: Option<run::FinetuneRecord>,
 }
 
 fn run_config(
@@ -465,7 +593,143 @@ fn run_config(
             device: crate::device::describe(rt.device),
             cache_dir: facts.cache_dir.map(FilePath),
         },
+        views: s.views,
+        finetune: facts.finetune,
     }
+}
+
+/// The extracted rows, the features the head trains on, and the top to fine-tune.
+struct Inputs {
+    views: AllViews,
+    /// Cached trunk outputs (fine-tuning with a trunk).
+    rows: Option<FeatureSet>,
+    features: FeatureSet,
+    top: Option<TrainableTop>,
+    skipped: Vec<SkippedFile>,
+}
+
+fn inputs(
+    rt: &Runtime,
+    s: &TrainSettings,
+    spec: &BackboneSpec,
+    split: Option<&SplitSpec>,
+    dataset: &Dataset,
+    warnings: &mut Vec<String>,
+) -> Result<Inputs> {
+    // With a trunk, its outputs are what is cached; the head's features come from the top.
+    let trunk = split.and_then(|x| x.trunk.as_ref());
+    let views = extract_views(rt, s, trunk.unwrap_or(spec), dataset, warnings)?;
+    let rows = feature_tensors(dataset, &views.plain, &views.augmented, rt.device);
+    let skipped = check_readable(s, dataset, &rows, warnings)?;
+    let top = split.map(|x| x.load_top(rt.device)).transpose()?;
+    let (rows, features) = match (&top, trunk) {
+        (Some(t), Some(_)) => {
+            let features = through_top(&rows, t)?;
+            (Some(rows), features)
+        }
+        _ => (None, rows),
+    };
+    Ok(Inputs {
+        views,
+        rows,
+        features,
+        top,
+        skipped,
+    })
+}
+
+/// The head, and the fine-tuned top when there is one.
+struct Trained {
+    head_config: HeadConfig,
+    train_config: TrainConfig,
+    outcome: TrainOutcome,
+    validation: Option<ClassificationReport>,
+    train_accuracy: f64,
+    train_seconds: f64,
+    /// The second stage, and the head-only validation accuracy before it.
+    tuned: Option<(super::finetune::Tuned, Option<f64>)>,
+}
+
+fn fit_and_tune(
+    rt: &Runtime,
+    s: &TrainSettings,
+    spec: &BackboneSpec,
+    split: Option<&SplitSpec>,
+    inputs: &mut Inputs,
+    classes: &[String],
+) -> Result<Trained> {
+    let f = &inputs.features;
+    let t_train = Instant::now();
+    let (head_config, train_config, mut outcome) = fit(s, rt, f, classes.len())?;
+    let train_seconds = t_train.elapsed().as_secs_f64();
+    let mut validation = validation_report(&outcome.head, &f.val_x, &f.val, classes)?;
+    let whole = Split {
+        x: &f.train_x,
+        y: &f.train_y,
+    };
+    let (_, mut train_accuracy) = evaluate(&outcome.head, &whole, 4096);
+    let mut tuned = None;
+    if let (Some(fs), Some(sp), Some(top)) = (&s.finetune, split, inputs.top.take()) {
+        let ctx = super::finetune::Context {
+            rt,
+            cfg: s.finetune_config(fs, train_config.l2),
+            unfreeze: fs.unfreeze,
+            split: sp,
+            features: f,
+            rows: inputs.rows.as_ref(),
+            preprocess: spec.preprocess(),
+        };
+        let t = super::finetune::stage_two(&ctx, top, &mut outcome.head)?;
+        let head_only = validation.as_ref().map(|r| r.accuracy);
+        validation = validation_report(&outcome.head, &t.val_features, &f.val, classes)?;
+        train_accuracy = t.train_accuracy().unwrap_or(train_accuracy);
+        tuned = Some((t, head_only));
+    }
+    Ok(Trained {
+        head_config,
+        train_config,
+        outcome,
+        validation,
+        train_accuracy,
+        train_seconds,
+        tuned,
+    })
+}
+
+/// The report of a finished training (`run` and the totals filled in by the caller).
+fn report(
+    t: &Trained,
+    inputs: &mut Inputs,
+    dataset: &Dataset,
+    s: &TrainSettings,
+    warnings: Vec<String>,
+) -> TrainReport {
+    let ex = &inputs.views.plain;
+    let mut report = TrainReport {
+        validation: t.validation.clone(),
+        extraction: ex.stats.clone(),
+        damaged_cache_entries: ex.corrupt.clone(),
+        skipped: std::mem::take(&mut inputs.skipped),
+        ignored_files: dataset.ignored.clone(),
+        warnings,
+        views: s.views,
+        ..TrainReport::from_outcome(&t.outcome, t.train_accuracy)
+    };
+    if let Some((tuned, head_only)) = &t.tuned {
+        report.finetune = Some(tuned.summary(*head_only));
+        report.val_accuracy = report.validation.as_ref().map(|r| r.accuracy);
+        report.val_loss = tuned.best_val_loss().or(report.val_loss);
+        report.timing_seconds.finetune = tuned.seconds;
+    }
+    report.timing_seconds.extract = ex.stats.seconds
+        + inputs
+            .views
+            .augmented
+            .iter()
+            .map(|e| e.stats.seconds)
+            .sum::<f64>();
+    report.timing_seconds.train = t.train_seconds;
+    report
 }
 
 pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
@@ -477,60 +741,56 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         eprintln!("warning: {w}");
         warnings.push(w);
     }
+    let split = match &s.finetune {
+        Some(f) => Some(SplitSpec::resolve(&spec, f.unfreeze)?),
+        None => None,
+    };
     let prepared = prepare_dataset(s, &mut warnings)?;
     let dataset = &prepared.dataset;
     let sha = spec.verified_features_hash()?;
-    let (ex, cache_dir) = extract_features(rt, s, &spec, dataset, &mut warnings)?;
-    let f = feature_tensors(dataset, &ex, rt.device);
-    let skipped = check_readable(s, dataset, &f, &mut warnings)?;
+    let mut inputs = inputs(rt, s, &spec, split.as_ref(), dataset, &mut warnings)?;
     if let Some(path) = &s.save_features {
-        save_features(path, &f)?;
+        save_features(path, &inputs.features)?;
     }
-
-    let t_train = Instant::now();
-    let (head_config, train_config, outcome) = fit(s, rt, &f, dataset.classes.len())?;
-    let train_seconds = t_train.elapsed().as_secs_f64();
-    let validation = validation_report(&outcome, &f, &dataset.classes)?;
-    let train_split = Split {
-        x: &f.train_x,
-        y: &f.train_y,
+    let trained = fit_and_tune(rt, s, &spec, split.as_ref(), &mut inputs, &dataset.classes)?;
+    let finetune = match (&trained.tuned, &split) {
+        (Some((t, _)), Some(sp)) => Some(super::finetune::record(sp, t)?),
+        _ => None,
     };
-    let (_, train_accuracy) = evaluate(&outcome.head, &train_split, 4096);
-
-    let dest = s
-        .out
-        .clone()
-        .unwrap_or_else(|| run::default_dir(&spec.name));
     let facts = RunFacts {
         spec: &spec,
         sha: &sha,
         prepared: &prepared,
-        features: &f,
-        cache_dir,
+        features: &inputs.features,
+        cache_dir: inputs.views.cache_dir.clone(),
+        finetune,
     };
-    let config = run_config(rt, s, facts, head_config, train_config);
-    let report = TrainReport {
-        run: FilePath(dest.clone()),
-        validation,
-        extraction: ex.stats.clone(),
-        damaged_cache_entries: ex.corrupt.clone(),
-        skipped,
-        ignored_files: dataset.ignored.clone(),
-        warnings,
-        timing_seconds: Timing {
-            extract: ex.stats.seconds,
-            train: train_seconds,
-            total: started.elapsed().as_secs_f64(),
-        },
-        ..TrainReport::from_outcome(&outcome, train_accuracy)
-    };
+    let config = run_config(
+        rt,
+        s,
+        facts,
+        trained.head_config.clone(),
+        trained.train_config.clone(),
+    );
+    let dest = s
+        .out
+        .clone()
+        .unwrap_or_else(|| run::default_dir(&spec.name));
+    let mut report = report(&trained, &mut inputs, dataset, s, warnings);
+    report.run = FilePath(dest.clone());
+    report.timing_seconds.total = started.elapsed().as_secs_f64();
+    let mut metrics = trained.outcome.history.clone();
+    if let Some((t, _)) = &trained.tuned {
+        metrics.extend(t.outcome.history.iter().cloned());
+    }
     let contents = run::RunContents {
         config: &config,
         classes: &dataset.classes,
-        head: &outcome.head,
-        split: &split_record(dataset, &ex),
-        metrics: &outcome.history,
+        head: &trained.outcome.head,
+        split: &split_record(dataset, &inputs.views.plain),
+        metrics: &metrics,
         report: &report,
+        top: trained.tuned.as_ref().map(|(t, _)| &t.top),
     };
     run::write(&dest, s.force, &contents)?;
     Ok(report)
