@@ -116,15 +116,6 @@ impl SplitSpec {
         verified_hash(&self.top_path, self.cut.top_sha256.as_deref(), None)
     }
 
-    pub fn row_dim(&self) -> usize {
-        self.row_shape.iter().product::<i64>() as usize
-    }
-
-    /// Every block trains (no trunk, nothing cached).
-    pub fn is_all(&self) -> bool {
-        self.trunk.is_none()
-    }
-
     pub fn load_top(&self, device: Device) -> Result<TrainableTop> {
         self.verified_top_hash()?;
         TrainableTop::load(&self.top_path, self.row_shape, device)
@@ -194,10 +185,7 @@ impl TrainableTop {
 
     /// Save the parameters (safetensors), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let bytes = crate::util::tensors::to_safetensors(&named)?;
-        crate::util::write_atomic(path, &bytes)
+        crate::util::tensors::save_var_store(&self.vs, path)
     }
 
     /// Replace the parameters with fine-tuned ones saved by [`TrainableTop::save`].
@@ -214,11 +202,7 @@ impl TrainableTop {
                 ),
             )
         })?;
-        let finite = self
-            .vs
-            .variables()
-            .values()
-            .all(|t| tch::no_grad(|| t.isfinite().all().int64_value(&[]) == 1));
+        let finite = crate::util::tensors::all_finite(&self.vs);
         if !finite {
             return Err(TlError::file(
                 path,

@@ -124,18 +124,12 @@ impl Head {
 
     /// Save the weights (safetensors), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let bytes = crate::util::tensors::to_safetensors(&named)?;
-        crate::util::write_atomic(path, &bytes)
+        crate::util::tensors::save_var_store(&self.vs, path)
     }
 
     /// Are all weights and statistics finite numbers?
     pub fn is_finite(&self) -> bool {
-        self.vs
-            .variables()
-            .values()
-            .all(|t| tch::no_grad(|| t.isfinite().all().int64_value(&[]) == 1))
+        crate::util::tensors::all_finite(&self.vs)
     }
 
     pub fn load(config: HeadConfig, path: &Path, device: Device) -> Result<Head> {

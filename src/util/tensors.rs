@@ -61,3 +61,18 @@ pub fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
     let c = size[1].max(1) as usize;
     Ok(flat.chunks(c).map(<[f32]>::to_vec).collect())
 }
+
+/// Save every variable of a VarStore (sorted by name) as safetensors, atomically.
+pub fn save_var_store(vs: &tch::nn::VarStore, path: &std::path::Path) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = to_safetensors(&named)?;
+    super::write_atomic(path, &bytes)
+}
+
+/// Are all variables of a VarStore finite numbers?
+pub fn all_finite(vs: &tch::nn::VarStore) -> bool {
+    vs.variables()
+        .values()
+        .all(|t| tch::no_grad(|| t.isfinite().all().int64_value(&[]) == 1))
+}
