@@ -35,7 +35,7 @@ train() { # name data extra-args...
 }
 pct() { "$PY" -c "import sys; print(f'{100*float(sys.argv[1]):.2f}')" "$1"; }
 
-echo "## accuracy: frozen head vs --finetune (default N=2, lr = head lr / 100)"
+echo "## accuracy: frozen head vs --finetune (default N=1, lr = head lr / 100)"
 echo "| data | seed | frozen head | fine-tuned | fine-tune epoch img/s |"
 echo "| --- | --- | --- | --- | --- |"
 for data in cats_dogs pets; do
@@ -65,7 +65,7 @@ echo "## speed: one fine-tuning epoch, cats_dogs seed 0 (650 training images)"
 train cd-all "$DATA/cats_dogs" --val-split 0.5 --seed 0 --finetune all --finetune-epochs 2 --finetune-patience 0
 cached=$(field "$OUT/cats_dogs-ft-0.json" "d['finetune']['images_per_second']")
 whole=$(field "$OUT/cd-all.json" "d['finetune']['images_per_second']")
-"$PY" -c "import sys; c,w=map(float,sys.argv[1:]); print(f'cached trunk (N=2): {c:.1f} img/s; whole backbone forward+backward (--finetune all): {w:.1f} img/s; ratio {c/w:.1f}x')" "$cached" "$whole"
+"$PY" -c "import sys; c,w=map(float,sys.argv[1:]); print(f'cached trunk (N=1): {c:.1f} img/s; whole backbone forward+backward (--finetune all): {w:.1f} img/s; ratio {c/w:.1f}x')" "$cached" "$whole"
 
 echo
 echo "## --views 4 and --tta flip (cats_dogs seed 0, --finetune)"

@@ -54,7 +54,7 @@ step "   ... again with other head settings: every feature now comes from the ca
 step "3. evaluate on the held-out half"
 "$TL" eval "$OUT/run" "$DATA" --split val --top-losses 5
 
-step "3b. fine-tune the top 2 blocks with the head (the frozen trunk's output is cached)"
+step "3b. fine-tune the top block with the head (the frozen trunk's output is cached)"
 "$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/run-finetuned" --force --finetune -q
 "$TL" eval "$OUT/run-finetuned" "$DATA" --split val --tta flip --top-losses 3
 

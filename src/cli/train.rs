@@ -93,8 +93,8 @@ pub struct TrainArgs {
     /// After the head, fine-tune the backbone's last N blocks with it (or `all`); the frozen
     /// part's output is cached, so an epoch runs only the top. The backbone must be exported
     /// with that cut (scripts/export_backbones.py --cuts).
-    /// `--finetune` alone trains the last 2 blocks.
-    #[arg(long, value_parser = values::unfreeze, num_args = 0..=1, default_missing_value = "2", value_name = "N|all")]
+    /// `--finetune` alone trains the last block (MobileNetV2: the final 1×1 conv).
+    #[arg(long, value_parser = values::unfreeze, num_args = 0..=1, default_missing_value = "1", value_name = "N|all")]
     pub finetune: Option<tl::features::Unfreeze>,
     /// Learning rate of the fine-tuning stage (Adam, cosine schedule) [default: --lr / 100].
     #[arg(long, value_parser = values::positive)]
