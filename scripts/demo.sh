@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end: export MobileNetV2 with real ImageNet weights, train a
 # Cats-vs-Dogs head on frozen features, evaluate it, fine-tune the top blocks, predict, dream an "ideal cat", and
-# fool the network with an imperceptible perturbation of a dog photo.
+# fool the network with an imperceptible perturbation of a dog photo; then export the model
+# (TorchScript, ONNX), write the HTML report and a backbone comparison.
 # Settings: configs/demo.env (each can be overridden from the environment).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,6 +12,7 @@ scripts/setup.sh
 source configs/demo.env
 TL="$ROOT/target/release/tl"
 PY="$ROOT/.venv/bin/python"
+export TL_PYTHON="$PY"   # tl export --format onnx runs PyTorch's exporter with it
 OUT="$TL_DEMO_OUT"
 mkdir -p "$OUT"
 step() { printf '\n=== %s\n' "$*"; }
@@ -81,5 +83,16 @@ step "6. attack: make the network see a '$FIRST_CLASS' in $(basename "$DOG_IMG")
 "$TL" predict "$OUT/run" "$OUT/attack_adversarial.png"
 "$PY" scripts/side_by_side.py "$OUT/attack_side_by_side.png" "$DOG_IMG:original" "$OUT/attack_adversarial.png:adversarial ($FIRST_CLASS)" "$OUT/attack_diff.png:difference (amplified)"
 
-step "done: run folder $OUT/run, images in $OUT/"
+step "7. ship it: one TorchScript file (and ONNX), then predict with the file alone"
+"$TL" export "$OUT/run-finetuned" -o "$OUT/model.pt" --force
+"$TL" export "$OUT/run-finetuned" -o "$OUT/model.onnx" --format onnx --force
+"$TL" predict "$OUT/model.pt" "$CAT_IMG" "$DOG_IMG"
+
+step "8. reports: the run as one HTML page (dream and attack images included), and a comparison"
+mkdir -p "$OUT/include"
+cp "$OUT/dream_${FIRST_CLASS}.png" "$OUT/attack_side_by_side.png" "$OUT/include/"
+"$TL" report "$OUT/run" --include "$OUT/include"
+"$TL" compare --backbones mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/compare" --force -q
+
+step "done: run folder $OUT/run (report.html), model $OUT/model.pt, images in $OUT/"
 ls "$OUT"

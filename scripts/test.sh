@@ -8,6 +8,14 @@ cd "$ROOT"
 scripts/setup.sh
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# Headless Chromium renders the HTML report in scripts/tests/test_report_html.py; installed
+# here when missing and possible (Debian, root), otherwise that test says it is skipped.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "test: installing chromium (Debian) for the HTML report test"
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+        || echo "test: could not install chromium; the HTML rendering test will be skipped"
+fi
 .venv/bin/python scripts/make_fixtures.py
 cargo test --release
 .venv/bin/python -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning scripts/tests

@@ -8,8 +8,9 @@
 //! 2. `features` — backbone, feature cache, extraction
 //! 3. `head` — the trainable head and its training
 //! 4. `eval` — metrics and the report trait
-//! 5. `run` — the run folder
-//! 6. `inspect` — the network as one function: dreams and attacks
+//! 5. `run`, `model_file` — the run folder; an exported model and its sidecar
+//! 6. `inspect`, `export`, `html` — the network as one function: dreams and attacks;
+//!    exporting it; HTML reports with charts
 //! 7. `workflow` — the commands as library calls with typed reports
 //!
 //! Command-line parsing lives in the binary (`src/cli/`), which turns flags into the plain
@@ -24,9 +25,12 @@ pub mod util;
 
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod head;
+pub mod html;
 pub mod inspect;
+pub mod model_file;
 pub mod run;
 pub mod workflow;
 

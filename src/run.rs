@@ -9,6 +9,7 @@
 //! split.json       the exact training and validation files (path and content hash)
 //! metrics.jsonl    one line per epoch
 //! report.json      final metrics, extraction statistics, skipped and ignored files
+//! report.html      the same as a page: curves, confusion matrix, worst images (`tl report`)
 //! ```
 //!
 //! A run is written into a hidden staging folder beside its destination and moved into
@@ -32,6 +33,7 @@ pub const FINETUNED: &str = "finetuned.safetensors";
 pub const SPLIT: &str = "split.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const REPORT: &str = "report.json";
+pub const REPORT_HTML: &str = "report.html";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackboneRecord {
@@ -370,6 +372,8 @@ pub struct RunContents<'a, R: Serialize> {
     pub report: &'a R,
     /// The fine-tuned top (`--finetune` runs).
     pub top: Option<&'a TrainableTop>,
+    /// The HTML page of the run (report.html), when it could be made.
+    pub html: Option<&'a str>,
 }
 
 /// Check early (before any work) that `dest` may be written.
@@ -401,5 +405,9 @@ fn write_files<R: Serialize>(dir: &Path, c: &RunContents<R>) -> Result<()> {
     }
     write_atomic(&dir.join(METRICS), metrics.as_bytes())?;
     let report = to_json_pretty(c.report).map_err(|e| TlError::file(dir.join(REPORT), e))?;
-    write_atomic(&dir.join(REPORT), format!("{report}\n").as_bytes())
+    write_atomic(&dir.join(REPORT), format!("{report}\n").as_bytes())?;
+    if let Some(html) = c.html {
+        write_atomic(&dir.join(REPORT_HTML), html.as_bytes())?;
+    }
+    Ok(())
 }

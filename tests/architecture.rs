@@ -12,8 +12,8 @@ const STAGES: &[&[&str]] = &[
     &["features"],
     &["head"],
     &["eval"],
-    &["run"],
-    &["inspect"],
+    &["run", "model_file"],
+    &["inspect", "export", "html"],
     &["workflow"],
 ];
 

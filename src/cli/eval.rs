@@ -2,6 +2,7 @@
 use super::{emit, values, CacheArgs};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+use tl::eval::Report;
 use tl::runtime::Runtime;
 use tl::workflow::evaluate::{EvalSettings, EvalSplit};
 
@@ -31,6 +32,16 @@ pub struct EvalArgs {
     /// Test-time augmentation: `flip` averages each image with its mirror image.
     #[arg(long, value_enum, default_value_t = values::TtaArg::None)]
     pub tta: values::TtaArg,
+    /// Also write the evaluation as a self-contained HTML page (confusion matrix, per-class
+    /// figures, worst images).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Images to add to the --report page (e.g. dreams and attacks), from this folder.
+    #[arg(long, requires = "report", value_name = "DIR")]
+    pub include: Option<PathBuf>,
+    /// Overwrite the --report file if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -52,5 +63,19 @@ pub fn run(rt: &Runtime, args: &EvalArgs) -> anyhow::Result<()> {
         cache: args.cache.settings(),
         tta: args.tta.setting(),
     };
-    emit(&tl::workflow::evaluate::evaluate(rt, &settings)?, args.json)
+    if let Some(path) = &args.report {
+        tl::util::refuse_overwrite(path, args.force)?;
+    }
+    let report = tl::workflow::evaluate::evaluate(rt, &settings)?;
+    emit(&report, args.json)?;
+    if let Some(path) = &args.report {
+        let written = tl::workflow::report::write_eval_page(
+            &report,
+            path,
+            args.include.as_deref(),
+            args.force,
+        )?;
+        eprint!("{}", written.render_text());
+    }
+    Ok(())
 }

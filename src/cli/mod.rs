@@ -3,9 +3,12 @@
 //! `tl: error:` line; clap's name the flag, the library's name the file or value.
 mod attack;
 mod bench;
+mod compare;
 mod dream;
 mod eval;
+mod export;
 mod predict;
+mod report;
 mod train;
 mod values;
 
@@ -37,7 +40,7 @@ pub struct GlobalArgs {
     pub decode_threads: Option<usize>,
     /// Folder holding exported backbones (NAME.json + TorchScript files).
     #[arg(long, global = true, env = "TL_BACKBONES", default_value = "backbones")]
-    pub backbones: PathBuf,
+    pub backbones_dir: PathBuf,
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -78,6 +81,21 @@ pub enum Command {
         after_help = "Examples:\n  tl attack dog.jpg --backbone mobilenet_v2 --target tabby --eps 4/255 -o dog_as_tabby.png\n  tl attack dogs/ --run runs/catsdogs --target cat --eps 1/255,2/255,4/255 -o adversarial/"
     )]
     Attack(attack::AttackArgs),
+    /// Write a trained run as one TorchScript (or ONNX) file with a JSON sidecar, for use without tl.
+    #[command(
+        after_help = "Examples:\n  tl export runs/pets -o pets.pt\n  tl export runs/pets -o pets.onnx --format onnx --python .venv/bin/python\n\nThe model takes [N,3,H,W] float32 RGB in [0,1], resized and centre-cropped as the sidecar\nsays (normalisation is inside), and returns softmax probabilities in the sidecar's class order."
+    )]
+    Export(export::ExportArgs),
+    /// Write a run's self-contained HTML report: learning curves, confusion matrix, worst images.
+    #[command(
+        after_help = "Examples:\n  tl report runs/pets\n  tl report runs/pets -o pets.html --include dreams/"
+    )]
+    Report(report::ReportArgs),
+    /// Train the same head on several backbones (same split, shared cache) and compare them.
+    #[command(
+        after_help = "Example:\n  tl compare --backbones mobilenet_v2,resnet50,vgg16 data/PetImages --val-split 0.2 --out runs/compare"
+    )]
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,7 +169,7 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
         device: g.device,
         threads: g.threads,
         decode_threads: g.decode_threads,
-        backbones: g.backbones.clone(),
+        backbones: g.backbones_dir.clone(),
         progress: !g.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     })?)
 }
@@ -166,6 +184,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dream(a) => dream::run(&rt, a),
         Command::Attack(a) => attack::run(&rt, a),
         Command::Bench(a) => bench::run(&rt, a),
+        Command::Export(a) => export::run(a),
+        Command::Report(a) => report::run(a),
+        Command::Compare(a) => compare::run(&rt, a),
     }
 }
 

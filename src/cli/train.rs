@@ -26,6 +26,13 @@ pub struct TrainArgs {
     /// Backbone: a name exported in the backbones folder, a sidecar .json, or a TorchScript file.
     #[arg(long, short)]
     pub backbone: String,
+    #[command(flatten)]
+    pub options: TrainOptions,
+}
+
+/// Everything of `tl train` but the data and the backbone (shared with `tl compare`).
+#[derive(Args, Debug)]
+pub struct TrainOptions {
     /// Fraction of each class held out for validation (ignored when the layout defines a split).
     #[arg(long, default_value = "0.2", value_parser = values::open_fraction)]
     pub val_split: f64,
@@ -118,11 +125,11 @@ pub struct TrainArgs {
     pub cache: CacheArgs,
 }
 
-impl TrainArgs {
-    pub fn settings(&self) -> TrainSettings {
+impl TrainOptions {
+    pub fn settings(&self, data: &std::path::Path, backbone: &str) -> TrainSettings {
         TrainSettings {
-            data: self.data.clone(),
-            backbone: self.backbone.clone(),
+            data: data.to_path_buf(),
+            backbone: backbone.to_string(),
             validation: match &self.val_dir {
                 Some(dir) => ValidationChoice::Folder(dir.clone()),
                 None => ValidationChoice::Fraction(self.val_split),
@@ -172,6 +179,7 @@ impl TrainArgs {
 }
 
 pub fn run(rt: &Runtime, args: &TrainArgs) -> anyhow::Result<()> {
-    let report = tl::workflow::train::train(rt, &args.settings())?;
-    emit(&report, args.json)
+    let settings = args.options.settings(&args.data, &args.backbone);
+    let report = tl::workflow::train::train(rt, &settings)?;
+    emit(&report, args.options.json)
 }

@@ -438,14 +438,19 @@ impl ResizeMatrices {
 
 /// Normalise `[N,3,H,W]` pixels in [0,1] with the backbone's mean/std (inside the graph).
 pub fn normalize_tensor(x: &Tensor, cfg: &PreprocessConfig) -> Tensor {
-    let device = x.device();
-    let mean = Tensor::from_slice(&cfg.mean)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-    let std = Tensor::from_slice(&cfg.std)
-        .view([1, 3, 1, 1])
-        .to_device(device);
+    let (mean, std) = mean_std(cfg, x.device());
     (x - mean) / std
+}
+
+/// Pixels in [0,1] back from normalised `[N,3,H,W]` input.
+pub fn denormalize_tensor(x: &Tensor, cfg: &PreprocessConfig) -> Tensor {
+    let (mean, std) = mean_std(cfg, x.device());
+    x * std + mean
+}
+
+fn mean_std(cfg: &PreprocessConfig, device: Device) -> (Tensor, Tensor) {
+    let column = |v: &[f32; 3]| Tensor::from_slice(v).view([1, 3, 1, 1]).to_device(device);
+    (column(&cfg.mean), column(&cfg.std))
 }
 
 #[cfg(test)]

@@ -33,6 +33,14 @@ pub fn format_top(top: &[ClassProb]) -> String {
         .join(", ")
 }
 
+/// Usable images of one class on each side (None: not known for that side).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassCount {
+    pub class: String,
+    pub train: Option<usize>,
+    pub val: Option<usize>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassMetrics {
     pub class: String,

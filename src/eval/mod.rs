@@ -1,7 +1,9 @@
 //! Stage 4: measuring a classifier's probabilities against the truth.
 pub mod metrics;
 
-pub use metrics::{argmax, format_top, top_classes, top_k, ClassProb, ClassificationReport};
+pub use metrics::{
+    argmax, format_top, top_classes, top_k, ClassCount, ClassProb, ClassificationReport,
+};
 
 /// A command's result: serialised as JSON, or rendered once as text for people. `notes`
 /// are the lines for stderr (warnings, skipped files) in either mode.

@@ -2,15 +2,17 @@
 //! backbone's full ImageNet classifier. `logits` takes normalised `[N,3,H,W]` tensors; the
 //! `classify_*` methods take decoded images and say in their name whether they resize.
 use crate::data::preprocess::{self, normalize_tensor, PreprocessConfig};
+use crate::error::TorchContext;
 use crate::error::{Result, TlError};
 use crate::eval::{top_classes, ClassProb};
 use crate::features::backbone::{BackboneSpec, LoadedModule};
 use crate::features::FeatureNet;
 use crate::head::Head;
+use crate::model_file::{ModelFormat, ModelSidecar};
 use crate::run::Run;
 use crate::runtime::Runtime;
 use image::RgbImage;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 /// Which network to look at: a trained run, or a backbone's own ImageNet classifier.
@@ -18,9 +20,11 @@ use tch::{Device, Tensor};
 pub enum NetworkChoice {
     Run(PathBuf),
     Backbone(String),
+    /// A TorchScript file written by `tl export` (with its sidecar).
+    Exported(PathBuf),
 }
 
-enum Net {
+enum Network {
     Run {
         features: Box<FeatureNet>,
         head: Head,
@@ -28,10 +32,15 @@ enum Net {
     ImageNet {
         classifier: LoadedModule,
     },
+    /// `[N,3,H,W]` in [0, 1] → probabilities (normalisation inside).
+    Exported {
+        module: tch::CModule,
+        path: PathBuf,
+    },
 }
 
 pub struct Classifier {
-    net: Net,
+    net: Network,
     pub classes: Vec<String>,
     pub preprocess: PreprocessConfig,
     /// e.g. "run runs/x (mobilenet_v2 + head)" or "mobilenet_v2 ImageNet classifier".
@@ -48,7 +57,40 @@ impl Classifier {
             NetworkChoice::Backbone(name) => {
                 Classifier::from_backbone(&BackboneSpec::resolve(name, &rt.backbones)?, rt.device)
             }
+            NetworkChoice::Exported(path) => Classifier::from_exported(path, rt.device),
         }
+    }
+
+    /// A model written by `tl export` (TorchScript), checked against its sidecar.
+    pub fn from_exported(path: &Path, device: Device) -> Result<Classifier> {
+        if !path.is_file() {
+            return Err(TlError::file(path, "model file not found"));
+        }
+        let sidecar = ModelSidecar::load(path)?;
+        if sidecar.model_format != ModelFormat::TorchScript {
+            return Err(TlError::file(
+                path,
+                "is an ONNX export; tl runs the TorchScript one (run this file with ONNX Runtime)",
+            ));
+        }
+        let module = tch::CModule::load_on_device(path, device)
+            .torch_ctx(|| format!("{}: loading", path.display()))?;
+        Ok(Classifier {
+            net: Network::Exported {
+                module,
+                path: path.to_path_buf(),
+            },
+            classes: sidecar.classes.clone(),
+            preprocess: sidecar.input.preprocess(),
+            description: format!(
+                "exported model {} ({} + head, from run {})",
+                path.display(),
+                sidecar.source.backbone,
+                sidecar.source.run
+            ),
+            device,
+            warning: None,
+        })
     }
 
     pub fn from_run(run: &Run, device: Device) -> Result<Classifier> {
@@ -60,7 +102,7 @@ impl Classifier {
             None => String::new(),
         };
         Ok(Classifier {
-            net: Net::Run {
+            net: Network::Run {
                 features: Box::new(features),
                 head,
             },
@@ -86,7 +128,7 @@ impl Classifier {
             )));
         }
         Ok(Classifier {
-            net: Net::ImageNet { classifier },
+            net: Network::ImageNet { classifier },
             classes,
             preprocess: spec.preprocess(),
             description: format!("{} ImageNet classifier", spec.name),
@@ -98,8 +140,8 @@ impl Classifier {
     /// Logits for normalised input; differentiable with respect to the input.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         match &self.net {
-            Net::Run { features, head } => Ok(head.forward(&features.forward(x)?)),
-            Net::ImageNet { classifier } => {
+            Network::Run { features, head } => Ok(head.forward(&features.forward(x)?)),
+            Network::ImageNet { classifier } => {
                 let out = classifier.forward(x)?;
                 if out.size()[1] != self.classes.len() as i64 {
                     return Err(TlError::file(
@@ -112,6 +154,24 @@ impl Classifier {
                     ));
                 }
                 Ok(out)
+            }
+            Network::Exported { module, path } => {
+                // An exported model normalises inside.
+                let probs = module
+                    .forward_ts(&[preprocess::denormalize_tensor(x, &self.preprocess)])
+                    .torch_ctx(|| format!("{}: forward", path.display()))?;
+                if probs.dim() != 2 || probs.size()[1] != self.classes.len() as i64 {
+                    return Err(TlError::file(
+                        path,
+                        format!(
+                            "returns shape {:?}; its sidecar lists {} classes",
+                            probs.size(),
+                            self.classes.len()
+                        ),
+                    ));
+                }
+                // Log-probabilities are logits up to a constant: the softmax gives them back.
+                Ok(probs.clamp_min(1e-30).log())
             }
         }
     }

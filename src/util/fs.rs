@@ -50,6 +50,22 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()>
     Ok(())
 }
 
+/// Let `write` fill a temporary file (given its path) next to `path`, then rename it into
+/// place: for writers that take a path rather than bytes (libtorch, a child process).
+pub fn write_atomic_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if path.is_dir() {
+        return Err(TlError::file(path, "is a folder; expected a file name"));
+    }
+    let tmp = temp_file_near(path)?;
+    write(tmp.path())?;
+    std::fs::File::open(tmp.path())
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| TlError::file(path, e.error.to_string()))?;
+    Ok(())
+}
+
 pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     let mut text = to_json_pretty(value).map_err(|e| TlError::file(path, e))?;
     text.push('\n');

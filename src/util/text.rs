@@ -67,6 +67,17 @@ pub fn parse_fraction(text: &str) -> std::result::Result<f64, String> {
 }
 
 /// Seconds as a short human string.
+/// `532 B`, `14.2 KB`, `13.6 MB`, `1.2 GB` (powers of 1000).
+pub fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        _ if n < 1e3 => format!("{n} B"),
+        _ if n < 1e6 => format!("{:.1} KB", n / 1e3),
+        _ if n < 1e9 => format!("{:.1} MB", n / 1e6),
+        _ => format!("{:.1} GB", n / 1e9),
+    }
+}
+
 pub fn human_duration(secs: f64) -> String {
     if secs < 60.0 {
         format!("{secs:.1}s")

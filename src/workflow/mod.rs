@@ -1,10 +1,13 @@
 //! Stage 7: the commands as library calls. Each takes plain settings (no command-line
 //! types), runs the stages above in order and returns a typed report.
 pub mod bench;
+pub mod compare;
 pub mod doctor;
 pub mod evaluate;
+pub mod export;
 pub mod finetune;
 pub mod predict;
+pub mod report;
 pub mod train;
 
 use crate::data::Sample;

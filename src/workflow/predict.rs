@@ -9,6 +9,7 @@ use crate::runtime::Runtime;
 use crate::util::FilePath;
 use serde::Serialize;
 use std::path::PathBuf;
+use tch::Tensor;
 
 #[derive(Clone, Debug)]
 pub struct PredictSettings {
@@ -18,6 +19,9 @@ pub struct PredictSettings {
     pub top_k: usize,
     pub batch_size: usize,
     pub tta: super::evaluate::Tta,
+    /// Write the inputs (pixels in [0, 1]) and probabilities here (safetensors).
+    pub save_inputs: Option<PathBuf>,
+    pub force: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -72,7 +76,16 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
             "top-k and the batch size must be at least 1",
         ));
     }
+    if let Some(path) = &s.save_inputs {
+        if s.tta != super::evaluate::Tta::None {
+            return Err(TlError::invalid(
+                "--save-inputs records single-view predictions; leave out --tta",
+            ));
+        }
+        crate::util::refuse_overwrite(path, s.force)?;
+    }
     let classifier = Classifier::load(&s.network, rt)?;
+    let mut saved = SavedInputs::default();
     let files = crate::data::expand_inputs(&s.inputs)?;
     let mut report = PredictReport {
         network: classifier.description.clone(),
@@ -91,7 +104,8 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
         if batch.indices.is_empty() {
             continue;
         }
-        let mut probs = classifier.probabilities(&batch.tensor(&classifier.preprocess))?;
+        let x = batch.tensor(&classifier.preprocess);
+        let mut probs = classifier.probabilities(&x)?;
         for view in s.tta.views().into_iter().skip(1) {
             // The same files, read again: any that changed in between are left out.
             let other = decode_files(chunk, &classifier.preprocess, view);
@@ -104,6 +118,9 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
             for (p, q) in probs.iter_mut().zip(more) {
                 p.iter_mut().zip(q).for_each(|(a, b)| *a = (*a + b) / 2.0);
             }
+        }
+        if s.save_inputs.is_some() {
+            saved.add(&x, &probs, &classifier.preprocess);
         }
         for (row, &i) in probs.iter().zip(&batch.indices) {
             let top = classifier.top(row, s.top_k);
@@ -123,5 +140,37 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
             why.join("; ")
         )));
     }
+    if let Some(path) = &s.save_inputs {
+        saved.write(path)?;
+    }
     Ok(report)
+}
+
+/// `--save-inputs`: what the network was given and what it answered, batch by batch.
+#[derive(Default)]
+struct SavedInputs {
+    inputs: Vec<Tensor>,
+    probabilities: Vec<Tensor>,
+}
+
+impl SavedInputs {
+    fn add(&mut self, x: &Tensor, probs: &[Vec<f32>], cfg: &crate::data::PreprocessConfig) {
+        self.inputs
+            .push(crate::data::preprocess::denormalize_tensor(x, cfg));
+        let flat: Vec<f32> = probs.iter().flatten().copied().collect();
+        self.probabilities
+            .push(Tensor::from_slice(&flat).view([probs.len() as i64, -1]));
+    }
+
+    fn write(&self, path: &std::path::Path) -> Result<()> {
+        let named = [
+            ("inputs".to_string(), Tensor::cat(&self.inputs, 0)),
+            (
+                "probabilities".to_string(),
+                Tensor::cat(&self.probabilities, 0),
+            ),
+        ];
+        let bytes = crate::util::tensors::to_safetensors(&named)?;
+        crate::util::write_atomic(path, &bytes)
+    }
 }

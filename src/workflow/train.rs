@@ -5,7 +5,7 @@ use super::{gather, skipped_notes, tensor_2d, FeatureSet, Gathered, SkippedFile}
 use crate::data::View;
 use crate::data::{Dataset, IgnoredFile, Sample};
 use crate::error::{Result, TlError};
-use crate::eval::{ClassificationReport, Report};
+use crate::eval::{ClassCount, ClassificationReport, Report};
 use crate::features::split::{CachedRows, SplitSpec, TrainableTop};
 use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats, Extracted};
 use crate::head::{self, train::evaluate, Head, HeadConfig, Split, TrainConfig, TrainOutcome};
@@ -157,6 +157,8 @@ pub struct TrainReport {
     /// Views per training image.
     pub views: usize,
     pub finetune: Option<FinetuneSummary>,
+    /// Usable images per class on each side.
+    pub classes: Vec<ClassCount>,
 }
 
 impl TrainReport {
@@ -185,6 +187,7 @@ impl TrainReport {
             },
             views: 1,
             finetune: None,
+            classes: Vec::new(),
         }
     }
 }
@@ -713,6 +716,7 @@ fn report(
         ignored_files: dataset.ignored.clone(),
         warnings,
         views: s.views,
+        classes: class_counts(&dataset.classes, &inputs.features),
         ..TrainReport::from_outcome(&t.outcome, t.train_accuracy)
     };
     if let Some((tuned, head_only)) = &t.tuned {
@@ -730,6 +734,39 @@ fn report(
             .sum::<f64>();
     report.timing_seconds.train = t.train_seconds;
     report
+}
+
+/// report.html; a page that cannot be made costs a warning, not the run.
+fn run_html(
+    dest: &Path,
+    config: &RunConfig,
+    report: &TrainReport,
+    metrics: &[head::EpochMetrics],
+) -> Option<String> {
+    let page = serde_json::to_value(report)
+        .and_then(serde_json::from_value)
+        .map_err(|e| TlError::invalid(e.to_string()))
+        .and_then(|results| super::report::run_page(dest, config, &results, metrics, Vec::new()));
+    match page {
+        Ok(html) => Some(html),
+        Err(e) => {
+            eprintln!("warning: report.html not written: {e}");
+            None
+        }
+    }
+}
+
+fn class_counts(classes: &[String], f: &FeatureSet) -> Vec<ClassCount> {
+    let count = |ys: &[i64], k: usize| ys.iter().filter(|&&y| y as usize == k).count();
+    classes
+        .iter()
+        .enumerate()
+        .map(|(k, c)| ClassCount {
+            class: c.clone(),
+            train: Some(count(&f.train.y, k)),
+            val: Some(count(&f.val.y, k)),
+        })
+        .collect()
 }
 
 pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
@@ -783,6 +820,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
     if let Some((t, _)) = &trained.tuned {
         metrics.extend(t.outcome.history.iter().cloned());
     }
+    let html = run_html(&dest, &config, &report, &metrics);
     let contents = run::RunContents {
         config: &config,
         classes: &dataset.classes,
@@ -791,6 +829,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         metrics: &metrics,
         report: &report,
         top: trained.tuned.as_ref().map(|(t, _)| &t.top),
+        html: html.as_deref(),
     };
     run::write(&dest, s.force, &contents)?;
     Ok(report)

@@ -1,0 +1,135 @@
+"""`tl export`: the TorchScript file loaded in Python and the ONNX model in ONNX Runtime give
+the probabilities `tl predict` gives, on the very inputs tl fed its network
+(`tl predict --save-inputs`); class names survive the trip. Real photos and the real
+MobileNetV2 are used when ../shared has them (said clearly when skipped)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+TL = ROOT / "target" / "release" / "tl"
+TINY = ROOT / "tests" / "fixtures" / "generated" / "backbones" / "tiny.json"
+SHARED = ROOT.parent / "shared"
+CATS_DOGS = SHARED / "data" / "cats_dogs"
+PETS = SHARED / "data" / "pets"
+WEIGHTS = SHARED / "models" / "mobilenet_v2-imagenet.safetensors"
+TOL = 1e-4
+
+
+def tl(*args) -> str:
+    env = dict(os.environ, TL_PYTHON=sys.executable)
+    r = subprocess.run([str(TL), *map(str, args)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, f"tl {' '.join(map(str, args))}: {r.stderr}"
+    return r.stdout
+
+
+def link_photos(dest: Path, per_class: int, source: Path, classes: list[str]) -> list[Path]:
+    files = []
+    for c in classes:
+        (dest / c).mkdir(parents=True)
+        for f in sorted((source / c).iterdir())[:per_class]:
+            (dest / c / f.name).symlink_to(f.resolve())
+            files.append(dest / c / f.name)
+    return files
+
+
+def export_and_compare(tmp: Path, run: Path, images: list[Path]) -> dict:
+    """Export both formats, predict through tl, and check Python and ONNX Runtime against it."""
+    pt, onnx = tmp / "model.pt", tmp / "model.onnx"
+    tl("export", run, "-o", pt)
+    tl("export", run, "-o", onnx, "--format", "onnx")
+    sidecar = json.loads(Path(f"{pt}.json").read_text())
+    assert sidecar["classes"] == json.loads((run / "classes.json").read_text())
+    preds = json.loads(tl("predict", run, *images, "--json", "-q", "-k", "1",
+                          "--save-inputs", tmp / "inputs.safetensors"))["predictions"]
+    saved = load_file(str(tmp / "inputs.safetensors"))
+    x, want = saved["inputs"], saved["probabilities"]
+    assert x.shape == (len(images), 3, sidecar["input"]["crop"], sidecar["input"]["crop"])
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-6
+    model = torch.jit.load(str(pt))
+    with torch.no_grad():
+        got_ts = model(x)
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    got_onnx = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    tl_top1 = [p["class"] for p in preds]
+    for name, got in [("torchscript", got_ts), ("onnx", got_onnx)]:
+        diff = float((got - want).abs().max())
+        assert diff <= TOL, f"{name}: probabilities differ from tl predict by {diff:.2e}"
+        assert [sidecar["classes"][i] for i in got.argmax(1).tolist()] == tl_top1, name
+    # tl predict with the exported file answers as with the run folder.
+    again = json.loads(tl("predict", pt, *images, "--json", "-q", "-k", "1"))["predictions"]
+    assert [p["class"] for p in again] == tl_top1
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(again, preds)) <= TOL
+    return {"torchscript": float((got_ts - want).abs().max()), "onnx": float((got_onnx - want).abs().max())}
+
+
+def real_photos(tmp: Path) -> list[Path]:
+    if not CATS_DOGS.is_dir():
+        pytest.skip(f"SKIPPED: {CATS_DOGS} not present (20 real photos needed)")
+    return link_photos(tmp / "data", 10, CATS_DOGS, ["cat", "dog"])
+
+
+def test_tiny_finetuned_run_exports_on_20_real_photos(tmp_path):
+    images = real_photos(tmp_path)
+    run = tmp_path / "run"
+    tl("train", "-b", TINY, tmp_path / "data", "--out", run, "-q", "--val-split", "0.5",
+       "--epochs", "10", "--finetune", "1", "--finetune-epochs", "2", "--finetune-lr", "0.01")
+    assert json.loads((run / "config.json").read_text())["finetune"]["blocks"] == 1
+    print("max |diff|", export_and_compare(tmp_path, run, images))
+
+
+def test_mobilenet_v2_run_exports_on_20_real_photos(tmp_path):
+    images = real_photos(tmp_path)
+    if not WEIGHTS.is_file():
+        pytest.skip(f"SKIPPED: {WEIGHTS} not present (real MobileNetV2 weights)")
+    backbones = tmp_path / "backbones"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "export_backbones.py"), "mobilenet_v2",
+                    "--weights", str(WEIGHTS), "--out", str(backbones), "--cuts", "none"],
+                   check=True, capture_output=True)
+    run = tmp_path / "run"
+    tl("train", "-b", backbones / "mobilenet_v2.json", tmp_path / "data", "--out", run, "-q",
+       "--val-split", "0.5", "--no-cache")
+    print("max |diff|", export_and_compare(tmp_path, run, images))
+
+
+def unusual_dataset(dest: Path) -> list[Path]:
+    """37 classes: the pets breeds when present, else generated ones with awkward names."""
+    if PETS.is_dir():
+        breeds = sorted(p.name for p in PETS.iterdir() if p.is_dir())
+        assert len(breeds) == 37
+        return link_photos(dest, 2, PETS, breeds)
+    print("SKIPPED part: ../shared/data/pets not present; 37 generated classes instead")
+    from PIL import Image
+    names = [f"breed {i} – ünïcødé & <tag> 'q'" if i % 3 == 0 else f"Great_Pyrenees-{i}" for i in range(37)]
+    rng = np.random.default_rng(0)
+    files = []
+    for i, name in enumerate(names):
+        (dest / name).mkdir(parents=True)
+        for k in range(2):
+            f = dest / name / f"{k}.png"
+            Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(f)
+            files.append(f)
+    return files
+
+
+def test_37_class_names_round_trip(tmp_path):
+    images = unusual_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    tl("train", "-b", TINY, tmp_path / "data", "--out", run, "-q", "--val-split", "0.5", "--epochs", "5")
+    folders = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert json.loads((run / "classes.json").read_text()) == folders
+    export_and_compare(tmp_path, run, images[::4])
+    sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert sidecar["classes"] == folders and sidecar["model_format"] == "onnx"
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].shape[1] == 37

@@ -1,0 +1,38 @@
+//! `tl compare` flags → `CompareSettings`.
+use super::emit;
+use super::train::TrainOptions;
+use clap::Args;
+use std::path::PathBuf;
+use tl::runtime::Runtime;
+use tl::workflow::compare::CompareSettings;
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Dataset folder (as for `tl train`).
+    pub data: PathBuf,
+    /// Backbones to compare, comma-separated (names, sidecar .json files or TorchScript files).
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub backbones: Vec<String>,
+    /// Everything of `tl train`; --out is the folder for the runs and compare.html
+    /// [default: runs/compare-<timestamp>].
+    #[command(flatten)]
+    pub options: TrainOptions,
+}
+
+pub fn run(rt: &Runtime, args: &CompareArgs) -> anyhow::Result<()> {
+    let mut train = args.options.settings(&args.data, "");
+    let out = train
+        .out
+        .take()
+        .unwrap_or_else(|| tl::run::default_dir("compare"));
+    let settings = CompareSettings {
+        train,
+        backbones: args.backbones.clone(),
+        out,
+        force: args.options.force,
+    };
+    emit(
+        &tl::workflow::compare::compare(rt, &settings)?,
+        args.options.json,
+    )
+}

@@ -1,0 +1,9 @@
+//! Stage 6: self-contained HTML reports — one file, no scripts, fonts or requests: charts
+//! are inline SVG (`charts`), images inline data URIs, styles in the page.
+pub mod charts;
+pub mod markup;
+pub mod page;
+
+pub use page::{GalleryImage, ReportPage, TablePage};
+
+pub use markup::{escape, thumbnail};

@@ -1,0 +1,164 @@
+//! Stage 5: an exported model file (`tl export`) and the JSON sidecar beside it, which states
+//! the input contract, the classes and where the model came from; loading checks that the
+//! model's bytes are the ones the sidecar describes.
+use crate::data::PreprocessConfig;
+use crate::error::{Result, TlError};
+use crate::run::Run;
+use crate::util::FilePath;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "tl-model/1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    TorchScript,
+    Onnx,
+}
+
+impl ModelFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ModelFormat::TorchScript => "pt",
+            ModelFormat::Onnx => "onnx",
+        }
+    }
+}
+
+/// What the model takes: decoded RGB, resized and cropped as `tl` does, scaled to [0, 1].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputContract {
+    /// `[N, 3, crop, crop]`, float32, RGB, values in [0, 1].
+    pub shape: [Option<i64>; 4],
+    pub layout: String,
+    /// The shorter side is resized to `resize` (bilinear, antialiased), then the centre
+    /// `crop`×`crop` square is taken.
+    pub resize: u32,
+    pub crop: u32,
+    pub interpolation: String,
+    /// Applied inside the model (listed so that nobody applies them twice).
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub normalized_inside: bool,
+}
+
+impl InputContract {
+    pub fn new(p: &PreprocessConfig) -> InputContract {
+        let side = p.crop as i64;
+        InputContract {
+            shape: [None, Some(3), Some(side), Some(side)],
+            layout: "NCHW, RGB, float32 in [0, 1]".into(),
+            resize: p.resize,
+            crop: p.crop,
+            interpolation: "bilinear, antialiased (as torchvision's Resize on tensors)".into(),
+            mean: p.mean,
+            std: p.std,
+            normalized_inside: true,
+        }
+    }
+
+    pub fn preprocess(&self) -> PreprocessConfig {
+        PreprocessConfig {
+            resize: self.resize,
+            crop: self.crop,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+}
+
+/// Where the model came from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportSource {
+    pub run: FilePath,
+    pub backbone: String,
+    pub backbone_sha256: String,
+    /// Blocks of the backbone that were fine-tuned (none: frozen backbone).
+    pub finetuned_blocks: Option<usize>,
+    pub trained_at: String,
+    pub val_accuracy: Option<f64>,
+}
+
+/// The JSON file beside an exported model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelSidecar {
+    pub format: String,
+    pub model_file: String,
+    pub model_format: ModelFormat,
+    pub sha256: String,
+    pub classes: Vec<String>,
+    pub input: InputContract,
+    /// `[N, classes]` float32 softmax probabilities, classes in the order of `classes`.
+    pub output: String,
+    pub source: ExportSource,
+    pub tl_version: String,
+    pub exported_at: String,
+}
+
+/// `model.pt` → `model.pt.json` (a TorchScript and an ONNX export can sit side by side).
+pub fn sidecar_path(model: &Path) -> PathBuf {
+    let mut name = model.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+impl ModelSidecar {
+    pub fn new(run: &Run, format: ModelFormat, model_file: &Path, sha256: String) -> Self {
+        ModelSidecar {
+            format: FORMAT.into(),
+            model_file: model_file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            model_format: format,
+            sha256,
+            classes: run.classes.clone(),
+            input: InputContract::new(&run.config.preprocess),
+            output: "[N, classes] float32 softmax probabilities, in the order of `classes`".into(),
+            source: ExportSource {
+                run: FilePath(run.dir.clone()),
+                backbone: run.config.backbone.name.clone(),
+                backbone_sha256: run.config.backbone.features_sha256.clone(),
+                finetuned_blocks: run.config.finetune.as_ref().map(|f| f.blocks),
+                trained_at: run.config.created_at.clone(),
+                val_accuracy: None,
+            },
+            tl_version: env!("CARGO_PKG_VERSION").into(),
+            exported_at: chrono::Local::now().to_rfc3339(),
+        }
+    }
+
+    /// The sidecar of `model`, checked: our format, the model file it names, same bytes.
+    pub fn load(model: &Path) -> Result<ModelSidecar> {
+        let path = sidecar_path(model);
+        if !path.is_file() {
+            return Err(TlError::file(
+                &path,
+                "no sidecar beside the model (`tl export` writes NAME.pt and NAME.pt.json)",
+            ));
+        }
+        let s: ModelSidecar = crate::util::read_json(&path)?;
+        if s.format != FORMAT {
+            return Err(TlError::file(
+                &path,
+                format!("format '{}' is not '{FORMAT}'", s.format),
+            ));
+        }
+        let named = model.file_name().map(|n| n.to_string_lossy().into_owned());
+        if named.as_deref() != Some(s.model_file.as_str()) {
+            return Err(TlError::file(
+                &path,
+                format!("describes '{}', not this model file", s.model_file),
+            ));
+        }
+        let hash = crate::util::sha256_file(model)?;
+        if hash != s.sha256 {
+            return Err(TlError::file(
+                model,
+                "differs from the sha256 in its sidecar (changed or damaged since export)",
+            ));
+        }
+        Ok(s)
+    }
+}

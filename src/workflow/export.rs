@@ -1,0 +1,109 @@
+//! `tl export`: a run as one TorchScript (or ONNX) file plus its JSON sidecar.
+use crate::error::{Result, TlError, TorchContext};
+use crate::eval::Report;
+use crate::export::onnx::{self, OnnxCheck};
+use crate::inspect::Classifier;
+use crate::model_file::{sidecar_path, ModelFormat, ModelSidecar};
+use crate::run::{Run, REPORT};
+use crate::util::fs::write_atomic_via;
+use crate::util::{refuse_overwrite, write_json_atomic, FilePath};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct ExportSettings {
+    pub run: PathBuf,
+    pub out: PathBuf,
+    pub format: ModelFormat,
+    pub force: bool,
+    /// The Python (with torch and onnx) that converts to ONNX.
+    pub python: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportReport {
+    pub model: FilePath,
+    pub sidecar: FilePath,
+    pub format: ModelFormat,
+    pub classes: usize,
+    pub bytes: u64,
+    pub sha256: String,
+    /// ONNX only: the conversion's own check against TorchScript.
+    pub onnx: Option<OnnxCheck>,
+}
+
+impl Report for ExportReport {
+    fn render_text(&self) -> String {
+        let check = match &self.onnx {
+            Some(OnnxCheck {
+                onnxruntime: Some(v),
+                max_abs_diff: Some(d),
+                ..
+            }) => format!("; ONNX Runtime {v} matches TorchScript to {d:.1e}"),
+            Some(_) => "; not checked (onnxruntime is not installed in that Python)".into(),
+            None => String::new(),
+        };
+        format!(
+            "exported {} ({}, {} classes), sidecar {}{check}\n",
+            self.model,
+            crate::util::text::human_bytes(self.bytes),
+            self.classes,
+            self.sidecar
+        )
+    }
+}
+
+pub fn export(s: &ExportSettings) -> Result<ExportReport> {
+    let sidecar = sidecar_path(&s.out);
+    refuse_overwrite(&s.out, s.force)?;
+    refuse_overwrite(&sidecar, s.force)?;
+    let run = Run::open(&s.run)?;
+    let classifier = Classifier::from_run(&run, tch::Device::Cpu)?;
+    let module = crate::export::trace(&classifier)?;
+    let save = |path: &Path| {
+        module
+            .save(path)
+            .torch_ctx(|| format!("{}: saving", s.out.display()))
+    };
+    let check = match s.format {
+        ModelFormat::TorchScript => {
+            write_atomic_via(&s.out, save)?;
+            None
+        }
+        ModelFormat::Onnx => {
+            let scratch = tempfile::tempdir().map_err(|e| TlError::invalid(e.to_string()))?;
+            let traced = scratch.path().join("model.pt");
+            save(&traced)?;
+            let mut check = None;
+            write_atomic_via(&s.out, |tmp| {
+                check = Some(onnx::convert(
+                    &s.python,
+                    &traced,
+                    tmp,
+                    run.config.preprocess.crop,
+                )?);
+                Ok(())
+            })?;
+            check
+        }
+    };
+    let sha256 = crate::util::sha256_file(&s.out)?;
+    let mut meta = ModelSidecar::new(&run, s.format, &s.out, sha256.clone());
+    meta.source.val_accuracy = crate::util::read_json::<serde_json::Value>(&run.dir.join(REPORT))
+        .ok()
+        .and_then(|r| r["val_accuracy"].as_f64());
+    // The sidecar last: a model without one is removed, never left looking finished.
+    if let Err(e) = write_json_atomic(&sidecar, &meta) {
+        let _ = std::fs::remove_file(&s.out);
+        return Err(e);
+    }
+    Ok(ExportReport {
+        model: FilePath(s.out.clone()),
+        sidecar: FilePath(sidecar),
+        format: s.format,
+        classes: run.classes.len(),
+        bytes: std::fs::metadata(&s.out).map(|m| m.len()).unwrap_or(0),
+        sha256,
+        onnx: check,
+    })
+}
