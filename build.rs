@@ -18,7 +18,33 @@ fn main() {
         if let Some(version) = libtorch_version(std::path::Path::new(&lib_dir)) {
             println!("cargo:rustc-env=TL_LIBTORCH_VERSION={version}");
         }
+        // ONNX Runtime from the onnxruntime wheel installed beside torch (scripts/setup.sh):
+        // its path is baked in like libtorch's rpath; TL_ONNXRUNTIME overrides it at run time.
+        if let Some(ort) = onnxruntime_lib(std::path::Path::new(&lib_dir)) {
+            println!("cargo:rustc-env=TL_ONNXRUNTIME_LIB={}", ort.display());
+        }
     }
+}
+
+/// `site-packages/onnxruntime/capi/libonnxruntime.so.X.Y.Z` next to `site-packages/torch/lib`.
+fn onnxruntime_lib(torch_lib: &std::path::Path) -> Option<std::path::PathBuf> {
+    let capi = torch_lib
+        .parent()?
+        .parent()?
+        .join("onnxruntime")
+        .join("capi");
+    println!("cargo:rerun-if-changed={}", capi.display());
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&capi)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 /// PyTorch's `version.py` (a pip install) or libtorch's `build-version` file.

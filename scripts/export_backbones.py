@@ -12,6 +12,9 @@ For each model name this writes, into the backbones folder:
   NAME.topN.pt        the last N blocks and the pooling, scripted with their parameters so
                       that `tl train --finetune N` can train them; [N,C,h,w] -> [N,D]
   NAME.topall.pt      (cut `all`) the whole feature extractor, trainable; [N,3,H,W] -> [N,D]
+  NAME.features.onnx  the feature extractor and the classifier as ONNX (opset 17, dynamic
+  NAME.classifier.onnx  batch), from the eager model, for `tl --engine onnx`; checked in ONNX
+                      Runtime against eager when it is installed (--no-onnx: not written)
 
 Blocks, counted from the top: MobileNetV2's final 1x1 conv and its inverted-residual blocks;
 ResNet's bottlenecks (layer4, then layer3, ...); VGG's conv layers (each with its ReLU and any
@@ -325,6 +328,44 @@ def write_json_atomic(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
+ONNX_OPSET = 17
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, want: torch.Tensor, path: Path) -> dict | None:
+    """`module` (eager) as ONNX with a dynamic batch, checked in ONNX Runtime against eager
+    when it is installed. None (nothing written) without the onnx package."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        print(f"  {path.name}: skipped (the onnx package is not installed)", file=sys.stderr)
+        return None
+    import warnings
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, _umask_mode())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), (example,), tmp, dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["image"], output_names=["output"],
+                              dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
+        err = None
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            ort = None
+        if ort is not None:
+            session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"image": example.numpy()})[0])
+            err = check_close(f"{path} (ONNX Runtime)", got, want)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"file": path.name, "sha256": sha256_file(path), "opset": ONNX_OPSET,
+            "max_relative_error_vs_eager": err}
+
+
 def cut_files(name: str, cut) -> tuple[str | None, str]:
     """(trunk file, top file) names of a cut."""
     if cut == "all":
@@ -379,7 +420,7 @@ def export_cuts(arch: str, model: nn.Module, name: str, out_dir: Path, cuts: lis
 
 
 def export(arch: str, weights: str, out_dir: Path, name: str | None = None, force: bool = False,
-           check_batch: int = 2, cuts: list | None = None) -> Path:
+           check_batch: int = 2, cuts: list | None = None, onnx: bool = True) -> Path:
     name = name or arch
     cuts = DEFAULT_CUTS if cuts is None else cuts
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -388,6 +429,8 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
     classifier_path = out_dir / f"{name}.classifier.pt"
     if not force:
         extra = [out_dir / f for cut in cuts for f in cut_files(name, cut) if f]
+        if onnx:
+            extra += [out_dir / f"{name}.features.onnx", out_dir / f"{name}.classifier.onnx"]
         for path in (sidecar_path, features_path, classifier_path, *extra):
             if path.exists():
                 raise ExportError(f"{path}: already exists (use --force to overwrite)")
@@ -415,6 +458,13 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
         check_close(f"{features_path}", torch.jit.load(str(features_path))(example), want_feats)
         check_close(f"{classifier_path}", torch.jit.load(str(classifier_path))(example), want_logits)
     block_names, cut_entries = export_cuts(arch, model, name, out_dir, cuts, example, want_feats)
+    # The same networks for ONNX Runtime (`tl --engine onnx`), from the eager model.
+    onnx_files = {}
+    if onnx:
+        onnx_files = {
+            "features": export_onnx(features_eager, example, want_feats, out_dir / f"{name}.features.onnx"),
+            "classifier": export_onnx(model, example, want_logits, out_dir / f"{name}.classifier.onnx"),
+        }
 
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -436,6 +486,7 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
         "classifier_sha256": sha256_file(classifier_path),
         "blocks": block_names,
         "cuts": cut_entries,
+        "onnx": {k: v for k, v in onnx_files.items() if v},
         "frozen": True,
         "channels_last": True,
         "max_relative_error_vs_eager": max(errs.values()),
@@ -459,6 +510,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cuts", default=None,
                         help="fine-tuning cut points: numbers of top blocks and/or 'all', or 'none' "
                              f"(default: {','.join(map(str, DEFAULT_CUTS))}, those the network has)")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="do not write NAME.features.onnx / NAME.classifier.onnx (for `tl --engine onnx`)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.name and len(args.models) != 1:
@@ -468,15 +521,17 @@ def main(argv=None) -> int:
     for arch in args.models:
         try:
             path = export(arch, args.weights, Path(args.out), args.name, args.force,
-                          cuts=None if args.cuts is None else parse_cuts(args.cuts))
+                          cuts=None if args.cuts is None else parse_cuts(args.cuts), onnx=not args.no_onnx)
         except ExportError as exc:
             print(f"export_backbones: error: {exc}", file=sys.stderr)
             return 1
         sidecar = json.loads(path.read_text())
         tag = "" if sidecar["weights"]["pretrained"] else "  [random weights: shapes/speed only]"
-        cuts = ", ".join(str(c["blocks"]) for c in sidecar["cuts"]) or "none"
+        cuts = ", ".join(str(c["blocks"]) for c in sidecar["cuts"])
+        cuts = f"{cuts} of {len(sidecar['blocks'])} blocks" if cuts else "none"
+        onnx_note = ", ONNX: yes" if sidecar.get("onnx", {}).get("features") else ", ONNX: no"
         print(f"exported {arch} -> {path} (feature dim {sidecar['feature_dim']}, {sidecar['num_classes']} classes, "
-              f"fine-tuning cuts: {cuts} of {len(sidecar['blocks'])} blocks){tag}")
+              f"fine-tuning cuts: {cuts}{onnx_note}){tag}")
     return 0
 
 

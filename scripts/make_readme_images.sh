@@ -16,9 +16,9 @@ for c in tabby "Siamese cat" zebra "golden retriever" goldfish; do
 done
 "$PY" scripts/side_by_side.py docs/dreams.png "${caps[@]}"
 dog="$T/golden_retriever.png"
-"$TL" attack "$dog" --backbone mobilenet_v2 --target tabby --eps 2/255 -o "$T/adv.png" --diff "$T/diff.png" -q
+"$TL" attack "$dog" --backbone mobilenet_v2 --target tabby --eps 4/255 -o "$T/adv.png" --diff "$T/diff.png" -q
 top1() { "$TL" predict --backbone mobilenet_v2 "$1" --json | "$PY" -c 'import json,sys; p=json.load(sys.stdin)["predictions"][0]; print("%s p=%.3f" % (p["class"], p["probability"]))'; }
 adv=$(top1 "$T/adv.png")
 orig=$(top1 "$dog")
-"$PY" scripts/side_by_side.py docs/attack.png "$dog:original: $orig" "$T/adv.png:eps 2/255: $adv" "$T/diff.png:difference, amplified"
+"$PY" scripts/side_by_side.py docs/attack.png "$dog:original: $orig" "$T/adv.png:eps 4/255: $adv" "$T/diff.png:difference, amplified"
 echo "wrote docs/dreams.png docs/attack.png"

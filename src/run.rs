@@ -65,6 +65,9 @@ pub struct ExtractRecord {
     pub threads: usize,
     pub device: String,
     pub cache_dir: Option<FilePath>,
+    /// The library that computed the features (libtorch for runs made before engines).
+    #[serde(default)]
+    pub engine: crate::features::Engine,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -73,7 +73,7 @@ fn bench_measures_the_backbone_and_matmul() {
     ]);
     assert!(
         text.starts_with("tiny: ")
-            && text.contains(" img/s on ready tensors (batch 32, 1 threads, cpu)"),
+            && text.contains(" img/s on ready tensors (batch 32, 1 threads, cpu, ONNX Runtime)"),
         "{text}"
     );
     assert!(!text.contains("matmul"), "--matmul-size 0 skips it: {text}");

@@ -144,3 +144,25 @@ def test_bad_cuts_fail_clearly(tmp_path):
     with pytest.raises(eb.ExportError, match="tiny has 3 blocks"):
         eb.export("tiny", "none", tmp_path, cuts=[3])
     assert eb.parse_cuts("none") == []
+
+
+def test_onnx_files_match_the_torchscript_ones_in_onnx_runtime(tmp_path):
+    import onnxruntime as ort
+
+    sidecar = json.loads(eb.export("tiny", "none", tmp_path).read_text())
+    x = torch.randn(3, 3, 224, 224)  # another batch size than the export's example
+    for kind in ("features", "classifier"):
+        entry = sidecar["onnx"][kind]
+        path = tmp_path / entry["file"]
+        assert entry["file"] == f"tiny.{kind}.onnx" and entry["opset"] == eb.ONNX_OPSET
+        assert eb.sha256_file(path) == entry["sha256"]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        with torch.no_grad():
+            want = torch.jit.load(str(tmp_path / sidecar[f"{kind}_file"]))(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_no_onnx_writes_no_onnx_files(tmp_path):
+    sidecar = json.loads(eb.export("tiny", "none", tmp_path, onnx=False).read_text())
+    assert sidecar["onnx"] == {} and not list(tmp_path.glob("*.onnx"))

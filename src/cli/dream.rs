@@ -20,6 +20,8 @@ pub enum ObjectiveArg {
     Logit,
     /// The target's log-probability (also pushes similar classes down).
     Logprob,
+    /// Logit + log-probability: the margin over similar classes, then a logit that keeps rising.
+    Both,
 }
 
 fn size(s: &str) -> Result<u32, String> {
@@ -51,9 +53,9 @@ pub struct DreamArgs {
     /// Total-variation weight (TV is the mean absolute difference of neighbouring pixels).
     #[arg(long, default_value = "10", value_parser = values::non_negative)]
     pub tv: f64,
-    /// Penalty on the mean squared distance from mid-grey: keeps the low frequencies from
-    /// saturating into black and white blobs.
-    #[arg(long, default_value = "20", value_parser = values::non_negative)]
+    /// Penalty on the mean squared distance from mid-grey (0: none; it washes the colours
+    /// out, and dreams transfer to other networks far better without it: BENCHMARKS §14).
+    #[arg(long, default_value = "0", value_parser = values::non_negative)]
     pub l2: f64,
     /// Image side in pixels, 16 to 2048 (default: the backbone's crop size).
     #[arg(long, value_parser = size)]
@@ -69,8 +71,8 @@ pub struct DreamArgs {
     /// How the image is parametrised.
     #[arg(long, value_enum, default_value_t = ParamArg::Fourier)]
     pub param: ParamArg,
-    /// What is maximised: the target's logit or its log-probability.
-    #[arg(long, value_enum, default_value_t = ObjectiveArg::Logprob)]
+    /// What is maximised: the target's logit, its log-probability, or both summed.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Both)]
     pub objective: ObjectiveArg,
     /// Also write a strip of frames every K steps (<out>-strip.png).
     #[arg(long, value_parser = values::at_least_one)]
@@ -106,6 +108,7 @@ pub fn run(rt: &Runtime, args: &DreamArgs) -> anyhow::Result<()> {
             objective: match args.objective {
                 ObjectiveArg::Logit => Objective::Logit,
                 ObjectiveArg::Logprob => Objective::Logprob,
+                ObjectiveArg::Both => Objective::Both,
             },
         },
     };

@@ -38,6 +38,10 @@ pub struct GlobalArgs {
     /// threads on CPU, at low priority; all of them with CUDA).
     #[arg(long, global = true, env = "TL_DECODE_THREADS", value_parser = values::at_least_one)]
     pub decode_threads: Option<usize>,
+    /// Engine for frozen feature extraction: auto (ONNX Runtime on the CPU when it loads and
+    /// the backbone has an ONNX export, else libtorch), torch or onnx.
+    #[arg(long, global = true, env = "TL_ENGINE", value_enum, default_value_t = values::EngineArg::Auto)]
+    pub engine: values::EngineArg,
     /// Folder holding exported backbones (NAME.json + TorchScript files).
     #[arg(long, global = true, env = "TL_BACKBONES", default_value = "backbones")]
     pub backbones_dir: PathBuf,
@@ -167,6 +171,7 @@ fn emit<R: Report>(report: &R, json: bool) -> anyhow::Result<()> {
 fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
     Ok(Runtime::new(&RuntimeSettings {
         device: g.device,
+        engine: g.engine.setting(),
         threads: g.threads,
         decode_threads: g.decode_threads,
         backbones: g.backbones_dir.clone(),

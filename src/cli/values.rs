@@ -94,3 +94,21 @@ impl TtaArg {
         }
     }
 }
+
+/// `--engine`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Torch,
+    Onnx,
+}
+
+impl EngineArg {
+    pub fn setting(self) -> tl::runtime::EngineChoice {
+        match self {
+            EngineArg::Auto => tl::runtime::EngineChoice::Auto,
+            EngineArg::Torch => tl::runtime::EngineChoice::Torch,
+            EngineArg::Onnx => tl::runtime::EngineChoice::Onnx,
+        }
+    }
+}

@@ -41,6 +41,41 @@ pub struct Sidecar {
     pub blocks: Vec<String>,
     #[serde(default)]
     pub cuts: Vec<CutPoint>,
+    /// The same networks as ONNX (`--engine onnx`); absent in older exports.
+    #[serde(default)]
+    pub onnx: OnnxExports,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OnnxExports {
+    pub features: Option<OnnxFile>,
+    pub classifier: Option<OnnxFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OnnxFile {
+    pub file: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub opset: u32,
+}
+
+/// The library that runs a frozen feature extractor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Torch,
+    Onnx,
+}
+
+impl Engine {
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Torch => "libtorch",
+            Engine::Onnx => "ONNX Runtime",
+        }
+    }
 }
 
 /// Where the backbone was split for fine-tuning: a frozen trunk (absent when every block
@@ -98,6 +133,8 @@ pub struct BackboneSpec {
     pub features_hash: std::sync::OnceLock<String>,
     /// Dimensions of the module's output: 2 for features, 4 for a fine-tuning trunk.
     pub output_rank: usize,
+    /// Which library runs `features_path` (see [`BackboneSpec::for_engine`]).
+    pub engine: Engine,
 }
 
 /// Names of the backbones exported in `dir` (their sidecars).
@@ -181,6 +218,7 @@ impl BackboneSpec {
             classifier_path: None,
             features_hash: Default::default(),
             output_rank: 2,
+            engine: Engine::Torch,
         }
     }
 
@@ -233,6 +271,7 @@ impl BackboneSpec {
             classifier_path,
             features_hash: Default::default(),
             output_rank: 2,
+            engine: Engine::Torch,
         })
     }
 
@@ -270,13 +309,11 @@ impl BackboneSpec {
         if let Some(hash) = self.features_hash.get() {
             return Ok(hash.clone());
         }
-        let hash = verified_hash(
-            &self.features_path,
-            self.sidecar
-                .as_ref()
-                .and_then(|s| s.features_sha256.as_deref()),
-            self.sidecar_path.as_deref(),
-        )?;
+        let expected = self.sidecar.as_ref().and_then(|s| match self.engine {
+            Engine::Torch => s.features_sha256.as_deref(),
+            Engine::Onnx => s.onnx.features.as_ref().map(|f| f.sha256.as_str()),
+        });
+        let hash = verified_hash(&self.features_path, expected, self.sidecar_path.as_deref())?;
         Ok(self.features_hash.get_or_init(|| hash).clone())
     }
 

@@ -7,11 +7,12 @@
 //! on the calling thread. The backbone is loaded as soon as the first miss is seen (while
 //! that batch decodes), and never when everything is cached. A cache that cannot be written
 //! costs a warning, not the extraction.
-use super::backbone::{BackboneSpec, LoadedModule};
+use super::backbone::BackboneSpec;
 use super::cache::{content_key, FeatureCache, Lookup};
+use super::engine::FrozenModel;
 use crate::data::preprocess::PreprocessConfig;
 use crate::data::View;
-use crate::error::{Result, TlError, TorchContext};
+use crate::error::{Result, TlError};
 use crate::progress;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -29,10 +30,14 @@ pub struct ExtractOptions {
     pub amp: bool,
     /// Which view of each image (the cache passed in must be that view's).
     pub view: View,
+    /// Compute threads of the ONNX Runtime engine (libtorch's are set process-wide).
+    pub threads: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExtractStats {
+    /// The library that ran the backbone.
+    pub engine: super::backbone::Engine,
     pub images: usize,
     pub cached: usize,
     pub computed: usize,
@@ -218,7 +223,7 @@ impl Collector<'_> {
     fn chunk(
         &mut self,
         chunk: &mut Chunk,
-        module: &mut Option<LoadedModule>,
+        module: &mut Option<FrozenModel>,
         spec: &BackboneSpec,
         opts: &ExtractOptions,
     ) -> Result<f64> {
@@ -229,10 +234,11 @@ impl Collector<'_> {
         }
         let m = match module {
             Some(m) => m,
-            None => module.insert(spec.load_features(opts.device)?),
+            None => module.insert(spec.load_frozen(opts.device, opts.threads, false)?),
         };
         let t_fwd = Instant::now();
-        let out = run_batch(m, &batch.tensor(&self.cfg), opts.device, opts.amp)?;
+        let n = batch.indices.len();
+        let out = m.run(&batch.data, n, &self.cfg, opts.device, opts.amp)?;
         let seconds = t_fwd.elapsed().as_secs_f64();
         let d = out.len() / batch.indices.len();
         check_dim(m, d, self.expected_dim)?;
@@ -302,6 +308,7 @@ pub fn extract(
             keys: vec![None; paths.len()],
             dim: expected_dim.unwrap_or(0),
             stats: ExtractStats {
+                engine: spec.engine,
                 images: paths.len(),
                 ..Default::default()
             },
@@ -368,7 +375,7 @@ fn pipeline(
         });
         // Owned here, so that an early error drops them and unblocks the producer.
         let (rx, mut need_rx) = (rx, need_rx);
-        let mut module: Option<LoadedModule> = None;
+        let mut module: Option<FrozenModel> = None;
         let mut t_wait = Instant::now();
         loop {
             crossbeam_channel::select! {
@@ -377,7 +384,7 @@ fn pipeline(
                     need_rx = crossbeam_channel::never();
                     first_compute.get_or_insert_with(Instant::now);
                     if msg.is_ok() && module.is_none() {
-                        module = Some(spec.load_features(opts.device)?);
+                        module = Some(spec.load_frozen(opts.device, opts.threads, false)?);
                     }
                 }
                 recv(rx) -> msg => {
@@ -399,10 +406,10 @@ fn pipeline(
     Ok(first_compute)
 }
 
-fn check_dim(module: &LoadedModule, d: usize, expected: Option<usize>) -> Result<()> {
+fn check_dim(module: &FrozenModel, d: usize, expected: Option<usize>) -> Result<()> {
     match expected {
         Some(e) if e != d => Err(TlError::file(
-            &module.path,
+            module.path(),
             format!("outputs {d} features per image but its sidecar says feature_dim {e}"),
         )),
         _ => Ok(()),
@@ -424,17 +431,6 @@ fn decode_pool(opts: &ExtractOptions) -> Result<rayon::ThreadPool> {
         .start_handler(move |_| lower_priority(nice))
         .build()
         .map_err(|e| TlError::invalid(format!("cannot start decode threads: {e}")))
-}
-
-fn run_batch(module: &LoadedModule, input: &Tensor, device: Device, amp: bool) -> Result<Vec<f32>> {
-    let input = input.to_device(device);
-    let out = tch::no_grad(|| tch::autocast(amp && device.is_cuda(), || module.forward(&input)))?;
-    let out = out
-        .to_device(Device::Cpu)
-        .to_kind(tch::Kind::Float)
-        .contiguous()
-        .view([-1]);
-    Vec::<f32>::try_from(&out).torch_ctx(|| "reading features".into())
 }
 
 /// Lower this thread's scheduling priority (Linux: nice is per thread), so that decoding

@@ -3,12 +3,15 @@
 //! `extract` drives both over a list of files.
 pub mod backbone;
 pub mod cache;
+pub mod engine;
 pub mod extract;
+pub mod onnx;
 pub mod split;
 
 pub use crate::data::View;
-pub use backbone::BackboneSpec;
+pub use backbone::{BackboneSpec, Engine};
 pub use cache::FeatureCache;
+pub use engine::FrozenModel;
 pub use extract::{extract, ExtractOptions, ExtractStats, Extracted};
 pub use split::{FeatureNet, SplitSpec, TrainableTop, Unfreeze};
 

@@ -97,6 +97,7 @@ impl SplitSpec {
                 trunk.output_rank = 4;
                 if let Some(s) = trunk.sidecar.as_mut() {
                     s.features_sha256 = cut.trunk_sha256.clone();
+                    s.onnx = Default::default(); // trunks run on libtorch
                     s.feature_dim = c * h * w;
                 }
                 (Some(trunk), [c, h, w])

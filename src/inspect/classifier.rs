@@ -6,7 +6,7 @@ use crate::error::TorchContext;
 use crate::error::{Result, TlError};
 use crate::eval::{top_classes, ClassProb};
 use crate::features::backbone::{BackboneSpec, LoadedModule};
-use crate::features::FeatureNet;
+use crate::features::{FeatureNet, FrozenModel};
 use crate::head::Head;
 use crate::model_file::{ModelFormat, ModelSidecar};
 use crate::run::Run;
@@ -31,6 +31,11 @@ enum Network {
     },
     ImageNet {
         classifier: LoadedModule,
+    },
+    /// A frozen run on another engine (ONNX Runtime): inference only, no input gradients.
+    RunInference {
+        frozen: std::sync::Mutex<FrozenModel>,
+        head: Head,
     },
     /// `[N,3,H,W]` in [0, 1] → probabilities (normalisation inside).
     Exported {
@@ -59,6 +64,39 @@ impl Classifier {
             }
             NetworkChoice::Exported(path) => Classifier::from_exported(path, rt.device),
         }
+    }
+
+    /// As [`Classifier::load`], for inference only (`tl predict`): a frozen run's backbone
+    /// runs on the runtime's engine (ONNX Runtime where `--engine` picks it).
+    pub fn load_for_inference(choice: &NetworkChoice, rt: &Runtime) -> Result<Classifier> {
+        let NetworkChoice::Run(dir) = choice else {
+            return Classifier::load(choice, rt);
+        };
+        let run = Run::open(dir)?;
+        if run.config.finetune.is_some() {
+            return Classifier::from_run(&run, rt.device);
+        }
+        let spec = run.backbone()?.for_engine(rt.engine, rt.device)?;
+        if spec.engine == crate::features::Engine::Torch {
+            return Classifier::from_run(&run, rt.device);
+        }
+        let frozen = spec.load_frozen(rt.device, rt.threads, true)?;
+        Ok(Classifier {
+            net: Network::RunInference {
+                frozen: std::sync::Mutex::new(frozen),
+                head: run.load_head(rt.device)?,
+            },
+            classes: run.classes.clone(),
+            preprocess: run.config.preprocess,
+            description: format!(
+                "run {} ({} on {} + head)",
+                run.dir.display(),
+                run.config.backbone.name,
+                spec.engine.label()
+            ),
+            device: rt.device,
+            warning: spec.weights_warning(),
+        })
     }
 
     /// A model written by `tl export` (TorchScript), checked against its sidecar.
@@ -154,6 +192,22 @@ impl Classifier {
                     ));
                 }
                 Ok(out)
+            }
+            Network::RunInference { frozen, head } => {
+                let n = x.size()[0] as usize;
+                let data = Vec::<f32>::try_from(
+                    &x.detach().to_device(Device::Cpu).contiguous().view([-1]),
+                )
+                .torch_ctx(|| "reading the input batch".into())?;
+                let features = frozen
+                    .lock()
+                    .map_err(|_| TlError::invalid("the backbone failed in another thread"))?
+                    .run(&data, n, &self.preprocess, Device::Cpu, false)?;
+                let d = (features.len() / n.max(1)) as i64;
+                let features = Tensor::from_slice(&features)
+                    .view([n as i64, d])
+                    .to_device(self.device);
+                Ok(head.forward(&features))
             }
             Network::Exported { module, path } => {
                 // An exported model normalises inside.

@@ -244,6 +244,9 @@ pub enum Objective {
     /// The target's log-probability (its logit minus the log-sum-exp of all): also pushes
     /// similar classes down, e.g. 'tiger cat' when dreaming 'tabby'.
     Logprob,
+    /// Both summed: the log-probability wins the margin over similar classes, then (once
+    /// it saturates) the logit keeps improving the image.
+    Both,
 }
 
 /// Optimise an image for class `target`. Returns the final image `[1,3,S,S]` in [0,1] and
@@ -290,6 +293,10 @@ pub fn dream(
                 .log_softmax(-1, Kind::Float)
                 .get(0)
                 .get(target as i64),
+            Objective::Both => {
+                let t = target as i64;
+                logits.get(0).get(t) + logits.log_softmax(-1, Kind::Float).get(0).get(t)
+            }
         };
         let tv = total_variation(&image);
         let mut objective = &score - &tv * cfg.tv;

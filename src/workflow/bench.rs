@@ -21,6 +21,7 @@ pub struct BenchSettings {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub backbone: String,
+    pub engine: crate::features::Engine,
     pub device: String,
     pub threads: usize,
     pub batch_size: i64,
@@ -34,8 +35,13 @@ pub struct BenchReport {
 impl Report for BenchReport {
     fn render_text(&self) -> String {
         let mut s = format!(
-            "{}: {:.1} img/s on ready tensors (batch {}, {} threads, {})\n",
-            self.backbone, self.images_per_second, self.batch_size, self.threads, self.device
+            "{}: {:.1} img/s on ready tensors (batch {}, {} threads, {}, {})\n",
+            self.backbone,
+            self.images_per_second,
+            self.batch_size,
+            self.threads,
+            self.device,
+            self.engine.label()
         );
         if let Some(g) = self.matmul_gflops {
             s += &format!(
@@ -59,22 +65,23 @@ pub fn bench(rt: &Runtime, s: &BenchSettings) -> Result<BenchReport> {
             "the batch size and the number of batches must be at least 1",
         ));
     }
-    let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
-    let module = spec.load_features(rt.device)?;
-    let side = spec.preprocess().crop as i64;
+    let spec =
+        BackboneSpec::resolve(&s.backbone, &rt.backbones)?.for_engine(rt.engine, rt.device)?;
+    let mut module = spec.load_frozen(rt.device, rt.threads, true)?;
+    let cfg = spec.preprocess();
+    let side = cfg.crop as i64;
     let x = Tensor::f_randn([s.batch_size, 3, side, side], (Kind::Float, Device::Cpu))
-        .map_err(|e| TlError::torch("allocating the input batch", e))?
-        .to_device(rt.device);
+        .map_err(|e| TlError::torch("allocating the input batch", e))?;
+    let data = Vec::<f32>::try_from(&x.view([-1]))
+        .map_err(|e| TlError::torch("reading the input batch", e))?;
     let amp = s.amp && rt.device.is_cuda();
-    let run = |n: usize| {
-        tch::no_grad(|| {
-            tch::autocast(amp, || -> Result<()> {
-                for _ in 0..n {
-                    let _ = module.forward(&x)?;
-                }
-                Ok(())
-            })
-        })
+    let n = s.batch_size as usize;
+    // As extraction runs it: host data in, features out (on CUDA, copies included).
+    let mut run = |batches: usize| -> Result<()> {
+        for _ in 0..batches {
+            module.run(&data, n, &cfg, rt.device, amp)?;
+        }
+        Ok(())
     };
     run(2)?;
     sync(rt.device);
@@ -88,6 +95,7 @@ pub fn bench(rt: &Runtime, s: &BenchSettings) -> Result<BenchReport> {
         .transpose()?;
     Ok(BenchReport {
         backbone: spec.name.clone(),
+        engine: spec.engine,
         device: crate::device::describe(rt.device),
         threads: rt.threads,
         batch_size: s.batch_size,

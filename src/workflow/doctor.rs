@@ -1,7 +1,7 @@
 //! `tl doctor`: what this installation can do — libtorch, CUDA, threads, backbones, cache.
 use crate::eval::Report;
-use crate::features::{backbone, BackboneSpec};
-use crate::runtime::Runtime;
+use crate::features::{backbone, onnx, BackboneSpec};
+use crate::runtime::{EngineChoice, Runtime};
 use crate::util::FilePath;
 use serde::Serialize;
 
@@ -20,6 +20,10 @@ pub struct DoctorReport {
     pub cuda_devices: Vec<String>,
     pub cudnn: Option<String>,
     pub libtorch_cuda_loaded: bool,
+    /// ONNX Runtime: "1.32.0 (/path/libonnxruntime.so.1.32.0)", or why it is not available.
+    pub onnxruntime: std::result::Result<String, String>,
+    /// `--engine` and what it means for frozen extraction here.
+    pub engine: String,
     pub default_device: String,
     pub threads: usize,
     pub torch_threads: i32,
@@ -57,6 +61,11 @@ impl Report for DoctorReport {
                 "no (CPU-only libtorch)"
             }
         );
+        s += &match &self.onnxruntime {
+            Ok(v) => format!("ONNX Runtime: {v}\n"),
+            Err(why) => format!("ONNX Runtime: not available ({why})\n"),
+        };
+        s += &format!("engine: {}\n", self.engine);
         s += &format!("default device: {}\n", self.default_device);
         s += &format!(
             "threads: {} (libtorch intra-op {}), MKL: {}, mkldnn: {}\n",
@@ -101,19 +110,39 @@ fn backbone_status(dir: &std::path::Path, name: &str) -> String {
     match BackboneSpec::from_sidecar(&dir.join(format!("{name}.json"))) {
         Ok(spec) => match &spec.sidecar {
             Some(s) => format!(
-                "{} features, {} classes, weights: {}",
+                "{} features, {} classes, weights: {}, ONNX export: {}",
                 s.feature_dim,
                 s.num_classes,
                 if s.pretrained() {
                     "pretrained"
                 } else {
                     "RANDOM (shapes/speed only)"
+                },
+                if s.onnx.features.is_some() {
+                    "yes"
+                } else {
+                    "no"
                 }
             ),
             None => "no sidecar".into(),
         },
         Err(e) => e.to_string(),
     }
+}
+
+fn engine_line(rt: &Runtime) -> String {
+    let onnx_ok = onnx::library().is_ok();
+    let what = match (rt.engine, rt.device == tch::Device::Cpu, onnx_ok) {
+        (EngineChoice::Torch, _, _) => "libtorch",
+        (_, false, _) => "libtorch (ONNX Runtime runs on the CPU only)",
+        (EngineChoice::Auto, true, true) => {
+            "ONNX Runtime for backbones with an ONNX export, else libtorch"
+        }
+        (EngineChoice::Auto, true, false) => "libtorch (ONNX Runtime not available)",
+        (EngineChoice::Onnx, true, _) => "ONNX Runtime",
+    };
+    let choice = format!("{:?}", rt.engine).to_lowercase();
+    format!("{choice} → frozen extraction with {what}")
 }
 
 pub fn doctor(rt: &Runtime) -> DoctorReport {
@@ -133,6 +162,8 @@ pub fn doctor(rt: &Runtime) -> DoctorReport {
         cudnn: (count > 0 && tch::Cuda::cudnn_is_available())
             .then(|| format!("available (version {})", tch::utils::version_cudnn())),
         libtorch_cuda_loaded: maps.contains("libtorch_cuda.so"),
+        onnxruntime: onnx::library().map(|l| format!("{} ({})", l.version, l.path.display())),
+        engine: engine_line(rt),
         default_device: crate::device::describe(rt.device),
         threads: rt.threads,
         torch_threads: tch::get_num_threads(),

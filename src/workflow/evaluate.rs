@@ -311,14 +311,19 @@ fn view_probabilities(
             ))
         }
     };
+    let spec = &spec.for_engine(rt.engine, rt.device)?;
     let cache = s.cache.open_view(spec, view)?;
     let opts = ExtractOptions {
         batch_size: s.batch_size,
-        decode_threads: rt.decode_threads,
+        decode_threads: match spec.engine {
+            features::Engine::Torch => rt.decode_threads,
+            features::Engine::Onnx => rt.onnx_decode_threads,
+        },
         device: rt.device,
         progress: rt.progress,
         amp: false,
         view,
+        threads: rt.threads,
     };
     let ex = features::extract(paths, spec, &cache, &opts)?;
     if let Some(w) = &ex.cache_warning {

@@ -84,7 +84,7 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
         }
         crate::util::refuse_overwrite(path, s.force)?;
     }
-    let classifier = Classifier::load(&s.network, rt)?;
+    let classifier = Classifier::load_for_inference(&s.network, rt)?;
     let mut saved = SavedInputs::default();
     let files = crate::data::expand_inputs(&s.inputs)?;
     let mut report = PredictReport {

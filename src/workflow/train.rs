@@ -483,14 +483,19 @@ fn extract_view(
     view: View,
     warnings: &mut Vec<String>,
 ) -> Result<(Extracted, Option<PathBuf>)> {
+    let spec = &spec.for_engine(rt.engine, rt.device)?;
     let cache = s.cache.open_view(spec, view)?;
     let opts = ExtractOptions {
         batch_size: s.batch_size,
-        decode_threads: rt.decode_threads,
+        decode_threads: match spec.engine {
+            features::Engine::Torch => rt.decode_threads,
+            features::Engine::Onnx => rt.onnx_decode_threads,
+        },
         device: rt.device,
         progress: rt.progress,
         amp: s.amp,
         view,
+        threads: rt.threads,
     };
     let ex = features::extract(paths, spec, &cache, &opts)?;
     let label = match view {
@@ -564,6 +569,7 @@ struct RunFacts<'a> {
     features: &'a FeatureSet,
     cache_dir: Option<PathBuf>,
     finetune: Option<run::FinetuneRecord>,
+    engine: features::Engine,
 }
 
 fn run_config(
@@ -595,6 +601,7 @@ fn run_config(
             threads: rt.threads,
             device: crate::device::describe(rt.device),
             cache_dir: facts.cache_dir.map(FilePath),
+            engine: facts.engine,
         },
         views: s.views,
         finetune: facts.finetune,
@@ -801,6 +808,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         features: &inputs.features,
         cache_dir: inputs.views.cache_dir.clone(),
         finetune,
+        engine: inputs.views.plain.stats.engine,
     };
     let config = run_config(
         rt,
@@ -885,7 +893,7 @@ fn classes_without_readable_images(dataset: &Dataset, f: &FeatureSet) -> Vec<Str
 pub fn extraction_line(ex: &Extracted) -> String {
     let st = &ex.stats;
     format!(
-        "features: {} cached, {} computed{}, {} unreadable, {} in {}",
+        "features: {} cached, {} computed{}, {} unreadable, {} in {}{}",
         st.cached,
         st.computed,
         if st.computed > 0 {
@@ -899,6 +907,11 @@ pub fn extraction_line(ex: &Extracted) -> String {
         } else {
             "no features".into()
         },
-        human_duration(st.seconds)
+        human_duration(st.seconds),
+        if st.computed > 0 {
+            format!(" ({})", st.engine.label())
+        } else {
+            String::new()
+        }
     )
 }
