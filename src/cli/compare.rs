@@ -29,7 +29,6 @@ pub fn run(rt: &Runtime, args: &CompareArgs) -> anyhow::Result<()> {
         train,
         backbones: args.backbones.clone(),
         out,
-        force: args.options.force,
     };
     emit(
         &tl::workflow::compare::compare(rt, &settings)?,

@@ -7,13 +7,14 @@
 //! on the calling thread. The backbone is loaded as soon as the first miss is seen (while
 //! that batch decodes), and never when everything is cached. A cache that cannot be written
 //! costs a warning, not the extraction.
-use super::backbone::BackboneSpec;
+use super::backbone::{BackboneSpec, Engine};
 use super::cache::{content_key, FeatureCache, Lookup};
 use super::engine::FrozenModel;
 use crate::data::preprocess::PreprocessConfig;
 use crate::data::View;
 use crate::error::{Result, TlError};
 use crate::progress;
+use crate::runtime::Runtime;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -32,6 +33,32 @@ pub struct ExtractOptions {
     pub view: View,
     /// Compute threads of the ONNX Runtime engine (libtorch's are set process-wide).
     pub threads: usize,
+}
+
+impl ExtractOptions {
+    /// The runtime's settings for extracting with `spec` (already on its engine: see
+    /// [`BackboneSpec::for_engine`]): beside ONNX Runtime, whose idle threads sleep, as many
+    /// decoders as compute threads; beside libtorch, the runtime's default.
+    pub fn new(
+        rt: &Runtime,
+        spec: &BackboneSpec,
+        batch_size: usize,
+        amp: bool,
+        view: View,
+    ) -> Self {
+        ExtractOptions {
+            batch_size,
+            decode_threads: match spec.engine {
+                Engine::Torch => rt.decode_threads,
+                Engine::Onnx => rt.onnx_decode_threads,
+            },
+            device: rt.device,
+            progress: rt.progress,
+            amp,
+            view,
+            threads: rt.threads,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

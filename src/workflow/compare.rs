@@ -6,7 +6,7 @@ use crate::eval::Report;
 use crate::features::BackboneSpec;
 use crate::html::charts::bar_chart;
 use crate::html::TablePage;
-use crate::run::{Run, SPLIT};
+use crate::run::Run;
 use crate::runtime::Runtime;
 use crate::util::fs::check_destination;
 use crate::util::{write_atomic, FilePath};
@@ -20,9 +20,9 @@ pub struct CompareSettings {
     /// One training's settings; `backbone` and `out` are set per backbone.
     pub train: TrainSettings,
     pub backbones: Vec<String>,
-    /// Holds one run folder per backbone and compare.html.
+    /// Holds one run folder per backbone and compare.html (written into when
+    /// `train.force` is set).
     pub out: PathBuf,
-    pub force: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -152,7 +152,7 @@ pub fn compare(rt: &Runtime, s: &CompareSettings) -> Result<CompareReport> {
             "compare writes one run per backbone under --out; --save-features is not available",
         ));
     }
-    check_destination(&s.out, s.force)?;
+    check_destination(&s.out, s.train.force)?;
     // Every backbone resolves before any work starts.
     let specs = s
         .backbones
@@ -166,10 +166,9 @@ pub fn compare(rt: &Runtime, s: &CompareSettings) -> Result<CompareReport> {
         let mut settings = s.train.clone();
         settings.backbone = backbone.clone();
         settings.out = Some(s.out.join(name));
-        settings.force = s.force;
         let report = train(rt, &settings)?;
         let run = Run::open(&s.out.join(name))?;
-        splits.push(std::fs::read(run.dir.join(SPLIT)).unwrap_or_default());
+        splits.push(run.split().ok().flatten());
         let features = &run.config.backbone.features_file;
         rows.push(CompareRow {
             backbone: run.config.backbone.name.clone(),
@@ -187,21 +186,15 @@ pub fn compare(rt: &Runtime, s: &CompareSettings) -> Result<CompareReport> {
     let report = CompareReport {
         data: FilePath(s.train.data.clone()),
         seed: s.train.seed,
-        same_split: splits.windows(2).all(|w| same_files(&w[0], &w[1])),
+        same_split: splits.windows(2).all(|w| match (&w[0], &w[1]) {
+            (Some(a), Some(b)) => a.train == b.train && a.val == b.val,
+            _ => false,
+        }),
         page: FilePath(s.out.join(PAGE)),
         rows,
     };
     write_atomic(&s.out.join(PAGE), page(&report)?.as_bytes())?;
     Ok(report)
-}
-
-/// Do two split.json files list the same training and validation files?
-fn same_files(a: &[u8], b: &[u8]) -> bool {
-    let parse = |x: &[u8]| serde_json::from_slice::<crate::run::SplitRecord>(x).ok();
-    match (parse(a), parse(b)) {
-        (Some(a), Some(b)) => a.train == b.train && a.val == b.val,
-        _ => false,
-    }
 }
 
 fn page(r: &CompareReport) -> Result<String> {

@@ -194,7 +194,7 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
         ));
     }
     let paths: Vec<PathBuf> = samples.iter().map(|x| x.path.clone()).collect();
-    let net = EvalNet::load(&run, spec, rt.device)?;
+    let net = EvalNet::load(&run, spec, rt)?;
     let mut per_image: Vec<std::result::Result<Vec<f32>, String>> = Vec::new();
     let mut stats = ExtractStats::default();
     for view in s.tta.views() {
@@ -262,9 +262,12 @@ enum EvalNet {
 }
 
 impl EvalNet {
-    fn load(run: &Run, spec: BackboneSpec, device: tch::Device) -> Result<EvalNet> {
+    /// The run's network; a frozen backbone on the runtime's engine.
+    fn load(run: &Run, spec: BackboneSpec, rt: &Runtime) -> Result<EvalNet> {
+        let device = rt.device;
         let head = run.load_head(device)?;
         let Some(split) = run.split_spec()? else {
+            let spec = spec.for_engine(rt.engine, device)?;
             return Ok(EvalNet::Frozen { spec, head });
         };
         let top = run.load_top(&split, device)?;
@@ -311,20 +314,8 @@ fn view_probabilities(
             ))
         }
     };
-    let spec = &spec.for_engine(rt.engine, rt.device)?;
     let cache = s.cache.open_view(spec, view)?;
-    let opts = ExtractOptions {
-        batch_size: s.batch_size,
-        decode_threads: match spec.engine {
-            features::Engine::Torch => rt.decode_threads,
-            features::Engine::Onnx => rt.onnx_decode_threads,
-        },
-        device: rt.device,
-        progress: rt.progress,
-        amp: false,
-        view,
-        threads: rt.threads,
-    };
+    let opts = ExtractOptions::new(rt, spec, s.batch_size, false, view);
     let ex = features::extract(paths, spec, &cache, &opts)?;
     if let Some(w) = &ex.cache_warning {
         if !warnings.contains(w) {

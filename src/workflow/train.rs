@@ -474,7 +474,8 @@ fn split_record(dataset: &Dataset, ex: &Extracted) -> SplitRecord {
     }
 }
 
-/// One view of `paths` through `spec` (the backbone, or a fine-tuning trunk), cached.
+/// One view of `paths` through `spec` (the backbone, or a fine-tuning trunk, on its
+/// engine), cached.
 fn extract_view(
     rt: &Runtime,
     s: &TrainSettings,
@@ -483,20 +484,8 @@ fn extract_view(
     view: View,
     warnings: &mut Vec<String>,
 ) -> Result<(Extracted, Option<PathBuf>)> {
-    let spec = &spec.for_engine(rt.engine, rt.device)?;
     let cache = s.cache.open_view(spec, view)?;
-    let opts = ExtractOptions {
-        batch_size: s.batch_size,
-        decode_threads: match spec.engine {
-            features::Engine::Torch => rt.decode_threads,
-            features::Engine::Onnx => rt.onnx_decode_threads,
-        },
-        device: rt.device,
-        progress: rt.progress,
-        amp: s.amp,
-        view,
-        threads: rt.threads,
-    };
+    let opts = ExtractOptions::new(rt, spec, s.batch_size, s.amp, view);
     let ex = features::extract(paths, spec, &cache, &opts)?;
     let label = match view {
         View::Center => String::new(),
@@ -529,6 +518,8 @@ fn extract_views(
     dataset: &Dataset,
     warnings: &mut Vec<String>,
 ) -> Result<AllViews> {
+    // Resolved once: the ONNX file is hashed once, however many views there are.
+    let spec = &spec.for_engine(rt.engine, rt.device)?;
     let paths: Vec<PathBuf> = dataset.all().into_iter().map(|x| x.path).collect();
     let (plain, cache_dir) = extract_view(rt, s, spec, &paths, View::Center, warnings)?;
     let train_paths: Vec<PathBuf> = dataset.train.iter().map(|x| x.path.clone()).collect();
