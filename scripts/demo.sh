@@ -94,5 +94,17 @@ cp "$OUT/dream_${FIRST_CLASS}.png" "$OUT/attack_side_by_side.png" "$OUT/include/
 "$TL" report "$OUT/run" --include "$OUT/include"
 "$TL" compare --backbones mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/compare" --force -q
 
+step "9. scale out: 3 extraction shards at once into a fresh cache, then train finds every feature there"
+SHARD_CACHE="$OUT/shard-cache"
+rm -rf "$SHARD_CACHE"
+pids=()
+for k in 0 1 2; do
+    TL_CACHE_DIR="$SHARD_CACHE" "$TL" extract --backbone mobilenet_v2 "$DATA" --shard "$k/3" -q &
+    pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+TL_CACHE_DIR="$SHARD_CACHE" "$TL" cache verify
+TL_CACHE_DIR="$SHARD_CACHE" "$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --stream --out "$OUT/run-streamed" --force -q
+
 step "done: run folder $OUT/run (report.html), model $OUT/model.pt, images in $OUT/"
 ls "$OUT"

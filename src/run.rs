@@ -68,6 +68,9 @@ pub struct ExtractRecord {
     /// The library that computed the features (libtorch for runs made before engines).
     #[serde(default)]
     pub engine: crate::features::Engine,
+    /// The head was trained on rows streamed from the cache (`--stream`).
+    #[serde(default)]
+    pub stream: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

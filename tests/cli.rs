@@ -298,7 +298,7 @@ fn cache_is_reused_extended_and_repaired() {
     // Damage one entry: it is detected and recomputed.
     let entry = walk(tl.cache.path())
         .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "f32"))
+        .find(|p| p.extension().is_some_and(|e| e == "tlseg"))
         .unwrap();
     let mut bytes = std::fs::read(&entry).unwrap();
     let last = bytes.len() - 1;

@@ -134,13 +134,28 @@ fn a_misplaced_cache_entry_is_detected_and_recomputed() {
         "--save-features",
         s(&f1),
     ]);
-    // Copy one image's (valid) entry over another's.
-    let entries: Vec<PathBuf> = walk(tl.cache.path())
+    // A (valid) segment of another namespace — the training images' augmented view —
+    // copied into this one's folder, under a name that sorts first.
+    let plain: Vec<PathBuf> = segments(tl.cache.path());
+    assert_eq!(plain.len(), 1);
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&tmp.path().join("views")),
+        "-q",
+        "--epochs",
+        "2",
+        "--views",
+        "2",
+    ]);
+    let other = segments(tl.cache.path())
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "f32"))
-        .collect();
-    assert_eq!(entries.len(), 12);
-    std::fs::copy(&entries[0], &entries[1]).unwrap();
+        .find(|p| p.parent() != plain[0].parent())
+        .unwrap();
+    std::fs::copy(&other, plain[0].parent().unwrap().join("seg-0.tlseg")).unwrap();
     let f2 = tmp.path().join("f2.safetensors");
     let run2 = tmp.path().join("r2");
     tl.ok(&[
@@ -157,7 +172,7 @@ fn a_misplaced_cache_entry_is_detected_and_recomputed() {
         s(&f2),
     ]);
     let r2 = read_json(&run2.join("report.json"));
-    assert_eq!(r2["extraction"]["computed"], 1, "{r2}");
+    assert_eq!(r2["extraction"]["computed"], 0, "{r2}");
     let damaged = r2["damaged_cache_entries"].as_array().unwrap();
     assert_eq!(damaged.len(), 1);
     assert!(
@@ -285,19 +300,11 @@ fn an_unwritable_cache_warns_once_and_the_run_goes_on() {
     let data = tmp.path().join("data");
     color_dataset(&data, &["a", "b"], 6, 26);
     tl.ok(&train_args(s(&tiny), s(&data), s(&tmp.path().join("r0"))));
-    // Every shard folder of the namespace replaced by a file: no entry can be written (as
-    // root, permissions would not stop a write; this does).
-    let ns = walk(tl.cache.path())[0]
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    // The namespace folder replaced by a file: nothing can be written there (as root,
+    // permissions would not stop a write; this does).
+    let ns = segments(tl.cache.path())[0].parent().unwrap().to_path_buf();
     std::fs::remove_dir_all(&ns).unwrap();
-    std::fs::create_dir_all(&ns).unwrap();
-    for i in 0..256 {
-        std::fs::write(ns.join(format!("{i:02x}")), b"").unwrap();
-    }
+    std::fs::write(&ns, b"").unwrap();
     let run = tmp.path().join("run");
     let out = tl.run(&train_args(s(&tiny), s(&data), s(&run)));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -537,7 +544,7 @@ fn outputs_get_the_usual_permissions() {
     assert_eq!(mode(&run), 0o777 & !umask, "run folder");
     let entry = walk(tl.cache.path())
         .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "f32"))
+        .find(|p| p.extension().is_some_and(|e| e == "tlseg"))
         .unwrap();
     assert_eq!(mode(&entry), 0o666 & !umask, "cache entry");
     let png = tmp.path().join("d.png");
@@ -764,4 +771,14 @@ fn allocation_failures_are_errors_not_panics() {
         err.contains("photo.png") && err.contains("not enough memory"),
         "{err}"
     );
+}
+
+/// The cache's segment files.
+fn segments(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walk(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tlseg"))
+        .collect();
+    v.sort();
+    v
 }

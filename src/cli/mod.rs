@@ -3,10 +3,12 @@
 //! `tl: error:` line; clap's name the flag, the library's name the file or value.
 mod attack;
 mod bench;
+mod cache;
 mod compare;
 mod dream;
 mod eval;
 mod export;
+mod extract;
 mod predict;
 mod report;
 mod train;
@@ -60,6 +62,17 @@ pub enum Command {
         after_help = "Examples:\n  tl train --backbone mobilenet_v2 data/PetImages --val-split 0.2\n  tl train --backbone vgg16 data/oxford-pets --epochs 50 --hidden 512 --out runs/pets"
     )]
     Train(train::TrainArgs),
+    /// Fill the feature cache without training: the whole dataset, or one shard of it on each
+    /// of many workers (Slurm array, Kubernetes Indexed Job); then `tl train` finds it cached.
+    #[command(
+        after_help = "Examples:\n  tl extract --backbone mobilenet_v2 data/PetImages\n  tl extract --backbone mobilenet_v2 data/PetImages --shard 0/4 --cache-dir /shared/tl-cache\n  sbatch --array=0-15 configs/slurm/extract.sbatch   # SLURM_ARRAY_TASK_ID picks the shard"
+    )]
+    Extract(extract::ExtractArgs),
+    /// Look after the feature cache: what it holds, whether it is intact, what can go.
+    #[command(
+        after_help = "Examples:\n  tl cache stats\n  tl cache verify --cache-dir /shared/tl-cache\n  tl cache gc --unused-since 2026-01-01 --dry-run"
+    )]
+    Cache(cache::CacheCommand),
     /// Measure a trained run on a labelled folder.
     #[command(
         after_help = "Examples:\n  tl eval runs/20260101-120000-mobilenet_v2 data/PetImages\n  tl eval runs/pets data/oxford-pets --split val --json"
@@ -184,6 +197,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Doctor(a) => emit(&tl::workflow::doctor::doctor(&rt), a.json),
         Command::Train(a) => train::run(&rt, a),
+        Command::Extract(a) => extract::run(&rt, a),
+        Command::Cache(a) => cache::run(a),
         Command::Eval(a) => eval::run(&rt, a),
         Command::Predict(a) => predict::run(&rt, a),
         Command::Dream(a) => dream::run(&rt, a),

@@ -121,6 +121,11 @@ pub struct TrainOptions {
     /// Print the report as JSON (report.json's content).
     #[arg(long)]
     pub json: bool,
+    /// Train the head on features read from the cache a mini-batch at a time, instead of
+    /// holding them all in memory: for datasets whose features do not fit (memory stays
+    /// bounded; each epoch reads the cache). Not with --finetune, --views or --no-cache.
+    #[arg(long)]
+    pub stream: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -174,6 +179,7 @@ impl TrainOptions {
                 batch_size: self.finetune_batch_size,
                 patience: self.finetune_patience,
             }),
+            stream: self.stream,
         }
     }
 }

@@ -11,6 +11,21 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A calendar date `YYYY-MM-DD`, as the start of that day in local time.
+pub fn date(s: &str) -> Result<std::time::SystemTime, String> {
+    let day = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("'{s}' is not a date like 2026-01-31"))?;
+    day.and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(chrono::Local).earliest())
+        .map(std::time::SystemTime::from)
+        .ok_or_else(|| format!("'{s}' is not a valid local date"))
+}
+
+/// A shard `K/N` (0-based).
+pub fn shard(s: &str) -> Result<tl::data::shard::Shard, String> {
+    tl::data::shard::Shard::parse(s).map_err(|e| e.to_string())
+}
+
 /// A finite number > 0.
 pub fn positive(s: &str) -> Result<f64, String> {
     let v = parse_fraction(s)?;

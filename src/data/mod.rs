@@ -4,6 +4,7 @@ pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod preprocess;
+pub mod shard;
 
 pub use augment::View;
 pub use dataset::{expand_inputs, Dataset, IgnoredFile, Layout, Sample};

@@ -1,15 +1,25 @@
 //! On-disk feature cache: the frozen backbone runs once per image.
 //!
-//! Entries live under `<root>/features/<backbone sha256>-<preprocessing fingerprint>/`,
-//! one file per image, named by the blake3 hash of the image file's bytes — so renaming or
-//! moving a photo keeps its entry, editing it makes a new one, and a different backbone or
-//! preprocessing never sees another's features. Each entry records the hash of its full key
-//! (namespace + image) and a checksum of its payload: a damaged entry, or one copied or
-//! renamed into another's place, is reported and recomputed, never trusted.
+//! Each namespace (one backbone file by content hash, one preprocessing, one view) is a
+//! folder `<root>/features/<backbone sha256>-<preprocessing fingerprint>[-view]/` holding
+//! immutable segment files ([`super::pack`]): a writer gathers entries in memory and
+//! publishes them a few thousand at a time with one rename, so many processes on many
+//! machines can fill one cache on a shared filesystem without locks, a killed writer leaves
+//! at most a temporary file (never a torn entry), and a million entries are a few hundred
+//! files. An entry is keyed by the blake3 hash of the image file's bytes — renaming or
+//! moving a photo keeps it, editing the photo makes a new one — and carries a checksum over
+//! namespace, key and payload: a damaged entry, or a segment copied into another namespace,
+//! is reported and recomputed, never trusted. Entries of the first layout (one `.f32` file
+//! per image under a two-letter folder) are still read.
+use super::pack::{self, parse_key, RawKey, Segment};
 use crate::data::PreprocessConfig;
 use crate::error::{IoContext, Result, TlError};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 4] = b"TLF2";
 /// Entries of the first format carry no key; they are treated as misses and replaced.
@@ -51,21 +61,168 @@ pub enum Lookup {
     Corrupt(String),
 }
 
-#[derive(Clone, Debug)]
-pub struct FeatureCache {
-    dir: Option<PathBuf>,
-    /// Everything besides the image that its features depend on.
+/// Where an entry lives: its segment (an index into the cache's list) and record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u32,
+    pub record: u32,
+}
+
+/// What a namespace folder records about itself (`namespace.json`), for `tl cache`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NamespaceInfo {
+    pub backbone_sha256: String,
+    /// The backbone files (same content) the features were computed from, for `tl cache
+    /// gc`: the namespace is dropped once none of them is left unchanged.
+    pub backbone_files: Vec<PathBuf>,
+    pub preprocess: String,
+    pub view: String,
+}
+
+/// Entries not yet published, and when the oldest of them was computed.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<(RawKey, Vec<f32>)>,
+    since: Option<Instant>,
+}
+
+struct Store {
+    dir: PathBuf,
+    ns_hash: [u8; 32],
+    /// Hash of the namespace for entries of the first layout (one file per image).
     namespace: String,
+    segments: Vec<Segment>,
+    segment_paths: Vec<PathBuf>,
+    index: HashMap<RawKey, Location>,
+    /// Segments that could not be used, and why (reported once, then recomputed).
+    problems: Vec<String>,
+    pending: Mutex<Pending>,
+    flush_entries: usize,
+    flush_after: Duration,
+}
+
+#[derive(Clone)]
+pub struct FeatureCache {
+    store: Option<Arc<Store>>,
+}
+
+impl std::fmt::Debug for FeatureCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FeatureCache({:?})", self.dir())
+    }
+}
+
+/// Entries per published segment (`TL_CACHE_SEGMENT_ENTRIES`), and the longest computed
+/// entries wait before they are published (`TL_CACHE_SEGMENT_SECONDS`): what a killed
+/// writer can lose.
+fn flush_limits() -> (usize, Duration) {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(default)
+    };
+    (
+        var("TL_CACHE_SEGMENT_ENTRIES", 4096) as usize,
+        Duration::from_secs(var("TL_CACHE_SEGMENT_SECONDS", 15)),
+    )
+}
+
+pub fn namespace_hash(namespace: &str) -> [u8; 32] {
+    *blake3::hash(namespace.as_bytes()).as_bytes()
+}
+
+/// The segment files of a namespace folder, sorted by name.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == pack::EXTENSION))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A name no other writer picks: time, process and a random part.
+pub(crate) fn segment_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let salt =
+        blake3::hash(format!("{nanos}-{}-{:?}", std::process::id(), Instant::now()).as_bytes());
+    format!(
+        "seg-{nanos:020}-{}-{}.{}",
+        std::process::id(),
+        &salt.to_hex()[..8],
+        pack::EXTENSION
+    )
+}
+
+impl Store {
+    fn open(dir: PathBuf, namespace: String) -> Store {
+        let ns_hash = namespace_hash(&namespace);
+        let (flush_entries, flush_after) = flush_limits();
+        let mut store = Store {
+            dir,
+            ns_hash,
+            namespace,
+            segments: Vec::new(),
+            segment_paths: Vec::new(),
+            index: HashMap::new(),
+            problems: Vec::new(),
+            pending: Mutex::new(Pending::default()),
+            flush_entries,
+            flush_after,
+        };
+        for path in segment_files(&store.dir) {
+            match Segment::open(&path, &ns_hash) {
+                Ok(seg) => {
+                    let segment = store.segments.len() as u32;
+                    for (record, key) in seg.keys.iter().enumerate() {
+                        let loc = Location {
+                            segment,
+                            record: record as u32,
+                        };
+                        store.index.entry(*key).or_insert(loc);
+                    }
+                    store.segments.push(seg);
+                    store.segment_paths.push(path);
+                }
+                // Removed since it was listed (`tl cache gc` compacting): not a problem.
+                Err(why) if !path.exists() => drop(why),
+                Err(why) => store.problems.push(format!("{}: {why}", path.display())),
+            }
+        }
+        store
+    }
+
+    /// Publish the pending entries as one segment.
+    fn flush(&self, pending: &mut Pending) -> Result<()> {
+        pending.since = None;
+        if pending.entries.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut pending.entries);
+        let dim = entries[0].1.len();
+        let bytes = pack::encode(&self.ns_hash, dim, &entries);
+        crate::util::fs::write_atomic_with(&self.dir.join(segment_name()), &bytes, false)
+    }
 }
 
 impl FeatureCache {
     /// A cache namespace for one backbone (by content hash) and one preprocessing.
-    /// `view` is the view's cache tag ("" for the plain eval transform).
+    /// `view` is the view's cache tag ("" for the plain eval transform); `source` is the
+    /// backbone file, recorded for `tl cache gc`.
     pub fn open(
         root: &Path,
         backbone_sha256: &str,
         preprocess: &PreprocessConfig,
         view: &str,
+        source: Option<&Path>,
     ) -> Result<FeatureCache> {
         let suffix = if view.is_empty() {
             String::new()
@@ -78,39 +235,198 @@ impl FeatureCache {
             &backbone_sha256[..16.min(backbone_sha256.len())],
             preprocess.fingerprint()
         ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| TlError::file(&dir, format!("cannot create cache folder: {e}")))?;
+        // A folder that cannot be made is found empty; the first write says why, once.
+        let _ = std::fs::create_dir_all(&dir);
+        let info = NamespaceInfo {
+            backbone_sha256: backbone_sha256.to_string(),
+            backbone_files: source
+                .map(|p| std::fs::canonicalize(p).unwrap_or(p.to_path_buf()))
+                .into_iter()
+                .collect(),
+            preprocess: preprocess.fingerprint(),
+            view: view.to_string(),
+        };
+        // Best effort: a read-only cache is still read (writing is warned about once, later).
+        let _ = record_use(&dir, &info);
         Ok(FeatureCache {
-            dir: Some(dir),
-            namespace,
+            store: Some(Arc::new(Store::open(dir, namespace))),
         })
+    }
+
+    /// The same namespace opened again: it sees every segment published since.
+    pub fn reopen(&self) -> FeatureCache {
+        match &self.store {
+            None => FeatureCache::disabled(),
+            Some(s) => FeatureCache {
+                store: Some(Arc::new(Store::open(s.dir.clone(), s.namespace.clone()))),
+            },
+        }
     }
 
     /// A cache that stores nothing (`--no-cache`).
     pub fn disabled() -> FeatureCache {
-        FeatureCache {
-            dir: None,
-            namespace: String::new(),
-        }
+        FeatureCache { store: None }
     }
 
     pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
+        self.store.as_ref().map(|s| s.dir.as_path())
     }
 
-    fn entry_path(&self, key: &str) -> Option<PathBuf> {
-        let shard = key.get(..2)?;
-        self.dir
-            .as_ref()
-            .map(|d| d.join(shard).join(format!("{key}.f32")))
+    /// Segments found damaged or misplaced when the cache was opened.
+    pub fn problems(&self) -> &[String] {
+        self.store.as_ref().map_or(&[], |s| &s.problems)
     }
 
-    fn key_hash(&self, key: &str) -> [u8; 32] {
-        *blake3::hash(format!("{}/{key}", self.namespace).as_bytes()).as_bytes()
+    /// Published entries (as of opening).
+    pub fn len(&self) -> usize {
+        self.store.as_ref().map_or(0, |s| s.index.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where the entry of `key` is, if a published segment holds it.
+    pub fn locate(&self, key: &str) -> Option<Location> {
+        let store = self.store.as_ref()?;
+        store.index.get(&parse_key(key)?).copied()
+    }
+
+    /// The entry at `loc` into `out` (the namespace's feature size).
+    pub fn read_into(&self, loc: Location, out: &mut [f32]) -> std::result::Result<(), String> {
+        let store = self.store.as_ref().ok_or("the cache is disabled")?;
+        let seg = store
+            .segments
+            .get(loc.segment as usize)
+            .ok_or("no such segment")?;
+        seg.read_into(loc.record as usize, out).map_err(|why| {
+            format!(
+                "{}: entry {}: {why}",
+                store.segment_paths[loc.segment as usize].display(),
+                pack::key_hex(&seg.keys[loc.record as usize])
+            )
+        })
+    }
+
+    /// The feature size of the entry at `loc`.
+    pub fn dim_at(&self, loc: Location) -> Option<usize> {
+        let store = self.store.as_ref()?;
+        store.segments.get(loc.segment as usize).map(|s| s.dim)
     }
 
     pub fn get(&self, key: &str, expected_dim: Option<usize>) -> Lookup {
-        let Some(path) = self.entry_path(key) else {
+        let Some(store) = &self.store else {
+            return Lookup::Miss;
+        };
+        if let Some(loc) = self.locate(key) {
+            let dim = store.segments[loc.segment as usize].dim;
+            if let Some(d) = expected_dim.filter(|&d| d != dim) {
+                return Lookup::Corrupt(format!(
+                    "{}: holds {dim} features, expected {d}",
+                    store.segment_paths[loc.segment as usize].display()
+                ));
+            }
+            let mut out = vec![0f32; dim];
+            return match self.read_into(loc, &mut out) {
+                Ok(()) => Lookup::Hit(out),
+                Err(why) => Lookup::Corrupt(why),
+            };
+        }
+        store.get_loose(key, expected_dim)
+    }
+
+    /// Store one entry: it is published with the next segment. An error means the cache
+    /// cannot be written (read-only, full disk).
+    pub fn put(&self, key: &str, features: &[f32]) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let raw = parse_key(key)
+            .ok_or_else(|| TlError::invalid(format!("'{key}' is not a content key")))?;
+        let mut pending = store
+            .pending
+            .lock()
+            .map_err(|_| TlError::invalid("cache lock poisoned"))?;
+        if pending
+            .entries
+            .first()
+            .is_some_and(|(_, v)| v.len() != features.len())
+        {
+            store.flush(&mut pending)?;
+        }
+        pending.entries.push((raw, features.to_vec()));
+        let since = *pending.since.get_or_insert_with(Instant::now);
+        if pending.entries.len() >= store.flush_entries || since.elapsed() >= store.flush_after {
+            store.flush(&mut pending)?;
+        }
+        Ok(())
+    }
+
+    /// Publish what [`put`](Self::put) gathered. Call at the end of a run: unpublished
+    /// entries are lost (and recomputed next time), never half-written.
+    pub fn flush(&self) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut pending = store
+            .pending
+            .lock()
+            .map_err(|_| TlError::invalid("cache lock poisoned"))?;
+        store.flush(&mut pending)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Ok(pending) = self.pending.get_mut() {
+            let mut pending = std::mem::take(pending);
+            let _ = self.flush(&mut pending);
+        }
+    }
+}
+
+/// Write `namespace.json` (adding a backbone file not listed yet), and mark the namespace
+/// used now (`last-used`'s time). Two writers adding different files at once may keep only
+/// one: the cost is that `gc` could drop the namespace early, and it is recomputed.
+fn record_use(dir: &Path, info: &NamespaceInfo) -> Result<()> {
+    let meta = dir.join(NAMESPACE_FILE);
+    let known: Option<NamespaceInfo> = crate::util::fs::read_json(&meta).ok();
+    let merged = match known {
+        None => Some(info.clone()),
+        Some(mut k) => {
+            let new: Vec<PathBuf> = info
+                .backbone_files
+                .iter()
+                .filter(|f| !k.backbone_files.contains(f))
+                .cloned()
+                .collect();
+            (!new.is_empty()).then(|| {
+                k.backbone_files.extend(new);
+                k
+            })
+        }
+    };
+    if let Some(m) = merged {
+        crate::util::fs::write_json_atomic(&meta, &m)?;
+    }
+    let stamp = dir.join(LAST_USED_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&stamp)
+        .with_path(&stamp)?;
+    file.set_modified(std::time::SystemTime::now())
+        .with_path(&stamp)
+}
+
+pub const NAMESPACE_FILE: &str = "namespace.json";
+pub const LAST_USED_FILE: &str = "last-used";
+
+impl Store {
+    /// An entry of the first layout: one file per image.
+    fn get_loose(&self, key: &str, expected_dim: Option<usize>) -> Lookup {
+        let Some(path) = loose_entry_path(&self.dir, key) else {
             return Lookup::Miss;
         };
         let bytes = match std::fs::read(&path) {
@@ -129,20 +445,17 @@ impl FeatureCache {
         if bytes.starts_with(OLD_MAGIC) {
             return Lookup::Miss;
         }
-        match decode_entry(&bytes, &self.key_hash(key), expected_dim) {
+        let key_hash = *blake3::hash(format!("{}/{key}", self.namespace).as_bytes()).as_bytes();
+        match decode_entry(&bytes, &key_hash, expected_dim) {
             Ok(v) => Lookup::Hit(v),
             Err(why) => Lookup::Corrupt(format!("{}: {why}", path.display())),
         }
     }
+}
 
-    /// Store one entry; an error means the cache cannot be written (read-only, full disk).
-    pub fn put(&self, key: &str, features: &[f32]) -> Result<()> {
-        let Some(path) = self.entry_path(key) else {
-            return Ok(());
-        };
-        let entry = encode_entry(features, &self.key_hash(key));
-        crate::util::fs::write_atomic_with(&path, &entry, false)
-    }
+pub fn loose_entry_path(dir: &Path, key: &str) -> Option<PathBuf> {
+    let shard = key.get(..2)?;
+    Some(dir.join(shard).join(format!("{key}.f32")))
 }
 
 pub fn encode_entry(features: &[f32], key_hash: &[u8; 32]) -> Vec<u8> {

@@ -33,6 +33,9 @@ pub struct ExtractOptions {
     pub view: View,
     /// Compute threads of the ONNX Runtime engine (libtorch's are set process-wide).
     pub threads: usize,
+    /// Return the features (train, eval); `false` only fills the cache (`tl extract`), so
+    /// memory does not grow with the number of images.
+    pub keep_features: bool,
 }
 
 impl ExtractOptions {
@@ -57,6 +60,7 @@ impl ExtractOptions {
             amp,
             view,
             threads: rt.threads,
+            keep_features: true,
         }
     }
 }
@@ -241,6 +245,8 @@ struct Collector<'a> {
     expected_dim: Option<usize>,
     cache: &'a FeatureCache,
     cache_ok: bool,
+    /// [`ExtractOptions::keep_features`]
+    keep: bool,
     bar: indicatif::ProgressBar,
 }
 
@@ -279,7 +285,10 @@ impl Collector<'_> {
         self.bar.inc(done as u64);
         for (i, key, v) in chunk.hits.drain(..) {
             self.out.keys[i] = Some(key);
-            self.out.features[i] = Ok(v);
+            if self.out.dim == 0 {
+                self.out.dim = v.len();
+            }
+            self.out.features[i] = Ok(if self.keep { v } else { Vec::new() });
             self.out.stats.cached += 1;
         }
         for (i, why) in chunk.unreadable.drain(..) {
@@ -311,7 +320,7 @@ impl Collector<'_> {
                     }
                 }
             }
-            self.out.features[i] = Ok(v);
+            self.out.features[i] = Ok(if self.keep { v } else { Vec::new() });
             self.out.stats.computed += 1;
         }
     }
@@ -344,10 +353,19 @@ pub fn extract(
         },
         cache,
         cache_ok: cache.dir().is_some(),
+        keep: opts.keep_features,
         bar: progress::bar(paths.len() as u64, "extract", opts.progress),
     };
+    collect.out.corrupt.extend(cache.problems().iter().cloned());
     let first_compute = pipeline(paths, spec, cache, opts, &pool, &mut collect)?;
     collect.bar.finish_and_clear();
+    if collect.cache_ok {
+        if let Err(e) = cache.flush() {
+            collect.out.cache_warning = Some(format!(
+                "feature cache not written, continuing without it: {e}"
+            ));
+        }
+    }
     let mut out = collect.out;
     out.stats.corrupt_cache_entries = out.corrupt.len();
     if let Some(t) = first_compute {

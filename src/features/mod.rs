@@ -1,11 +1,14 @@
 //! Stage 2: from preprocessed images to feature vectors. `backbone` finds and loads the
-//! frozen TorchScript network, `cache` stores one checksummed entry per image and backbone,
+//! frozen TorchScript network, `cache` stores one checksummed entry per image and backbone
+//! (packed into segment files by `pack`),
 //! `extract` drives both over a list of files.
 pub mod backbone;
 pub mod cache;
+pub mod cache_admin;
 pub mod engine;
 pub mod extract;
 pub mod onnx;
+pub mod pack;
 pub mod split;
 
 pub use crate::data::View;
@@ -39,6 +42,7 @@ impl CacheSettings {
             &spec.verified_features_hash()?,
             &spec.preprocess(),
             &view.cache_tag(),
+            Some(&spec.features_path),
         )
     }
 }

@@ -2,10 +2,12 @@
 //! cached features (`train`).
 pub mod finetune;
 pub mod model;
+pub mod rows;
 pub mod train;
 
 pub use finetune::{finetune, FinetuneConfig, FinetuneOutcome, RowSplit};
 pub use model::{Head, HeadConfig};
+pub use rows::{Rows, StreamedRows};
 pub use train::{
     train_head, EpochMetrics, OptimizerKind, Schedule, Split, TrainConfig, TrainOutcome,
 };

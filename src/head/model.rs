@@ -82,17 +82,31 @@ impl Head {
 
     /// Set the standardisation statistics from training features `[N, D]`.
     pub fn set_statistics(&mut self, features: &Tensor) {
+        let (mean, std) = tch::no_grad(|| {
+            (
+                features.mean_dim(0, false, Kind::Float),
+                features.std_dim(0, false, false),
+            )
+        });
+        self.set_moments(&mean, &std);
+    }
+
+    /// Set the standardisation statistics from the training features' mean and std `[D]`.
+    pub fn set_moments(&mut self, mean: &Tensor, std: &Tensor) {
         if !self.config.standardize {
             return;
         }
         tch::no_grad(|| {
-            let mean = features.mean_dim(0, false, Kind::Float);
-            let std = features.std_dim(0, false, false);
             // Features that never vary (dead ReLUs) would divide by zero.
             let std = std.where_self(&std.gt(1e-6), &std.ones_like());
-            self.mean.copy_(&mean);
+            self.mean.copy_(mean);
             self.std.copy_(&std);
         });
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.vs.device()
     }
 
     pub fn forward_t(&self, features: &Tensor, train: bool) -> Tensor {

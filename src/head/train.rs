@@ -3,6 +3,7 @@
 //! validation loss (the best epoch's weights are kept). A diverging run (a loss or weight
 //! that is not a finite number) stops with an error instead of saving garbage.
 use super::model::{Head, HeadConfig};
+use super::rows::Rows;
 use crate::error::{Result, TlError};
 use crate::progress;
 use crate::util::SplitMix64;
@@ -126,29 +127,23 @@ pub struct TrainOutcome {
     pub stopped_early: bool,
 }
 
-pub struct Split<'a> {
-    pub x: &'a Tensor,
-    pub y: &'a Tensor,
-}
+pub use super::rows::Split;
 
-/// Loss and accuracy of `head` on a split, in evaluation mode.
-pub fn evaluate(head: &Head, split: &Split, batch: i64) -> (f64, f64) {
+/// Loss and accuracy of `head` on `rows`, in evaluation mode.
+pub fn evaluate(head: &Head, rows: &dyn Rows, batch: i64) -> Result<(f64, f64)> {
     tch::no_grad(|| {
-        let n = split.x.size()[0];
+        let n = rows.len() as i64;
         let (mut loss, mut correct) = (0.0, 0i64);
-        let mut start = 0;
-        while start < n {
-            let len = batch.min(n - start);
-            let x = split.x.narrow(0, start, len);
-            let y = split.y.narrow(0, start, len);
+        let order: Vec<i64> = (0..n).collect();
+        for idx in order.chunks(batch.max(1) as usize) {
+            let (x, y) = rows.batch(idx, head.device())?;
             let logits = head.forward(&x);
             loss += logits
                 .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
                 .double_value(&[]);
             correct += correct_count(&logits, &y);
-            start += len;
         }
-        (loss / n.max(1) as f64, correct as f64 / n.max(1) as f64)
+        Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
     })
 }
 
@@ -189,19 +184,13 @@ fn run_epoch(
     head: &Head,
     opt: &mut nn::Optimizer,
     cfg: &TrainConfig,
-    train: &Split,
+    train: &dyn Rows,
     order: &[i64],
-) -> (f64, f64) {
-    let n = order.len() as i64;
-    let perm = Tensor::from_slice(order).to_device(train.x.device());
-    let bs = cfg.batch_size as i64;
+) -> Result<(f64, f64)> {
+    let n = order.len();
     let (mut loss_sum, mut correct) = (0.0, 0i64);
-    let mut start = 0;
-    while start < n {
-        let len = bs.min(n - start);
-        let idx = perm.narrow(0, start, len);
-        let x = train.x.index_select(0, &idx);
-        let y = train.y.index_select(0, &idx);
+    for idx in order.chunks(cfg.batch_size.max(1)) {
+        let (x, y) = train.batch(idx, head.device())?;
         let logits = head.forward_t(&x, true);
         let ce = logits.cross_entropy_loss::<Tensor>(
             &y,
@@ -216,11 +205,10 @@ fn run_epoch(
             ce.shallow_clone()
         };
         opt.backward_step(&loss);
-        loss_sum += ce.double_value(&[]) * len as f64;
+        loss_sum += ce.double_value(&[]) * idx.len() as f64;
         correct += correct_count(&logits, &y);
-        start += len;
     }
-    (loss_sum / n as f64, correct as f64 / n as f64)
+    Ok((loss_sum / n as f64, correct as f64 / n as f64))
 }
 
 /// (score, epoch, weights of each var store) of the best epoch so far.
@@ -306,19 +294,22 @@ pub(crate) fn check_finite(
 pub fn train_head(
     head_config: HeadConfig,
     cfg: &TrainConfig,
-    train: &Split,
-    val: Option<&Split>,
+    train: &dyn Rows,
+    val: Option<&dyn Rows>,
     device: Device,
     show_progress: bool,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
-    let n = train.x.size()[0];
+    let n = train.len() as i64;
     if n == 0 {
         return Err(TlError::invalid("no training images left"));
     }
     tch::manual_seed(cfg.seed as i64);
     let mut head = Head::new(head_config, device)?;
-    head.set_statistics(train.x);
+    if head.config.standardize {
+        let (mean, std) = train.moments(device)?;
+        head.set_moments(&mean, &std);
+    }
     let mut opt = build_optimizer(&head, cfg)?;
     let mut rng = SplitMix64::new(cfg.seed);
     let mut order: Vec<i64> = (0..n).collect();
@@ -331,10 +322,10 @@ pub fn train_head(
         let lr = cfg.lr_at(epoch);
         opt.set_lr(lr);
         rng.shuffle(&mut order);
-        let (train_loss, train_accuracy) = run_epoch(&head, &mut opt, cfg, train, &order);
+        let (train_loss, train_accuracy) = run_epoch(&head, &mut opt, cfg, train, &order)?;
         let (val_loss, val_accuracy) = match val {
-            Some(v) if v.x.size()[0] > 0 => {
-                let (l, a) = evaluate(&head, v, 4096);
+            Some(v) if !v.is_empty() => {
+                let (l, a) = evaluate(&head, v, 4096)?;
                 (Some(l), Some(a))
             }
             _ => (None, None),

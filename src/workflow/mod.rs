@@ -1,10 +1,12 @@
 //! Stage 7: the commands as library calls. Each takes plain settings (no command-line
 //! types), runs the stages above in order and returns a typed report.
 pub mod bench;
+pub mod cache;
 pub mod compare;
 pub mod doctor;
 pub mod evaluate;
 pub mod export;
+pub mod extract;
 pub mod finetune;
 pub mod predict;
 pub mod report;
@@ -29,6 +31,42 @@ pub(crate) struct FeatureSet {
     pub dim: usize,
     /// The image and view of each training row.
     pub train_rows: Vec<(PathBuf, crate::data::View)>,
+    /// With `--stream`: the rows stay in the feature cache (the tensors above are empty).
+    pub streamed: Option<Streamed>,
+}
+
+/// Training and validation rows read from the feature cache a mini-batch at a time.
+pub(crate) struct Streamed {
+    pub train: crate::head::StreamedRows,
+    pub val: crate::head::StreamedRows,
+}
+
+impl FeatureSet {
+    /// The training rows, wherever they are.
+    pub fn train_source(&self) -> Box<dyn crate::head::Rows + '_> {
+        match &self.streamed {
+            Some(s) => Box::new(&s.train),
+            None => Box::new(crate::head::Split {
+                x: &self.train_x,
+                y: &self.train_y,
+            }),
+        }
+    }
+
+    pub fn val_source(&self) -> Box<dyn crate::head::Rows + '_> {
+        match &self.streamed {
+            Some(s) => Box::new(&s.val),
+            None => Box::new(crate::head::Split {
+                x: &self.val_x,
+                y: &self.val_y,
+            }),
+        }
+    }
+
+    /// Training rows (every view).
+    pub fn train_len(&self) -> usize {
+        self.train_source().len()
+    }
 }
 
 /// A file that could not be used, and why.

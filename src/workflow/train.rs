@@ -1,14 +1,18 @@
 //! `tl train`: dataset → features (cached) → head → evaluation → run folder, one function
 //! per step.
 pub use super::finetune::{FinetuneSettings, FinetuneSummary};
-use super::{gather, skipped_notes, tensor_2d, FeatureSet, Gathered, SkippedFile};
+use super::{gather, skipped_notes, tensor_2d, FeatureSet, Gathered, SkippedFile, Streamed};
 use crate::data::View;
 use crate::data::{Dataset, IgnoredFile, Sample};
 use crate::error::{Result, TlError};
 use crate::eval::{ClassCount, ClassificationReport, Report};
 use crate::features::split::{CachedRows, SplitSpec, TrainableTop};
-use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats, Extracted};
-use crate::head::{self, train::evaluate, Head, HeadConfig, Split, TrainConfig, TrainOutcome};
+use crate::features::{
+    self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats, Extracted, FeatureCache,
+};
+use crate::head::{
+    self, train::evaluate, Head, HeadConfig, Rows, Split, StreamedRows, TrainConfig, TrainOutcome,
+};
 use crate::run::{self, BackboneRecord, DataRecord, ExtractRecord, RunConfig, SplitRecord};
 use crate::runtime::Runtime;
 use crate::util::{human_duration, refuse_overwrite, FilePath};
@@ -59,6 +63,9 @@ pub struct TrainSettings {
     pub views: usize,
     /// Fine-tune the top of the backbone after the head (None: the head only).
     pub finetune: Option<FinetuneSettings>,
+    /// Train the head on rows read from the feature cache a mini-batch at a time instead of
+    /// holding every feature in memory (for datasets whose features do not fit).
+    pub stream: bool,
 }
 
 impl TrainSettings {
@@ -92,6 +99,9 @@ impl TrainSettings {
         if let Some(f) = &self.finetune {
             self.finetune_config(f, 1.0).validate()?;
         }
+        if self.stream {
+            self.check_streamable()?;
+        }
         if self.hidden < 0 || self.batch_size == 0 {
             return Err(TlError::invalid(
                 "the hidden width must be >= 0 and the batch size >= 1",
@@ -110,6 +120,28 @@ impl TrainSettings {
             }
         }
         Ok(())
+    }
+
+    /// `--stream` reads the features from the cache: it needs the cache, and the steps that
+    /// want every feature in memory are refused.
+    fn check_streamable(&self) -> Result<()> {
+        let clash = if !self.cache.enabled {
+            Some("--no-cache")
+        } else if self.finetune.is_some() {
+            Some("--finetune")
+        } else if self.views > 1 {
+            Some("--views above 1")
+        } else if self.save_features.is_some() {
+            Some("--save-features")
+        } else {
+            None
+        };
+        match clash {
+            Some(flag) => Err(TlError::invalid(format!(
+                "--stream trains from the feature cache and cannot be combined with {flag}"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -361,7 +393,59 @@ fn feature_tensors(
         val,
         dim: d,
         train_rows,
+        streamed: None,
     }
+}
+
+/// The plain view's rows left in the cache (`--stream`): labels and paths here, features
+/// read a mini-batch at a time. `cache` is reopened, so it sees what extraction published.
+fn streamed_features(
+    dataset: &Dataset,
+    ex: &Extracted,
+    cache: &FeatureCache,
+    device: Device,
+) -> Result<FeatureSet> {
+    let cache = cache.reopen();
+    let n_train = dataset.train.len();
+    let rows = |samples: &[Sample], range: std::ops::Range<usize>| -> Result<StreamedRows> {
+        let mut entries = Vec::new();
+        for (sample, i) in samples.iter().zip(range) {
+            if ex.features[i].is_err() {
+                continue;
+            }
+            let loc = ex.keys[i].as_deref().and_then(|k| cache.locate(k));
+            let loc = loc.ok_or_else(|| {
+                TlError::file(
+                    &sample.path,
+                    "its features are not in the cache after extraction (is the cache writable? see `tl cache verify`)",
+                )
+            })?;
+            entries.push((loc, sample.label as i64));
+        }
+        StreamedRows::new(cache.clone(), entries, ex.dim)
+    };
+    let streamed = Streamed {
+        train: rows(&dataset.train, 0..n_train)?,
+        val: rows(&dataset.val, n_train..ex.features.len())?,
+    };
+    let train = gather(&dataset.train, &ex.features[..n_train]);
+    let val = gather(&dataset.val, &ex.features[n_train..]);
+    let empty = || Tensor::zeros([0, ex.dim as i64], (tch::Kind::Float, device));
+    Ok(FeatureSet {
+        train_rows: train
+            .paths
+            .iter()
+            .map(|p| (p.clone(), View::Center))
+            .collect(),
+        train_x: empty(),
+        train_y: Tensor::from_slice(&train.y).to_device(device),
+        val_x: empty(),
+        val_y: Tensor::from_slice(&val.y).to_device(device),
+        train,
+        val,
+        dim: ex.dim,
+        streamed: Some(streamed),
+    })
 }
 
 /// The features of `rows` (trunk outputs) through the top as exported, for the head.
@@ -377,6 +461,7 @@ fn through_top(rows: &FeatureSet, top: &TrainableTop) -> Result<FeatureSet> {
         train_y: rows.train_y.shallow_clone(),
         val_y: rows.val_y.shallow_clone(),
         train_rows: rows.train_rows.clone(),
+        streamed: None,
     })
 }
 
@@ -409,23 +494,16 @@ fn fit(
     config.seed = s.seed;
     config.l2 = match s.l2 {
         // Per training row: with augmented views, C=1 on the enlarged set.
-        L2::Auto => 1.0 / f.train_y.size()[0].max(1) as f64,
+        L2::Auto => 1.0 / f.train_len().max(1) as f64,
         L2::Fixed(v) => v,
     };
-    let train = Split {
-        x: &f.train_x,
-        y: &f.train_y,
-    };
-    let val = Split {
-        x: &f.val_x,
-        y: &f.val_y,
-    };
+    let (train, val) = (f.train_source(), f.val_source());
     let has_val = !f.val.y.is_empty();
     let outcome = head::train_head(
         head_config.clone(),
         &config,
-        &train,
-        has_val.then_some(&val),
+        &*train,
+        has_val.then_some(&*val),
         rt.device,
         rt.progress,
     )?;
@@ -483,9 +561,10 @@ fn extract_view(
     paths: &[PathBuf],
     view: View,
     warnings: &mut Vec<String>,
-) -> Result<(Extracted, Option<PathBuf>)> {
+) -> Result<(Extracted, FeatureCache)> {
     let cache = s.cache.open_view(spec, view)?;
-    let opts = ExtractOptions::new(rt, spec, s.batch_size, s.amp, view);
+    let mut opts = ExtractOptions::new(rt, spec, s.batch_size, s.amp, view);
+    opts.keep_features = !s.stream;
     let ex = features::extract(paths, spec, &cache, &opts)?;
     let label = match view {
         View::Center => String::new(),
@@ -501,7 +580,7 @@ fn extract_view(
             warnings.push(w.clone());
         }
     }
-    Ok((ex, cache.dir().map(Path::to_path_buf)))
+    Ok((ex, cache))
 }
 
 /// The plain view of every image, and the augmented views of the training images.
@@ -509,6 +588,7 @@ struct AllViews {
     plain: Extracted,
     augmented: Vec<Extracted>,
     cache_dir: Option<PathBuf>,
+    plain_cache: FeatureCache,
 }
 
 fn extract_views(
@@ -521,7 +601,7 @@ fn extract_views(
     // Resolved once: the ONNX file is hashed once, however many views there are.
     let spec = &spec.for_engine(rt.engine, rt.device)?;
     let paths: Vec<PathBuf> = dataset.all().into_iter().map(|x| x.path).collect();
-    let (plain, cache_dir) = extract_view(rt, s, spec, &paths, View::Center, warnings)?;
+    let (plain, plain_cache) = extract_view(rt, s, spec, &paths, View::Center, warnings)?;
     let train_paths: Vec<PathBuf> = dataset.train.iter().map(|x| x.path.clone()).collect();
     let mut augmented = Vec::new();
     for view in View::training(s.views).into_iter().skip(1) {
@@ -530,22 +610,34 @@ fn extract_views(
     Ok(AllViews {
         plain,
         augmented,
-        cache_dir,
+        cache_dir: plain_cache.dir().map(Path::to_path_buf),
+        plain_cache,
     })
 }
 
 pub(super) fn validation_report(
     head: &Head,
-    val_x: &Tensor,
+    val_rows: &dyn Rows,
     val: &Gathered,
     classes: &[String],
 ) -> Result<Option<ClassificationReport>> {
     if val.y.is_empty() {
         return Ok(None);
     }
-    let probs = crate::util::tensors::rows(&tch::no_grad(|| {
-        head.forward(val_x).softmax(-1, tch::Kind::Float)
-    }))?;
+    let order: Vec<i64> = (0..val_rows.len() as i64).collect();
+    let mut probs = Vec::with_capacity(order.len());
+    // Rows in memory in one batch (as always); streamed ones a few thousand at a time.
+    let batch = if val_rows.len() > 4096 {
+        4096
+    } else {
+        order.len().max(1)
+    };
+    for idx in order.chunks(batch) {
+        let (x, _) = val_rows.batch(idx, head.device())?;
+        probs.extend(crate::util::tensors::rows(&tch::no_grad(|| {
+            head.forward(&x).softmax(-1, tch::Kind::Float)
+        }))?);
+    }
     let labels: Vec<usize> = val.y.iter().map(|&y| y as usize).collect();
     Ok(Some(ClassificationReport::compute(
         &probs, &labels, &val.paths, classes, 10,
@@ -593,6 +685,7 @@ fn run_config(
             device: crate::device::describe(rt.device),
             cache_dir: facts.cache_dir.map(FilePath),
             engine: facts.engine,
+            stream: s.stream,
         },
         views: s.views,
         finetune: facts.finetune,
@@ -620,7 +713,11 @@ fn inputs(
     // With a trunk, its outputs are what is cached; the head's features come from the top.
     let trunk = split.and_then(|x| x.trunk.as_ref());
     let views = extract_views(rt, s, trunk.unwrap_or(spec), dataset, warnings)?;
-    let rows = feature_tensors(dataset, &views.plain, &views.augmented, rt.device);
+    let rows = if s.stream {
+        streamed_features(dataset, &views.plain, &views.plain_cache, rt.device)?
+    } else {
+        feature_tensors(dataset, &views.plain, &views.augmented, rt.device)
+    };
     let skipped = check_readable(s, dataset, &rows, warnings)?;
     let top = split.map(|x| x.load_top(rt.device)).transpose()?;
     let (rows, features) = match (&top, trunk) {
@@ -663,12 +760,8 @@ fn fit_and_tune(
     let t_train = Instant::now();
     let (head_config, train_config, mut outcome) = fit(s, rt, f, classes.len())?;
     let train_seconds = t_train.elapsed().as_secs_f64();
-    let mut validation = validation_report(&outcome.head, &f.val_x, &f.val, classes)?;
-    let whole = Split {
-        x: &f.train_x,
-        y: &f.train_y,
-    };
-    let (_, mut train_accuracy) = evaluate(&outcome.head, &whole, 4096);
+    let mut validation = validation_report(&outcome.head, &*f.val_source(), &f.val, classes)?;
+    let (_, mut train_accuracy) = evaluate(&outcome.head, &*f.train_source(), 4096)?;
     let mut tuned = None;
     if let (Some(fs), Some(sp), Some(top)) = (&s.finetune, split, inputs.top.take()) {
         let ctx = super::finetune::Context {
@@ -682,7 +775,11 @@ fn fit_and_tune(
         };
         let t = super::finetune::stage_two(&ctx, top, &mut outcome.head)?;
         let head_only = validation.as_ref().map(|r| r.accuracy);
-        validation = validation_report(&outcome.head, &t.val_features, &f.val, classes)?;
+        let tuned_val = Split {
+            x: &t.val_features,
+            y: &f.val_y,
+        };
+        validation = validation_report(&outcome.head, &tuned_val, &f.val, classes)?;
         train_accuracy = t.train_accuracy().unwrap_or(train_accuracy);
         tuned = Some((t, head_only));
     }

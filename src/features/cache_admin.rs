@@ -1,0 +1,364 @@
+//! Looking after a feature cache as a whole (`tl cache stats|verify|gc`): what it holds,
+//! whether every entry is intact, and dropping what can no longer be used.
+//!
+//! Everything here is safe beside running extractions: segments are immutable, so
+//! compaction writes a new one before it deletes the small ones it merged (a reader that
+//! opened those keeps its handles; one that lists afterwards sees the new segment), and a
+//! namespace is renamed away before it is deleted.
+use super::cache::{
+    loose_entry_path, namespace_hash, segment_files, NamespaceInfo, LAST_USED_FILE, NAMESPACE_FILE,
+};
+use super::pack::{self, RawKey, Segment};
+use crate::error::{IoContext, Result};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Temporary files older than this belong to a writer that died (a live one renames its
+/// file within seconds).
+pub const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// Segments with fewer entries are merged by `gc`.
+pub const SMALL_SEGMENT: usize = 1024;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NamespaceStats {
+    pub dir: PathBuf,
+    pub info: Option<NamespaceInfo>,
+    pub dim: Option<usize>,
+    pub segments: usize,
+    /// Distinct images with an entry (segments and first-layout files).
+    pub entries: usize,
+    /// Entries stored more than once (harmless: `gc` merges them away when compacting).
+    pub duplicates: usize,
+    /// Entries of the first layout (one file per image).
+    pub loose_entries: usize,
+    pub bytes: u64,
+    /// Temporary files left by writers that were killed before publishing.
+    pub stale_temp_files: usize,
+    pub last_used: Option<String>,
+    /// Damaged entries or segments (`verify` reads every entry; `stats` only headers).
+    pub problems: Vec<String>,
+}
+
+/// Every namespace folder under `<root>/features`.
+pub fn namespaces(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("features"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !is_hidden(p))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+fn info_of(dir: &Path) -> Option<NamespaceInfo> {
+    crate::util::fs::read_json(&dir.join(NAMESPACE_FILE)).ok()
+}
+
+/// The namespace's hash as segments record it (from `namespace.json`).
+fn ns_hash_of(info: &NamespaceInfo) -> [u8; 32] {
+    let suffix = if info.view.is_empty() {
+        String::new()
+    } else {
+        format!("-{}", info.view)
+    };
+    namespace_hash(&format!(
+        "{}-{}{suffix}",
+        info.backbone_sha256, info.preprocess
+    ))
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// `(path, size)` of first-layout entry files and of temporary files.
+fn loose_and_temp(dir: &Path) -> (Vec<(PathBuf, u64)>, Vec<PathBuf>) {
+    let (mut loose, mut temp) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tl-") && name.ends_with(".tmp") {
+            temp.push(p);
+        } else if p.is_dir() && name.len() == 2 {
+            for f in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                let fp = f.path();
+                let fname = f.file_name().to_string_lossy().into_owned();
+                if fname.starts_with(".tl-") && fname.ends_with(".tmp") {
+                    temp.push(fp);
+                } else if fp.extension().is_some_and(|e| e == "f32") {
+                    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    loose.push((fp, size));
+                }
+            }
+        }
+    }
+    (loose, temp)
+}
+
+fn is_stale(p: &Path, now: SystemTime) -> bool {
+    modified(p)
+        .and_then(|m| now.duration_since(m).ok())
+        .is_some_and(|age| age >= STALE_TEMP)
+}
+
+/// What one namespace holds; with `verify`, every entry is read and checked.
+pub fn namespace_stats(dir: &Path, verify: bool) -> NamespaceStats {
+    let info = info_of(dir);
+    let mut st = NamespaceStats {
+        dir: dir.to_path_buf(),
+        info: info.clone(),
+        dim: None,
+        segments: 0,
+        entries: 0,
+        duplicates: 0,
+        loose_entries: 0,
+        bytes: 0,
+        stale_temp_files: 0,
+        last_used: modified(&dir.join(LAST_USED_FILE))
+            .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339()),
+        problems: Vec::new(),
+    };
+    let mut seen: HashSet<RawKey> = HashSet::new();
+    for path in segment_files(dir) {
+        st.bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let Some(info) = &info else {
+            st.problems.push(format!(
+                "{}: the namespace has no {NAMESPACE_FILE}",
+                path.display()
+            ));
+            continue;
+        };
+        match Segment::open(&path, &ns_hash_of(info)) {
+            Err(why) => st.problems.push(format!("{}: {why}", path.display())),
+            Ok(seg) => {
+                st.segments += 1;
+                st.dim = Some(seg.dim);
+                for (i, key) in seg.keys.iter().enumerate() {
+                    if verify {
+                        if let Err(why) = seg.read(i) {
+                            st.problems.push(format!(
+                                "{}: entry {}: {why}",
+                                path.display(),
+                                pack::key_hex(key)
+                            ));
+                            continue;
+                        }
+                    }
+                    if !seen.insert(*key) {
+                        st.duplicates += 1;
+                    }
+                }
+            }
+        }
+    }
+    let (loose, temp) = loose_and_temp(dir);
+    let now = SystemTime::now();
+    st.stale_temp_files = temp.iter().filter(|p| is_stale(p, now)).count();
+    for (path, size) in &loose {
+        st.bytes += size;
+        st.loose_entries += 1;
+        if verify {
+            if let Err(why) = check_loose(dir, path, info.as_ref()) {
+                st.problems.push(format!("{}: {why}", path.display()));
+                continue;
+            }
+        }
+        if let Some(key) = path
+            .file_stem()
+            .and_then(|s| pack::parse_key(&s.to_string_lossy()))
+        {
+            if !seen.insert(key) {
+                st.duplicates += 1;
+            }
+        }
+    }
+    st.entries = seen.len();
+    st
+}
+
+/// The features of a first-layout entry file, checked.
+fn check_loose(
+    dir: &Path,
+    path: &Path,
+    info: Option<&NamespaceInfo>,
+) -> std::result::Result<Vec<f32>, String> {
+    let key = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if loose_entry_path(dir, &key).as_deref() != Some(path) {
+        return Err("not where its name says".into());
+    }
+    let info = info.ok_or_else(|| format!("the namespace has no {NAMESPACE_FILE}"))?;
+    let suffix = if info.view.is_empty() {
+        String::new()
+    } else {
+        format!("-{}", info.view)
+    };
+    let namespace = format!("{}-{}{suffix}", info.backbone_sha256, info.preprocess);
+    let key_hash = *blake3::hash(format!("{namespace}/{key}").as_bytes()).as_bytes();
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    super::cache::decode_entry(&bytes, &key_hash, None)
+}
+
+/// Why a namespace can no longer be used, if it cannot: none of its backbone files is left
+/// unchanged. Namespaces without a record of their backbone are kept.
+pub fn backbone_gone(info: &NamespaceInfo) -> Option<String> {
+    if info.backbone_files.is_empty() {
+        return None;
+    }
+    let mut why = Vec::new();
+    for file in &info.backbone_files {
+        if !file.is_file() {
+            why.push(format!("{} no longer exists", file.display()));
+            continue;
+        }
+        match crate::util::fs::sha256_file(file) {
+            Ok(sha) if sha != info.backbone_sha256 => {
+                why.push(format!("{} has changed since", file.display()))
+            }
+            // Still there (or unreadable now: kept, to be safe).
+            _ => return None,
+        }
+    }
+    Some(format!("backbone file {}", why.join("; ")))
+}
+
+/// Delete a namespace: renamed out of sight first, so no reader sees half of it.
+pub fn remove_namespace(dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash =
+        crate::util::fs::parent_dir(dir).join(format!(".trash-{name}-{}", std::process::id()));
+    std::fs::rename(dir, &trash).with_path(dir)?;
+    std::fs::remove_dir_all(&trash).with_path(&trash)
+}
+
+/// Stale temporary files of a namespace, removed; returns how many.
+pub fn remove_stale_temp(dir: &Path, dry_run: bool) -> usize {
+    let now = SystemTime::now();
+    let (_, temp) = loose_and_temp(dir);
+    temp.iter()
+        .filter(|p| is_stale(p, now))
+        .filter(|p| dry_run || std::fs::remove_file(p).is_ok())
+        .count()
+}
+
+/// Merge the small segments and first-layout files of a namespace into one segment (valid,
+/// distinct entries only). Returns (files merged, entries written).
+pub fn compact(dir: &Path, dry_run: bool) -> Result<(usize, usize)> {
+    let Some(info) = info_of(dir) else {
+        return Ok((0, 0));
+    };
+    let ns = ns_hash_of(&info);
+    let mut merged: Vec<PathBuf> = Vec::new();
+    let mut entries: Vec<(RawKey, Vec<f32>)> = Vec::new();
+    let mut seen: HashSet<RawKey> = HashSet::new();
+    // Keys held by the large segments that stay.
+    for path in segment_files(dir) {
+        if let Ok(seg) = Segment::open(&path, &ns) {
+            if seg.keys.len() >= SMALL_SEGMENT {
+                seen.extend(seg.keys.iter().copied());
+            }
+        }
+    }
+    for path in segment_files(dir) {
+        let Ok(seg) = Segment::open(&path, &ns) else {
+            continue;
+        };
+        if seg.keys.len() >= SMALL_SEGMENT {
+            continue;
+        }
+        for (i, key) in seg.keys.iter().enumerate() {
+            if let Ok(v) = seg.read(i) {
+                if seen.insert(*key) {
+                    entries.push((*key, v));
+                }
+            }
+        }
+        merged.push(path);
+    }
+    for (path, _) in loose_and_temp(dir).0 {
+        if let Ok(v) = check_loose(dir, &path, Some(&info)) {
+            let key = path
+                .file_stem()
+                .and_then(|s| pack::parse_key(&s.to_string_lossy()));
+            if let Some(key) = key {
+                if seen.insert(key) {
+                    entries.push((key, v));
+                }
+            }
+        }
+        merged.push(path);
+    }
+    let segments_merged = merged.len();
+    if segments_merged < 2 || dry_run {
+        return Ok((
+            if segments_merged < 2 {
+                0
+            } else {
+                segments_merged
+            },
+            entries.len(),
+        ));
+    }
+    let dims: HashSet<usize> = entries.iter().map(|(_, v)| v.len()).collect();
+    for dim in dims {
+        let same: Vec<(RawKey, Vec<f32>)> = entries
+            .iter()
+            .filter(|(_, v)| v.len() == dim)
+            .cloned()
+            .collect();
+        let bytes = pack::encode(&ns, dim, &same);
+        crate::util::fs::write_atomic(&dir.join(super::cache::segment_name()), &bytes)?;
+    }
+    for path in &merged {
+        std::fs::remove_file(path).with_path(path)?;
+    }
+    Ok((segments_merged, entries.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::PreprocessConfig;
+    use crate::features::cache::{encode_entry, FeatureCache, Lookup};
+
+    /// A cache of the first layout (one file per image) is read, verified and packed by gc.
+    #[test]
+    fn first_layout_entries_are_read_verified_and_packed() {
+        let root = tempfile::tempdir().unwrap();
+        let sha = "cd".repeat(32);
+        let pre = PreprocessConfig::default();
+        let cache = FeatureCache::open(root.path(), &sha, &pre, "", None).unwrap();
+        let dir = cache.dir().unwrap().to_path_buf();
+        let namespace = format!("{sha}-{}", pre.fingerprint());
+        let keys: Vec<String> = (0..3).map(|i| format!("{i:0>32}")).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let path = loose_entry_path(&dir, key).unwrap();
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let hash = *blake3::hash(format!("{namespace}/{key}").as_bytes()).as_bytes();
+            std::fs::write(&path, encode_entry(&[i as f32, 1.0], &hash)).unwrap();
+        }
+        let cache = cache.reopen();
+        assert!(matches!(cache.get(&keys[1], Some(2)), Lookup::Hit(v) if v == vec![1.0, 1.0]));
+        let st = namespace_stats(&dir, true);
+        assert_eq!((st.entries, st.loose_entries, st.problems.len()), (3, 3, 0));
+        assert_eq!(compact(&dir, false).unwrap(), (3, 3));
+        let st = namespace_stats(&dir, true);
+        assert_eq!((st.entries, st.loose_entries, st.segments), (3, 0, 1));
+        let cache = cache.reopen();
+        assert!(matches!(cache.get(&keys[2], Some(2)), Lookup::Hit(v) if v == vec![2.0, 1.0]));
+    }
+}

@@ -1,0 +1,193 @@
+//! Segment files of the feature cache: many entries of one namespace packed into one
+//! immutable file, published by a single rename (so readers never see a torn one).
+//!
+//! ```text
+//! header   64 bytes: "TLS1", dim u32, count u32, reserved u32, namespace hash [32], reserved [16]
+//! keys     count × 16 bytes   the images' content keys
+//! sums     count × 32 bytes   blake3(namespace hash ‖ key ‖ payload): damage or misplacement
+//! payloads count × dim × 4    little-endian f32
+//! ```
+//! Records have a fixed size, so the keys block is the whole index: opening a segment reads
+//! 16 bytes per entry, and an entry is one positioned read.
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+pub const MAGIC: &[u8; 4] = b"TLS1";
+pub const HEADER: u64 = 64;
+pub const KEY: usize = 16;
+const SUM: usize = 32;
+pub const EXTENSION: &str = "tlseg";
+
+/// A content key as raw bytes (the 32 hex characters of [`super::cache::content_key`]).
+pub type RawKey = [u8; KEY];
+
+pub fn parse_key(hex: &str) -> Option<RawKey> {
+    if hex.len() != 2 * KEY {
+        return None;
+    }
+    let mut out = [0u8; KEY];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn key_hex(key: &RawKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn record_sum(ns_hash: &[u8; 32], key: &RawKey, payload: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(ns_hash);
+    h.update(key);
+    h.update(payload);
+    *h.finalize().as_bytes()
+}
+
+/// The bytes of a segment holding `entries` (all of `dim` features).
+pub fn encode(ns_hash: &[u8; 32], dim: usize, entries: &[(RawKey, Vec<f32>)]) -> Vec<u8> {
+    let n = entries.len();
+    let mut out = Vec::with_capacity(HEADER as usize + n * (KEY + SUM + dim * 4));
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(dim as u32).to_le_bytes());
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(ns_hash);
+    out.extend_from_slice(&[0u8; 16]);
+    for (key, _) in entries {
+        out.extend_from_slice(key);
+    }
+    let payloads: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|(_, v)| v.iter().flat_map(|f| f.to_le_bytes()).collect())
+        .collect();
+    for ((key, _), payload) in entries.iter().zip(&payloads) {
+        out.extend_from_slice(&record_sum(ns_hash, key, payload));
+    }
+    for payload in &payloads {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// An opened segment: its keys, and where its records are.
+#[derive(Debug)]
+pub struct Segment {
+    pub file: File,
+    pub dim: usize,
+    pub keys: Vec<RawKey>,
+    ns_hash: [u8; 32],
+}
+
+impl Segment {
+    /// Open and check the header and size; the error says what is wrong.
+    pub fn open(path: &Path, ns_hash: &[u8; 32]) -> std::result::Result<Segment, String> {
+        let mut file = File::open(path).map_err(|e| e.to_string())?;
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact(&mut header)
+            .map_err(|_| "shorter than a segment header".to_string())?;
+        if &header[..4] != MAGIC {
+            return Err("not a feature-cache segment".into());
+        }
+        let word =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let (dim, count) = (word(4) as usize, word(8) as usize);
+        if &header[16..48] != ns_hash {
+            return Err("belongs to another backbone or preprocessing (misplaced segment)".into());
+        }
+        let expected = HEADER + (count * (KEY + SUM + dim * 4)) as u64;
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        if len != expected {
+            return Err(format!(
+                "truncated or padded ({len} bytes, expected {expected})"
+            ));
+        }
+        let mut block = vec![0u8; count * KEY];
+        file.read_exact(&mut block).map_err(|e| e.to_string())?;
+        let keys = block
+            .chunks_exact(KEY)
+            .map(|c| {
+                let mut k = [0u8; KEY];
+                k.copy_from_slice(c);
+                k
+            })
+            .collect();
+        Ok(Segment {
+            file,
+            dim,
+            keys,
+            ns_hash: *ns_hash,
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Read and check record `i` into `out` (`dim` floats).
+    pub fn read_into(&self, i: usize, out: &mut [f32]) -> std::result::Result<(), String> {
+        let n = self.count();
+        if i >= n || out.len() != self.dim {
+            return Err(format!("record {i} out of range"));
+        }
+        let mut sum = [0u8; SUM];
+        let sums_at = HEADER + (n * KEY + i * SUM) as u64;
+        self.file
+            .read_exact_at(&mut sum, sums_at)
+            .map_err(|e| e.to_string())?;
+        let mut payload = vec![0u8; self.dim * 4];
+        let payload_at = HEADER + (n * (KEY + SUM) + i * self.dim * 4) as u64;
+        self.file
+            .read_exact_at(&mut payload, payload_at)
+            .map_err(|e| e.to_string())?;
+        if record_sum(&self.ns_hash, &self.keys[i], &payload) != sum {
+            return Err("checksum mismatch".into());
+        }
+        for (o, c) in out.iter_mut().zip(payload.chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, i: usize) -> std::result::Result<Vec<f32>, String> {
+        let mut out = vec![0f32; self.dim];
+        self.read_into(i, &mut out)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_damage_and_misplacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = [3u8; 32];
+        let entries = vec![
+            ([1u8; 16], vec![1.0f32, -2.0, 3.5]),
+            ([2u8; 16], vec![0.0, 0.5, 9.0]),
+        ];
+        let path = dir.path().join("a.tlseg");
+        std::fs::write(&path, encode(&ns, 3, &entries)).unwrap();
+        let seg = Segment::open(&path, &ns).unwrap();
+        assert_eq!(seg.keys, vec![[1u8; 16], [2u8; 16]]);
+        assert_eq!(seg.read(1).unwrap(), entries[1].1);
+        assert!(Segment::open(&path, &[4u8; 32])
+            .unwrap_err()
+            .contains("misplaced"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let seg = Segment::open(&path, &ns).unwrap();
+        assert_eq!(seg.read(0).unwrap(), entries[0].1);
+        assert!(seg.read(1).unwrap_err().contains("checksum"));
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(Segment::open(&path, &ns).unwrap_err().contains("truncated"));
+        assert_eq!(parse_key(&key_hex(&[0xab; 16])), Some([0xab; 16]));
+        assert_eq!(parse_key("xyz"), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! Where the head's training rows come from: tensors in memory ([`Split`]), or entries of
+//! the feature cache read a mini-batch at a time ([`StreamedRows`]), so that training on
+//! more features than fit in memory keeps a bounded footprint.
+use crate::error::{Result, TlError};
+use crate::features::cache::{FeatureCache, Location};
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+/// Features `[N, D]` and labels `[N]` held as tensors.
+pub struct Split<'a> {
+    pub x: &'a Tensor,
+    pub y: &'a Tensor,
+}
+
+/// Labelled feature rows, fetched by index.
+pub trait Rows {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Features `[len, D]` (float) and labels `[len]` (int64) of rows `idx`, on `device`.
+    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)>;
+    /// Per-feature mean and (population) standard deviation, as `[D]` float tensors.
+    fn moments(&self, device: Device) -> Result<(Tensor, Tensor)> {
+        streamed_moments(self, device)
+    }
+}
+
+impl Rows for Split<'_> {
+    fn len(&self) -> usize {
+        self.x.size()[0] as usize
+    }
+
+    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
+        let idx = Tensor::from_slice(idx).to_device(self.x.device());
+        Ok((
+            self.x.index_select(0, &idx).to_device(device),
+            self.y.index_select(0, &idx).to_device(device),
+        ))
+    }
+
+    fn moments(&self, device: Device) -> Result<(Tensor, Tensor)> {
+        tch::no_grad(|| {
+            let mean = self.x.mean_dim(0, false, Kind::Float);
+            let std = self.x.std_dim(0, false, false);
+            Ok((mean.to_device(device), std.to_device(device)))
+        })
+    }
+}
+
+impl<R: Rows + ?Sized> Rows for &R {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
+        (**self).batch(idx, device)
+    }
+
+    fn moments(&self, device: Device) -> Result<(Tensor, Tensor)> {
+        (**self).moments(device)
+    }
+}
+
+/// Mean and standard deviation in one pass of 4096-row chunks, summed in f64.
+fn streamed_moments<R: Rows + ?Sized>(rows: &R, device: Device) -> Result<(Tensor, Tensor)> {
+    let n = rows.len() as i64;
+    let (mut sum, mut sum_sq): (Option<Tensor>, Option<Tensor>) = (None, None);
+    let order: Vec<i64> = (0..n).collect();
+    for chunk in order.chunks(4096) {
+        let (x, _) = rows.batch(chunk, Device::Cpu)?;
+        let x = x.to_kind(Kind::Double);
+        let s = x.sum_dim_intlist(0, false, Kind::Double);
+        let q = x.square().sum_dim_intlist(0, false, Kind::Double);
+        sum = Some(match sum {
+            Some(t) => t + s,
+            None => s,
+        });
+        sum_sq = Some(match sum_sq {
+            Some(t) => t + q,
+            None => q,
+        });
+    }
+    let (Some(sum), Some(sum_sq)) = (sum, sum_sq) else {
+        return Err(TlError::invalid("no training rows"));
+    };
+    let mean = &sum / n as f64;
+    let var = (&sum_sq / n as f64 - mean.square()).clamp_min(0.0);
+    Ok((
+        mean.to_kind(Kind::Float).to_device(device),
+        var.sqrt().to_kind(Kind::Float).to_device(device),
+    ))
+}
+
+/// Rows stored in the feature cache: read (and checked) when a mini-batch needs them.
+pub struct StreamedRows {
+    cache: FeatureCache,
+    locations: Vec<Location>,
+    labels: Vec<i64>,
+    dim: usize,
+}
+
+impl StreamedRows {
+    /// `entries`: each row's place in `cache` and its label. All must hold `dim` features.
+    pub fn new(cache: FeatureCache, entries: Vec<(Location, i64)>, dim: usize) -> Result<Self> {
+        if let Some((loc, _)) = entries.iter().find(|(l, _)| cache.dim_at(*l) != Some(dim)) {
+            return Err(TlError::invalid(format!(
+                "cache entry {loc:?} does not hold {dim} features"
+            )));
+        }
+        let (locations, labels) = entries.into_iter().unzip();
+        Ok(StreamedRows {
+            cache,
+            locations,
+            labels,
+            dim,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn labels(&self) -> &[i64] {
+        &self.labels
+    }
+}
+
+impl Rows for StreamedRows {
+    fn len(&self) -> usize {
+        self.locations.len()
+    }
+
+    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
+        let d = self.dim;
+        let mut data = vec![0f32; idx.len() * d];
+        data.par_chunks_mut(d)
+            .zip(idx.par_iter())
+            .try_for_each(|(out, &i)| {
+                let loc = *self
+                    .locations
+                    .get(i as usize)
+                    .ok_or_else(|| format!("row {i} out of range"))?;
+                self.cache.read_into(loc, out)
+            })
+            .map_err(|why| TlError::invalid(format!("feature cache: {why}")))?;
+        let labels: Vec<i64> = idx.iter().map(|&i| self.labels[i as usize]).collect();
+        let x = Tensor::from_slice(&data).view([idx.len() as i64, d as i64]);
+        Ok((
+            x.to_device(device),
+            Tensor::from_slice(&labels).to_device(device),
+        ))
+    }
+}

@@ -1,0 +1,166 @@
+//! `tl extract`: fill the feature cache for a dataset (or one shard of it) without
+//! training — on many machines at once under a scheduler, then `tl train` on one.
+use super::train::extraction_line;
+use super::SkippedFile;
+use crate::data::shard::{Shard, ShardSource};
+use crate::data::{Dataset, View};
+use crate::error::{Result, TlError};
+use crate::eval::Report;
+use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats};
+use crate::runtime::Runtime;
+use crate::util::{human_duration, FilePath};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct ExtractSettings {
+    pub data: PathBuf,
+    pub backbone: String,
+    pub shard: Shard,
+    pub shard_source: ShardSource,
+    pub batch_size: usize,
+    pub amp: bool,
+    pub cache: CacheSettings,
+    /// List this shard's images; extract nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExtractReport {
+    pub data: FilePath,
+    pub backbone: String,
+    pub shard: Shard,
+    pub shard_source: ShardSource,
+    /// Images in the whole dataset, and in this shard.
+    pub dataset_images: usize,
+    pub shard_images: usize,
+    pub dry_run: bool,
+    /// This shard's files, relative to the dataset folder (with `--dry-run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+    pub extraction: Option<ExtractStats>,
+    pub cache_dir: Option<FilePath>,
+    pub dim: usize,
+    pub skipped: Vec<SkippedFile>,
+    pub damaged_cache_entries: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Report for ExtractReport {
+    /// One line per shard: `shard 1/4 (slurm): 325 of 1300 images: 0 cached, 325 computed …`
+    fn render_text(&self) -> String {
+        let head = format!(
+            "shard {}{}: {} of {} images",
+            self.shard,
+            match self.shard_source {
+                ShardSource::Whole | ShardSource::Flag => String::new(),
+                ShardSource::Slurm => " (slurm)".into(),
+                ShardSource::Kubernetes => " (kubernetes)".into(),
+            },
+            self.shard_images,
+            self.dataset_images
+        );
+        let Some(st) = &self.extraction else {
+            return format!("{head} (dry run: nothing extracted)\n");
+        };
+        format!(
+            "{head}: {} cached, {} computed{}, {} unreadable in {}{}\n",
+            st.cached,
+            st.computed,
+            if st.computed > 0 {
+                format!(
+                    " ({:.1} img/s, {})",
+                    st.images_per_second,
+                    st.engine.label()
+                )
+            } else {
+                String::new()
+            },
+            st.failed,
+            human_duration(st.seconds),
+            match &self.cache_dir {
+                Some(d) => format!(" → {}", d.0.display()),
+                None => " (no cache: nothing kept)".into(),
+            }
+        )
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let mut notes = super::skipped_notes(&self.skipped, 0);
+        notes.extend(
+            self.damaged_cache_entries
+                .iter()
+                .map(|c| format!("warning: damaged cache entry recomputed: {c}")),
+        );
+        notes.extend(crate::eval::warning_lines(&self.warnings));
+        notes
+    }
+}
+
+/// This shard's samples, in the dataset's order, with their paths relative to its root.
+fn shard_samples(dataset: &Dataset, shard: Shard) -> Vec<(PathBuf, String)> {
+    dataset
+        .all()
+        .into_iter()
+        .filter_map(|s| {
+            let rel = s.path.strip_prefix(&dataset.root).unwrap_or(&s.path);
+            shard
+                .holds(rel)
+                .then(|| (s.path.clone(), rel.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+pub fn extract(rt: &Runtime, s: &ExtractSettings) -> Result<ExtractReport> {
+    if s.batch_size == 0 {
+        return Err(TlError::invalid("the batch size must be at least 1"));
+    }
+    let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
+    let dataset = Dataset::open(&s.data, None)?;
+    let mine = shard_samples(&dataset, s.shard);
+    let mut report = ExtractReport {
+        data: FilePath(s.data.clone()),
+        backbone: spec.name.clone(),
+        shard: s.shard,
+        shard_source: s.shard_source,
+        dataset_images: dataset.train.len() + dataset.val.len(),
+        shard_images: mine.len(),
+        dry_run: s.dry_run,
+        files: None,
+        extraction: None,
+        cache_dir: None,
+        dim: 0,
+        skipped: Vec::new(),
+        damaged_cache_entries: Vec::new(),
+        warnings: spec.weights_warning().into_iter().collect(),
+    };
+    if s.dry_run {
+        report.files = Some(mine.into_iter().map(|(_, rel)| rel).collect());
+        return Ok(report);
+    }
+    let spec = spec.for_engine(rt.engine, rt.device)?;
+    let cache = s.cache.open_view(&spec, View::Center)?;
+    let mut opts = ExtractOptions::new(rt, &spec, s.batch_size, s.amp, View::Center);
+    opts.keep_features = false;
+    let paths: Vec<PathBuf> = mine.into_iter().map(|(p, _)| p).collect();
+    let ex = features::extract(&paths, &spec, &cache, &opts)?;
+    if rt.progress {
+        eprintln!("{}", extraction_line(&ex));
+    }
+    report.skipped = paths
+        .iter()
+        .zip(&ex.features)
+        .filter_map(|(p, f)| {
+            f.as_ref().err().map(|why| SkippedFile {
+                path: FilePath(p.clone()),
+                reason: why.clone(),
+            })
+        })
+        .collect();
+    report.warnings.extend(ex.cache_warning.clone());
+    report.damaged_cache_entries = ex.corrupt;
+    report.cache_dir = cache.dir().map(|d| FilePath(d.to_path_buf()));
+    report.dim = ex.dim;
+    report.extraction = Some(ex.stats);
+    Ok(report)
+}
