@@ -79,14 +79,19 @@ def main() -> int:
                 print(f"{name} {c}: tl failed: {proc.stderr.strip()[-300:]}", flush=True)
                 continue
             r = json.loads(proc.stdout)
-            probs = judge_probs(model, png)
-            rank = int((probs > probs[c]).sum()) + 1
-            a = np.asarray(Image.open(png).convert("RGB"))
-            row = {"class": r["class"], "index": c, "source_p": r["probability"], "seconds": r["seconds"],
-                   "judge_p": float(probs[c]), "judge_rank": rank, "judge_top1": int(probs.argmax()),
-                   "colourfulness": colourfulness(a), "contrast": contrast(a)}
-            rows.append(row)
-            print(f"{name:>10}  {r['class'][:18]:<18} source p {r['probability']:.4f}  judge p {probs[c]:.3f} rank {rank:>3}  colour {row['colourfulness']:5.1f}  contrast {row['contrast']:5.1f}  {r['seconds']:.0f}s", flush=True)
+            # With --batch, every image of the batch counts (and the seconds are shared).
+            for img in r.get("images") or [{"output": str(png), "probability": r["probability"]}]:
+                path = Path(img["output"])
+                probs = judge_probs(model, path)
+                rank = int((probs > probs[c]).sum()) + 1
+                a = np.asarray(Image.open(path).convert("RGB"))
+                row = {"class": r["class"], "index": c, "source_p": img["probability"], "seconds": r["seconds"],
+                       "judge_p": float(probs[c]), "judge_rank": rank, "judge_top1": int(probs.argmax()),
+                       "colourfulness": colourfulness(a), "contrast": contrast(a),
+                       "similarity": r.get("similarity"), "file": path.name}
+                rows.append(row)
+                sim = "" if r.get("similarity") is None else f"  similarity {r['similarity']:.3f}"
+                print(f"{name:>10}  {r['class'][:18]:<18} source p {img['probability']:.4f}  judge p {probs[c]:.3f} rank {rank:>3}  colour {row['colourfulness']:5.1f}  contrast {row['contrast']:5.1f}  {r['seconds']:.0f}s{sim}", flush=True)
         n = len(rows)
         s = {"classes": n,
              "judge_top1": sum(r["judge_rank"] == 1 for r in rows),
@@ -96,6 +101,7 @@ def main() -> int:
              "mean_colourfulness": float(np.mean([r["colourfulness"] for r in rows])) if rows else 0.0,
              "mean_contrast": float(np.mean([r["contrast"] for r in rows])) if rows else 0.0,
              "max_seconds": max((r["seconds"] for r in rows), default=0.0),
+             "mean_similarity": (float(np.mean([r["similarity"] for r in rows])) if rows and rows[0]["similarity"] is not None else None),
              "rows": rows}
         summary[name] = s
         print(f"{name}: judge top-1 {s['judge_top1']}/{n}, top-5 {s['judge_top5']}/{n}, mean judge p {s['judge_mean_p']:.3f}, "

@@ -12,6 +12,9 @@ For each model name this writes, into the backbones folder:
   NAME.topN.pt        the last N blocks and the pooling, scripted with their parameters so
                       that `tl train --finetune N` can train them; [N,C,h,w] -> [N,D]
   NAME.topall.pt      (cut `all`) the whole feature extractor, trainable; [N,3,H,W] -> [N,D]
+  NAME.layers.pt      [N,3,H,W] float (normalised) -> the output of every block, bottom to
+                      top, as a tuple (for `tl dream --layer NAME --channel C` and `--batch`'s
+                      diversity term); names and channels in the sidecar's "layers"
   NAME.features.onnx  the feature extractor and the classifier as ONNX (opset 17, dynamic
   NAME.classifier.onnx  batch), from the eager model, for `tl --engine onnx`; checked in ONNX
                       Runtime against eager when it is installed (--no-onnx: not written)
@@ -366,6 +369,45 @@ def export_onnx(module: nn.Module, example: torch.Tensor, want: torch.Tensor, pa
             "max_relative_error_vs_eager": err}
 
 
+class Layers(nn.Module):
+    """Every block's output, bottom to top."""
+
+    def __init__(self, blocks: list):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        outs = []
+        for block in self.blocks:
+            x = block(x)
+            outs.append(x)
+        return tuple(outs)
+
+
+def export_layers(arch: str, model: nn.Module, name: str, out_dir: Path,
+                  example: torch.Tensor) -> dict | None:
+    """Write NAME.layers.pt (frozen, like the feature extractor); returns its sidecar entry."""
+    import copy
+
+    try:
+        names, blocks, _ = split_blocks(arch, model)
+    except ExportError:
+        return None
+    layers = Layers(copy.deepcopy(blocks)).eval()
+    traced = trace_frozen(layers, example)
+    path = out_dir / f"{name}.layers.pt"
+    with torch.no_grad():
+        want = layers(example)
+        for layer, got, ref in zip(names, traced(example), want):
+            check_close(f"{name} layer {layer}", got, ref)
+        save_atomic_module(traced, path)
+        for layer, got, ref in zip(names, torch.jit.load(str(path))(example), want):
+            check_close(f"{path} layer {layer}", got, ref)
+    return {"file": path.name, "sha256": sha256_file(path), "names": names,
+            "channels": [int(t.shape[1]) for t in want],
+            "sizes": [list(t.shape[2:]) for t in want]}
+
+
 def cut_files(name: str, cut) -> tuple[str | None, str]:
     """(trunk file, top file) names of a cut."""
     if cut == "all":
@@ -429,6 +471,7 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
     classifier_path = out_dir / f"{name}.classifier.pt"
     if not force:
         extra = [out_dir / f for cut in cuts for f in cut_files(name, cut) if f]
+        extra.append(out_dir / f"{name}.layers.pt")
         if onnx:
             extra += [out_dir / f"{name}.features.onnx", out_dir / f"{name}.classifier.onnx"]
         for path in (sidecar_path, features_path, classifier_path, *extra):
@@ -458,6 +501,7 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
         check_close(f"{features_path}", torch.jit.load(str(features_path))(example), want_feats)
         check_close(f"{classifier_path}", torch.jit.load(str(classifier_path))(example), want_logits)
     block_names, cut_entries = export_cuts(arch, model, name, out_dir, cuts, example, want_feats)
+    layers = export_layers(arch, model, name, out_dir, example)
     # The same networks for ONNX Runtime (`tl --engine onnx`), from the eager model.
     onnx_files = {}
     if onnx:
@@ -487,6 +531,7 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
         "blocks": block_names,
         "cuts": cut_entries,
         "onnx": {k: v for k, v in onnx_files.items() if v},
+        "layers": layers,
         "frozen": True,
         "channels_last": True,
         "max_relative_error_vs_eager": max(errs.values()),

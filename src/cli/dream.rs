@@ -2,7 +2,9 @@
 use super::{emit, values, NetworkArgs};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use tl::inspect::dream::{DreamConfig, DreamSettings, Objective, Parametrization, MAX_DREAM_SIZE};
+use tl::inspect::dream::{
+    DreamConfig, DreamSettings, Objective, Parametrization, Target, MAX_DREAM_SIZE,
+};
 use tl::runtime::Runtime;
 use tl::util::FilePath;
 
@@ -38,8 +40,29 @@ fn size(s: &str) -> Result<u32, String> {
 #[derive(Args, Debug)]
 pub struct DreamArgs {
     /// Class name (exact, case-insensitive, or a unique substring) or index.
-    #[arg(long, short)]
-    pub class: String,
+    #[arg(long, short, required_unless_present_any = ["layer", "list_layers"], conflicts_with = "layer")]
+    pub class: Option<String>,
+    /// Visualise a channel of this inner layer instead of a class (names: --list-layers).
+    #[arg(long, requires = "channel")]
+    pub layer: Option<String>,
+    /// The channel of --layer whose mean activation is maximised.
+    #[arg(long, requires = "layer")]
+    pub channel: Option<i64>,
+    /// List the layers (and their channels) that --layer can name, then stop.
+    #[arg(long)]
+    pub list_layers: bool,
+    /// Make K different images at once (<out>-1.png … <out>-K.png), kept apart by a
+    /// diversity term.
+    #[arg(long, default_value = "1", value_parser = values::at_least_one)]
+    pub batch: usize,
+    /// Weight of the penalty on the images' similarity (the cosine between their Gram
+    /// matrices at --diversity-layer) with --batch.
+    #[arg(long, default_value = "10", value_parser = values::non_negative)]
+    pub diversity: f64,
+    /// The layer whose Gram matrices the diversity term compares [default: the channel's
+    /// layer, or the middle layer for a class].
+    #[arg(long)]
+    pub diversity_layer: Option<String>,
     #[command(flatten)]
     pub network: NetworkArgs,
     /// Output PNG.
@@ -68,6 +91,10 @@ pub struct DreamArgs {
     /// Turn off the random jitter/scale/rotation applied at each step.
     #[arg(long)]
     pub no_transforms: bool,
+    /// The last N steps without the random transforms, so that the image as saved (and
+    /// scored) wins its class's margin [default: steps / 8].
+    #[arg(long, value_name = "N")]
+    pub polish: Option<usize>,
     /// How the image is parametrised.
     #[arg(long, value_enum, default_value_t = ParamArg::Fourier)]
     pub param: ParamArg,
@@ -85,9 +112,22 @@ pub struct DreamArgs {
 }
 
 pub fn run(rt: &Runtime, args: &DreamArgs) -> anyhow::Result<()> {
+    if args.list_layers {
+        let report = tl::inspect::dream::list_layers(rt, &args.network.choice()?)?;
+        return emit(&report, args.json);
+    }
+    let target = match (&args.class, &args.layer, args.channel) {
+        (_, Some(layer), Some(channel)) => Target::Channel {
+            layer: layer.clone(),
+            channel,
+        },
+        (Some(class), _, _) => Target::Class(class.clone()),
+        _ => anyhow::bail!("give --class NAME, or --layer NAME --channel C"),
+    };
     let settings = DreamSettings {
         network: args.network.choice()?,
-        class: args.class.clone(),
+        target,
+        diversity_layer: args.diversity_layer.clone(),
         out: args.out.clone(),
         force: args.force,
         size: args.size,
@@ -100,6 +140,7 @@ pub fn run(rt: &Runtime, args: &DreamArgs) -> anyhow::Result<()> {
             seed: args.seed,
             init: args.init.clone().map(FilePath),
             transforms: !args.no_transforms,
+            polish: args.polish.unwrap_or(args.steps / 8),
             save_every: args.save_every,
             param: match args.param {
                 ParamArg::Pixel => Parametrization::Pixel,
@@ -110,6 +151,8 @@ pub fn run(rt: &Runtime, args: &DreamArgs) -> anyhow::Result<()> {
                 ObjectiveArg::Logprob => Objective::Logprob,
                 ObjectiveArg::Both => Objective::Both,
             },
+            batch: args.batch,
+            diversity: args.diversity,
         },
     };
     emit(&tl::inspect::dream::run(rt, &settings)?, args.json)

@@ -44,6 +44,18 @@ pub struct Sidecar {
     /// The same networks as ONNX (`--engine onnx`); absent in older exports.
     #[serde(default)]
     pub onnx: OnnxExports,
+    /// Every block's output (`tl dream --layer`); absent in older exports.
+    #[serde(default)]
+    pub layers: Option<LayersFile>,
+}
+
+/// `NAME.layers.pt`: normalised images → the output of every block, bottom to top.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayersFile {
+    pub file: String,
+    pub sha256: String,
+    pub names: Vec<String>,
+    pub channels: Vec<i64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -345,6 +357,84 @@ impl BackboneSpec {
             path: path.clone(),
             output_rank: 2,
         })
+    }
+}
+
+impl BackboneSpec {
+    /// The network that returns every block's output (for channel visualisation).
+    pub fn load_layers(&self, device: Device) -> Result<LayerNet> {
+        let record = self.sidecar.as_ref().and_then(|s| s.layers.as_ref());
+        let (Some(record), Some(sidecar)) = (record, self.sidecar_path.as_deref()) else {
+            return Err(TlError::invalid(format!(
+                "backbone '{}' was exported without its layers file; re-export it with scripts/export_backbones.py",
+                self.name
+            )));
+        };
+        let path = crate::util::fs::parent_dir(sidecar).join(&record.file);
+        verified_hash(&path, Some(&record.sha256), Some(sidecar))?;
+        Ok(LayerNet {
+            module: load_module(&path, device)?,
+            path,
+            names: record.names.clone(),
+            channels: record.channels.clone(),
+        })
+    }
+}
+
+/// A backbone's blocks, run in order, every output kept.
+pub struct LayerNet {
+    pub module: CModule,
+    pub path: PathBuf,
+    pub names: Vec<String>,
+    pub channels: Vec<i64>,
+}
+
+impl LayerNet {
+    /// `[N,C,H,W]` activations of every block for normalised images `x`.
+    pub fn forward(&self, x: &tch::Tensor) -> Result<Vec<tch::Tensor>> {
+        let out = self
+            .module
+            .forward_is(&[tch::IValue::Tensor(x.shallow_clone())])
+            .torch_ctx(|| format!("{}: forward", self.path.display()))?;
+        let items = match out {
+            tch::IValue::Tuple(items) | tch::IValue::GenericList(items) => items,
+            _ => Vec::new(),
+        };
+        let tensors: Vec<tch::Tensor> = items
+            .into_iter()
+            .filter_map(|v| match v {
+                tch::IValue::Tensor(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        if tensors.len() != self.names.len() || tensors.iter().any(|t| t.dim() != 4) {
+            return Err(TlError::file(
+                &self.path,
+                format!(
+                    "returned {} activations; its sidecar lists {} layers of [N,C,H,W]",
+                    tensors.len(),
+                    self.names.len()
+                ),
+            ));
+        }
+        Ok(tensors)
+    }
+
+    /// The index of layer `name` (exact, or a unique prefix), or an error listing them.
+    pub fn index_of(&self, name: &str) -> Result<usize> {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return Ok(i);
+        }
+        let matches: Vec<usize> = (0..self.names.len())
+            .filter(|&i| self.names[i].starts_with(name))
+            .collect();
+        match matches.as_slice() {
+            [i] => Ok(*i),
+            _ => Err(TlError::invalid(format!(
+                "no layer '{name}'; the layers are: {}",
+                self.names.join(", ")
+            ))),
+        }
     }
 }
 
