@@ -76,6 +76,11 @@ fn shards_fill_one_cache_at_once_and_train_finds_every_entry() {
         total += r["shard_images"].as_u64().unwrap();
     }
     assert_eq!(total, 42, "the shards must cover the dataset exactly once");
+    // Nothing to do without a cache; a shard that does not exist.
+    let err = tl.fails(&["extract", "--backbone", s(&tiny), s(&data), "--no-cache"]);
+    assert!(err.contains("--no-cache"), "{err}");
+    let err = tl.fails(&["extract", "--backbone", s(&tiny), s(&data), "--shard", "4/4"]);
+    assert!(err.contains("4/4"), "{err}");
     // A finished shard does nothing when re-run.
     let again = json(&tl.ok(&[
         "extract",

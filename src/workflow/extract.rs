@@ -115,6 +115,11 @@ pub fn extract(rt: &Runtime, s: &ExtractSettings) -> Result<ExtractReport> {
     if s.batch_size == 0 {
         return Err(TlError::invalid("the batch size must be at least 1"));
     }
+    if !s.cache.enabled && !s.dry_run {
+        return Err(TlError::invalid(
+            "tl extract fills the feature cache; with --no-cache it would compute features and keep none",
+        ));
+    }
     let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
     let dataset = Dataset::open(&s.data, None)?;
     let mine = shard_samples(&dataset, s.shard);
