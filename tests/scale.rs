@@ -79,7 +79,14 @@ fn shards_fill_one_cache_at_once_and_train_finds_every_entry() {
     // Nothing to do without a cache; a shard that does not exist.
     let err = tl.fails(&["extract", "--backbone", s(&tiny), s(&data), "--no-cache"]);
     assert!(err.contains("--no-cache"), "{err}");
-    let err = tl.fails(&["extract", "--backbone", s(&tiny), s(&data), "--shard", "4/4"]);
+    let err = tl.fails(&[
+        "extract",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--shard",
+        "4/4",
+    ]);
     assert!(err.contains("4/4"), "{err}");
     // A finished shard does nothing when re-run.
     let again = json(&tl.ok(&[
