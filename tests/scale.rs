@@ -293,6 +293,24 @@ fn cache_gc_drops_gone_backbones_and_stale_files_and_merges_small_segments() {
         err.contains("checksum mismatch") && err.contains(s(&seg)),
         "{err}"
     );
+    // Training recomputes it once; the new copy wins from then on.
+    let r = train(&tl, &data, &tmp.path().join("r2"), &[]);
+    assert_eq!(r["extraction"]["computed"], 1, "{r}");
+    let r = train(&tl, &data, &tmp.path().join("r3"), &[]);
+    assert_eq!(r["extraction"]["computed"], 0, "healed: {r}");
+    assert_eq!(r["damaged_cache_entries"].as_array().unwrap().len(), 0);
+    // gc merges the damaged segment's good entries with the new one; a segment copied in
+    // from elsewhere (here: garbage) is removed.
+    std::fs::write(ns.join("seg-9-junk.tlseg"), b"not a segment").unwrap();
+    let gc = json(&tl.ok(&["cache", "gc", "--json"]));
+    assert_eq!(gc["damaged_segments"], 1, "{gc}");
+    assert_eq!(gc["compacted"][0]["entries"], 16, "{gc}");
+    let clean = json(&tl.ok(&["cache", "verify", "--json"]));
+    assert_eq!(
+        (&clean["entries"], &clean["problems"], &clean["duplicates"]),
+        (&Value::from(16), &Value::from(0), &Value::from(0)),
+        "{clean}"
+    );
 }
 
 #[test]

@@ -187,7 +187,9 @@ impl Store {
                             segment,
                             record: record as u32,
                         };
-                        store.index.entry(*key).or_insert(loc);
+                        // Newest wins: an entry recomputed because an older copy was
+                        // damaged supersedes it (names start with the publication time).
+                        store.index.insert(*key, loc);
                     }
                     store.segments.push(seg);
                     store.segment_paths.push(path);

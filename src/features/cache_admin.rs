@@ -255,27 +255,34 @@ pub fn remove_stale_temp(dir: &Path, dry_run: bool) -> usize {
         .count()
 }
 
-/// Merge the small segments and first-layout files of a namespace into one segment (valid,
-/// distinct entries only). Returns (files merged, entries written).
-pub fn compact(dir: &Path, dry_run: bool) -> Result<(usize, usize)> {
-    let Some(info) = info_of(dir) else {
-        return Ok((0, 0));
-    };
-    let ns = ns_hash_of(&info);
-    let mut merged: Vec<PathBuf> = Vec::new();
-    let mut entries: Vec<(RawKey, Vec<f32>)> = Vec::new();
+/// What compacting a namespace did (or would do).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Small segments and first-layout files merged into one new segment.
+    pub files_merged: usize,
+    /// Entries in the new segment.
+    pub entries: usize,
+    /// Segments that cannot be used (damaged, truncated, or another namespace's), removed.
+    pub damaged_removed: usize,
+}
+
+/// Valid, distinct entries of the small segments and first-layout files of a namespace,
+/// and the files they came from; segment files that cannot be used are listed apart.
+type Gathered = (Vec<(RawKey, Vec<f32>)>, Vec<PathBuf>, Vec<PathBuf>);
+
+fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
+    let ns = ns_hash_of(info);
+    let (mut entries, mut merged, mut damaged) = (Vec::new(), Vec::new(), Vec::new());
     let mut seen: HashSet<RawKey> = HashSet::new();
-    // Keys held by the large segments that stay.
-    for path in segment_files(dir) {
-        if let Ok(seg) = Segment::open(&path, &ns) {
-            if seg.keys.len() >= SMALL_SEGMENT {
-                seen.extend(seg.keys.iter().copied());
+    // Newest first, so that a recomputed entry wins over an older copy.
+    for path in segment_files(dir).into_iter().rev() {
+        let seg = match Segment::open(&path, &ns) {
+            Ok(seg) => seg,
+            Err(_) if path.exists() => {
+                damaged.push(path);
+                continue;
             }
-        }
-    }
-    for path in segment_files(dir) {
-        let Ok(seg) = Segment::open(&path, &ns) else {
-            continue;
+            Err(_) => continue,
         };
         if seg.keys.len() >= SMALL_SEGMENT {
             continue;
@@ -290,29 +297,44 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<(usize, usize)> {
         merged.push(path);
     }
     for (path, _) in loose_and_temp(dir).0 {
-        if let Ok(v) = check_loose(dir, &path, Some(&info)) {
-            let key = path
-                .file_stem()
-                .and_then(|s| pack::parse_key(&s.to_string_lossy()));
-            if let Some(key) = key {
-                if seen.insert(key) {
-                    entries.push((key, v));
-                }
+        let key = path
+            .file_stem()
+            .and_then(|s| pack::parse_key(&s.to_string_lossy()));
+        if let (Ok(v), Some(key)) = (check_loose(dir, &path, Some(info)), key) {
+            if seen.insert(key) {
+                entries.push((key, v));
             }
         }
         merged.push(path);
     }
-    let segments_merged = merged.len();
-    if segments_merged < 2 || dry_run {
-        return Ok((
-            if segments_merged < 2 {
-                0
-            } else {
-                segments_merged
-            },
-            entries.len(),
-        ));
+    (entries, merged, damaged)
+}
+
+/// Merge the small segments and first-layout files of a namespace into one segment (valid,
+/// distinct entries only), and remove segment files that cannot be used.
+pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
+    let Some(info) = info_of(dir) else {
+        return Ok(Compaction::default());
+    };
+    let (entries, merged, damaged) = gather_small(dir, &info);
+    let mut out = Compaction {
+        damaged_removed: damaged.len(),
+        ..Default::default()
+    };
+    if !dry_run {
+        for path in &damaged {
+            std::fs::remove_file(path).with_path(path)?;
+        }
     }
+    if merged.len() < 2 {
+        return Ok(out);
+    }
+    out.files_merged = merged.len();
+    out.entries = entries.len();
+    if dry_run {
+        return Ok(out);
+    }
+    let ns = ns_hash_of(&info);
     let dims: HashSet<usize> = entries.iter().map(|(_, v)| v.len()).collect();
     for dim in dims {
         let same: Vec<(RawKey, Vec<f32>)> = entries
@@ -326,7 +348,7 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<(usize, usize)> {
     for path in &merged {
         std::fs::remove_file(path).with_path(path)?;
     }
-    Ok((segments_merged, entries.len()))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -355,7 +377,8 @@ mod tests {
         assert!(matches!(cache.get(&keys[1], Some(2)), Lookup::Hit(v) if v == vec![1.0, 1.0]));
         let st = namespace_stats(&dir, true);
         assert_eq!((st.entries, st.loose_entries, st.problems.len()), (3, 3, 0));
-        assert_eq!(compact(&dir, false).unwrap(), (3, 3));
+        let c = compact(&dir, false).unwrap();
+        assert_eq!((c.files_merged, c.entries, c.damaged_removed), (3, 3, 0));
         let st = namespace_stats(&dir, true);
         assert_eq!((st.entries, st.loose_entries, st.segments), (3, 0, 1));
         let cache = cache.reopen();

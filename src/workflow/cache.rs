@@ -132,6 +132,8 @@ pub struct GcReport {
     pub removed: Vec<Removed>,
     pub compacted: Vec<Compacted>,
     pub stale_temp_files: usize,
+    /// Segment files that could not be used (damaged, or another namespace's), removed.
+    pub damaged_segments: usize,
     pub freed_bytes: u64,
 }
 
@@ -166,10 +168,11 @@ impl Report for GcReport {
             );
         }
         out += &format!(
-            "gc {}: {verb} {} namespace(s) and {} stale temporary file(s), {} {}{}\n",
+            "gc {}: {verb} {} namespace(s), {} stale temporary file(s) and {} unusable segment(s), {} {}{}\n",
             self.root.0.display(),
             self.removed.len(),
             self.stale_temp_files,
+            self.damaged_segments,
             if self.dry_run {
                 "would compact"
             } else {
@@ -222,6 +225,7 @@ pub fn gc(s: &GcSettings) -> Result<GcReport> {
         removed: Vec::new(),
         compacted: Vec::new(),
         stale_temp_files: 0,
+        damaged_segments: 0,
         freed_bytes: 0,
     };
     for dir in cache_admin::namespaces(&s.root) {
@@ -240,12 +244,13 @@ pub fn gc(s: &GcSettings) -> Result<GcReport> {
             continue;
         }
         report.stale_temp_files += cache_admin::remove_stale_temp(&dir, s.dry_run);
-        let (files_merged, entries) = cache_admin::compact(&dir, s.dry_run)?;
-        if files_merged > 1 {
+        let c = cache_admin::compact(&dir, s.dry_run)?;
+        report.damaged_segments += c.damaged_removed;
+        if c.files_merged > 1 {
             report.compacted.push(Compacted {
                 dir: FilePath(dir),
-                files_merged,
-                entries,
+                files_merged: c.files_merged,
+                entries: c.entries,
             });
         }
     }
