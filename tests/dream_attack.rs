@@ -15,16 +15,7 @@ fn tv(img: &image::RgbImage) -> f64 {
 /// p(class) of a PNG under the tiny ImageNet classifier, computed without `tl`'s code:
 /// pixels / 255, ImageNet mean/std, the TorchScript file, softmax.
 fn independent_score(png_path: &Path, class: i64) -> f64 {
-    let img = png(png_path);
-    let (w, h) = img.dimensions();
-    let x = tch::Tensor::from_slice(img.as_raw())
-        .view([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .to_kind(tch::Kind::Float)
-        / 255.0;
-    let mean = tch::Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([3, 1, 1]);
-    let std = tch::Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([3, 1, 1]);
-    let x = ((x - mean) / std).unsqueeze(0);
+    let x = common::normalized_png(png_path);
     let model =
         tch::CModule::load(common::fixtures().join("backbones/tiny.classifier.pt")).unwrap();
     let logits = tch::no_grad(|| model.forward_ts(&[x])).unwrap();

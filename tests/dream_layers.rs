@@ -16,16 +16,7 @@ fn json(text: &str) -> Value {
 /// Mean activation of every channel of layer `layer` for a PNG, computed without `tl`'s
 /// code: pixels / 255, ImageNet mean/std, the layers TorchScript file.
 fn independent_channel_means(png: &Path, layer: usize) -> Vec<f64> {
-    let img = image::open(png).unwrap().into_rgb8();
-    let (w, h) = img.dimensions();
-    let x = tch::Tensor::from_slice(img.as_raw())
-        .view([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .to_kind(tch::Kind::Float)
-        / 255.0;
-    let mean = tch::Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([3, 1, 1]);
-    let std = tch::Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([3, 1, 1]);
-    let x = ((x - mean) / std).unsqueeze(0);
+    let x = common::normalized_png(png);
     let model = tch::CModule::load(common::fixtures().join("backbones/tiny.layers.pt")).unwrap();
     let out = tch::no_grad(|| model.forward_is(&[tch::IValue::Tensor(x)])).unwrap();
     let tch::IValue::Tuple(items) = out else {

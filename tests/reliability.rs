@@ -2,7 +2,7 @@
 //! names, misplaced cache entries, splits that drift, empty classes, unwritable caches,
 //! outputs that overwrite or leak, non-finite numbers, unbounded sizes, file modes.
 mod common;
-use common::{color_dataset, read_json, tiny, walk, Tl};
+use common::{color_dataset, read_json, segments, tiny, walk, Tl};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
@@ -771,14 +771,4 @@ fn allocation_failures_are_errors_not_panics() {
         err.contains("photo.png") && err.contains("not enough memory"),
         "{err}"
     );
-}
-
-/// The cache's segment files.
-fn segments(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walk(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "tlseg"))
-        .collect();
-    v.sort();
-    v
 }

@@ -2,9 +2,9 @@
 //! completion, `tl cache stats|verify|gc`, and the head trained on rows streamed from the
 //! cache.
 mod common;
-use common::{color_dataset, read_json, tiny, Tl};
+use common::{color_dataset, read_json, segments, tiny, Tl};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -14,15 +14,6 @@ fn s(p: &Path) -> &str {
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-fn segments(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = common::walk(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "tlseg"))
-        .collect();
-    v.sort();
-    v
 }
 
 fn train(tl: &Tl, data: &Path, out: &Path, extra: &[&str]) -> Value {

@@ -129,6 +129,26 @@ fn flush_limits() -> (usize, Duration) {
     )
 }
 
+impl NamespaceInfo {
+    fn view_suffix(&self) -> String {
+        if self.view.is_empty() {
+            String::new()
+        } else {
+            format!("-{}", self.view)
+        }
+    }
+
+    /// Everything besides the image that its features depend on, as one name.
+    pub fn namespace(&self) -> String {
+        format!(
+            "{}-{}{}",
+            self.backbone_sha256,
+            self.preprocess,
+            self.view_suffix()
+        )
+    }
+}
+
 pub fn namespace_hash(namespace: &str) -> [u8; 32] {
     *blake3::hash(namespace.as_bytes()).as_bytes()
 }
@@ -226,19 +246,6 @@ impl FeatureCache {
         view: &str,
         source: Option<&Path>,
     ) -> Result<FeatureCache> {
-        let suffix = if view.is_empty() {
-            String::new()
-        } else {
-            format!("-{view}")
-        };
-        let namespace = format!("{backbone_sha256}-{}{suffix}", preprocess.fingerprint());
-        let dir = root.join("features").join(format!(
-            "{}-{}{suffix}",
-            &backbone_sha256[..16.min(backbone_sha256.len())],
-            preprocess.fingerprint()
-        ));
-        // A folder that cannot be made is found empty; the first write says why, once.
-        let _ = std::fs::create_dir_all(&dir);
         let info = NamespaceInfo {
             backbone_sha256: backbone_sha256.to_string(),
             backbone_files: source
@@ -248,10 +255,18 @@ impl FeatureCache {
             preprocess: preprocess.fingerprint(),
             view: view.to_string(),
         };
+        let dir = root.join("features").join(format!(
+            "{}-{}{}",
+            &backbone_sha256[..16.min(backbone_sha256.len())],
+            info.preprocess,
+            info.view_suffix()
+        ));
+        // A folder that cannot be made is found empty; the first write says why, once.
+        let _ = std::fs::create_dir_all(&dir);
         // Best effort: a read-only cache is still read (writing is warned about once, later).
         let _ = record_use(&dir, &info);
         Ok(FeatureCache {
-            store: Some(Arc::new(Store::open(dir, namespace))),
+            store: Some(Arc::new(Store::open(dir, info.namespace()))),
         })
     }
 
@@ -447,12 +462,16 @@ impl Store {
         if bytes.starts_with(OLD_MAGIC) {
             return Lookup::Miss;
         }
-        let key_hash = *blake3::hash(format!("{}/{key}", self.namespace).as_bytes()).as_bytes();
-        match decode_entry(&bytes, &key_hash, expected_dim) {
+        match decode_entry(&bytes, &loose_key_hash(&self.namespace, key), expected_dim) {
             Ok(v) => Lookup::Hit(v),
             Err(why) => Lookup::Corrupt(format!("{}: {why}", path.display())),
         }
     }
+}
+
+/// What an entry of the first layout records as its key: the hash of namespace and image.
+pub fn loose_key_hash(namespace: &str, key: &str) -> [u8; 32] {
+    *blake3::hash(format!("{namespace}/{key}").as_bytes()).as_bytes()
 }
 
 pub fn loose_entry_path(dir: &Path, key: &str) -> Option<PathBuf> {

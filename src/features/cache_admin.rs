@@ -6,7 +6,8 @@
 //! opened those keeps its handles; one that lists afterwards sees the new segment), and a
 //! namespace is renamed away before it is deleted.
 use super::cache::{
-    loose_entry_path, namespace_hash, segment_files, NamespaceInfo, LAST_USED_FILE, NAMESPACE_FILE,
+    loose_entry_path, loose_key_hash, namespace_hash, segment_files, NamespaceInfo, LAST_USED_FILE,
+    NAMESPACE_FILE,
 };
 use super::pack::{self, RawKey, Segment};
 use crate::error::{IoContext, Result};
@@ -65,15 +66,7 @@ fn info_of(dir: &Path) -> Option<NamespaceInfo> {
 
 /// The namespace's hash as segments record it (from `namespace.json`).
 fn ns_hash_of(info: &NamespaceInfo) -> [u8; 32] {
-    let suffix = if info.view.is_empty() {
-        String::new()
-    } else {
-        format!("-{}", info.view)
-    };
-    namespace_hash(&format!(
-        "{}-{}{suffix}",
-        info.backbone_sha256, info.preprocess
-    ))
+    namespace_hash(&info.namespace())
 }
 
 fn modified(p: &Path) -> Option<SystemTime> {
@@ -199,13 +192,7 @@ fn check_loose(
         return Err("not where its name says".into());
     }
     let info = info.ok_or_else(|| format!("the namespace has no {NAMESPACE_FILE}"))?;
-    let suffix = if info.view.is_empty() {
-        String::new()
-    } else {
-        format!("-{}", info.view)
-    };
-    let namespace = format!("{}-{}{suffix}", info.backbone_sha256, info.preprocess);
-    let key_hash = *blake3::hash(format!("{namespace}/{key}").as_bytes()).as_bytes();
+    let key_hash = loose_key_hash(&info.namespace(), &key);
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     super::cache::decode_entry(&bytes, &key_hash, None)
 }
@@ -370,7 +357,7 @@ mod tests {
         for (i, key) in keys.iter().enumerate() {
             let path = loose_entry_path(&dir, key).unwrap();
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            let hash = *blake3::hash(format!("{namespace}/{key}").as_bytes()).as_bytes();
+            let hash = loose_key_hash(&namespace, key);
             std::fs::write(&path, encode_entry(&[i as f32, 1.0], &hash)).unwrap();
         }
         let cache = cache.reopen();

@@ -307,11 +307,10 @@ impl Collector<'_> {
 
     fn computed(&mut self, indices: &[usize], out: &[f32], d: usize) {
         self.out.dim = d;
-        for (j, &i) in indices.iter().enumerate() {
-            let v = out[j * d..(j + 1) * d].to_vec();
+        for (&i, row) in indices.iter().zip(out.chunks_exact(d)) {
             if self.cache_ok {
                 if let Some(key) = &self.out.keys[i] {
-                    if let Err(e) = self.cache.put(key, &v) {
+                    if let Err(e) = self.cache.put(key, row) {
                         // One warning, then no more attempts: the features are still used.
                         self.out.cache_warning = Some(format!(
                             "feature cache not written, continuing without it: {e}"
@@ -320,7 +319,8 @@ impl Collector<'_> {
                     }
                 }
             }
-            self.out.features[i] = Ok(if self.keep { v } else { Vec::new() });
+            // Copied out only when the caller keeps features (the cache took its own copy).
+            self.out.features[i] = Ok(if self.keep { row.to_vec() } else { Vec::new() });
             self.out.stats.computed += 1;
         }
     }

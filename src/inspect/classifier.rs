@@ -244,8 +244,12 @@ impl Classifier {
 
     /// One image as it is, only normalised (no resize, no crop): how a dream is scored.
     pub fn classify_as_is(&self, img: &RgbImage) -> Result<Vec<f32>> {
-        let x = normalize_tensor(&preprocess::image_to_unit_tensor(img), &self.preprocess);
-        self.first_row(&x)
+        self.classify_unit(&preprocess::image_to_unit_tensor(img))
+    }
+
+    /// As [`Classifier::classify_as_is`], for an image already a `[1,3,H,W]` tensor in [0,1].
+    pub fn classify_unit(&self, unit: &Tensor) -> Result<Vec<f32>> {
+        self.first_row(&normalize_tensor(unit, &self.preprocess))
     }
 
     fn first_row(&self, x: &Tensor) -> Result<Vec<f32>> {

@@ -458,12 +458,15 @@ pub fn dream(
     Ok((image, frames))
 }
 
-pub fn strip_path(out: &Path) -> PathBuf {
-    let stem = out
-        .file_stem()
+/// The output's file name without its extension ("dream" when it has none).
+fn out_stem(out: &Path) -> String {
+    out.file_stem()
         .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "dream".into());
-    out.with_file_name(format!("{stem}-strip.png"))
+        .unwrap_or_else(|| "dream".into())
+}
+
+pub fn strip_path(out: &Path) -> PathBuf {
+    out.with_file_name(format!("{}-strip.png", out_stem(out)))
 }
 
 /// Where image `i` (0-based) of `k` goes: `out` itself for one image, else `<stem>-<i+1>.<ext>`.
@@ -471,15 +474,11 @@ pub fn image_path(out: &Path, i: usize, k: usize) -> PathBuf {
     if k <= 1 {
         return out.to_path_buf();
     }
-    let stem = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "dream".into());
     let ext = out
         .extension()
         .map(|e| e.to_string_lossy().to_string())
         .unwrap_or_else(|| "png".into());
-    out.with_file_name(format!("{stem}-{}.{ext}", i + 1))
+    out.with_file_name(format!("{}-{}.{ext}", out_stem(out), i + 1))
 }
 
 /// What to dream of, as the user named it.
@@ -614,12 +613,18 @@ pub fn run(rt: &Runtime, settings: &DreamSettings) -> Result<DreamReport> {
     )?;
     let seconds = start.elapsed().as_secs_f64();
     save_outputs(&images, frames, &outputs, strip.as_deref(), &cfg)?;
+    // The saved files are what count: each re-loaded once, then scored as is.
+    let saved = outputs
+        .iter()
+        .map(|out| decode_rgb(out).map(|img| preprocess::image_to_unit_tensor(&img)))
+        .collect::<Result<Vec<Tensor>>>()?;
     let scored = outputs
         .iter()
-        .map(|out| score_saved(&net, goal, out))
+        .zip(&saved)
+        .map(|(out, unit)| score_saved(&net, goal, out, unit))
         .collect::<Result<Vec<DreamImage>>>()?;
     let similarity = match (layers.as_ref(), diversity_layer, scored.len() > 1) {
-        (Some(l), Some(d), true) => Some(saved_similarity(&classifier, l, d, &outputs)?),
+        (Some(l), Some(d), true) => Some(saved_similarity(&classifier, l, d, &saved)?),
         _ => None,
     };
     let (class, index) = describe_goal(goal, &classifier, layers.as_ref());
@@ -703,11 +708,10 @@ pub struct ChannelScore {
     pub channels: i64,
 }
 
-fn score_saved(net: &DreamNet, goal: Goal, out: &Path) -> Result<DreamImage> {
-    let saved = decode_rgb(out)?;
-    let probs = net.classifier.classify_as_is(&saved)?;
-    let unit = preprocess::image_to_unit_tensor(&saved);
-    let tv = total_variation(&unit).double_value(&[]);
+/// `unit`: the saved file `out`, re-loaded, as a `[1,3,H,W]` tensor in [0,1].
+fn score_saved(net: &DreamNet, goal: Goal, out: &Path, unit: &Tensor) -> Result<DreamImage> {
+    let probs = net.classifier.classify_unit(unit)?;
+    let tv = total_variation(unit).double_value(&[]);
     let channel = match (goal, net.layers) {
         (Goal::Channel { layer, channel }, Some(l)) => {
             let x = normalize_tensor(
@@ -750,14 +754,10 @@ fn saved_similarity(
     classifier: &Classifier,
     layers: &LayerNet,
     layer: usize,
-    outputs: &[PathBuf],
+    saved: &[Tensor],
 ) -> Result<f64> {
-    let images = outputs
-        .iter()
-        .map(|p| Ok(preprocess::image_to_unit_tensor(&decode_rgb(p)?)))
-        .collect::<Result<Vec<Tensor>>>()?;
     let x = normalize_tensor(
-        &Tensor::cat(&images, 0).to_device(classifier.device),
+        &Tensor::cat(saved, 0).to_device(classifier.device),
         &classifier.preprocess,
     );
     tch::no_grad(|| Ok(gram_similarity(&layers.forward(&x)?[layer]).double_value(&[])))

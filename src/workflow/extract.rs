@@ -3,14 +3,14 @@
 use super::train::extraction_line;
 use super::SkippedFile;
 use crate::data::shard::{Shard, ShardSource};
-use crate::data::{Dataset, View};
+use crate::data::{Dataset, Sample, View};
 use crate::error::{Result, TlError};
 use crate::eval::Report;
 use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats};
 use crate::runtime::Runtime;
 use crate::util::{human_duration, FilePath};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
 pub struct ExtractSettings {
@@ -97,17 +97,20 @@ impl Report for ExtractReport {
     }
 }
 
-/// This shard's samples, in the dataset's order, with their paths relative to its root.
-fn shard_samples(dataset: &Dataset, shard: Shard) -> Vec<(PathBuf, String)> {
+/// A sample's path relative to the dataset's root (what decides its shard).
+fn relative<'a>(dataset: &Dataset, sample: &'a Sample) -> &'a Path {
+    sample
+        .path
+        .strip_prefix(&dataset.root)
+        .unwrap_or(&sample.path)
+}
+
+/// This shard's samples, in the dataset's order.
+fn shard_samples(dataset: &Dataset, shard: Shard) -> Vec<Sample> {
     dataset
         .all()
         .into_iter()
-        .filter_map(|s| {
-            let rel = s.path.strip_prefix(&dataset.root).unwrap_or(&s.path);
-            shard
-                .holds(rel)
-                .then(|| (s.path.clone(), rel.to_string_lossy().into_owned()))
-        })
+        .filter(|s| shard.holds(relative(dataset, s)))
         .collect()
 }
 
@@ -140,28 +143,20 @@ pub fn extract(rt: &Runtime, s: &ExtractSettings) -> Result<ExtractReport> {
         warnings: spec.weights_warning().into_iter().collect(),
     };
     if s.dry_run {
-        report.files = Some(mine.into_iter().map(|(_, rel)| rel).collect());
+        let files = mine.iter().map(|s| relative(&dataset, s).to_string_lossy());
+        report.files = Some(files.map(|f| f.into_owned()).collect());
         return Ok(report);
     }
     let spec = spec.for_engine(rt.engine, rt.device)?;
     let cache = s.cache.open_view(&spec, View::Center)?;
     let mut opts = ExtractOptions::new(rt, &spec, s.batch_size, s.amp, View::Center);
     opts.keep_features = false;
-    let paths: Vec<PathBuf> = mine.into_iter().map(|(p, _)| p).collect();
+    let paths: Vec<PathBuf> = mine.iter().map(|s| s.path.clone()).collect();
     let ex = features::extract(&paths, &spec, &cache, &opts)?;
     if rt.progress {
         eprintln!("{}", extraction_line(&ex));
     }
-    report.skipped = paths
-        .iter()
-        .zip(&ex.features)
-        .filter_map(|(p, f)| {
-            f.as_ref().err().map(|why| SkippedFile {
-                path: FilePath(p.clone()),
-                reason: why.clone(),
-            })
-        })
-        .collect();
+    report.skipped = super::gather(&mine, &ex.features).skipped;
     report.warnings.extend(ex.cache_warning.clone());
     report.damaged_cache_entries = ex.corrupt;
     report.cache_dir = cache.dir().map(|d| FilePath(d.to_path_buf()));

@@ -65,7 +65,10 @@ impl FeatureSet {
 
     /// Training rows (every view).
     pub fn train_len(&self) -> usize {
-        self.train_source().len()
+        match &self.streamed {
+            Some(s) => crate::head::Rows::len(&s.train),
+            None => self.train_y.size()[0] as usize,
+        }
     }
 }
 

@@ -160,3 +160,26 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The feature cache's segment files under `root`, sorted.
+pub fn segments(root: &Path) -> Vec<PathBuf> {
+    walk(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tlseg"))
+        .collect()
+}
+
+/// A PNG as the networks take it, computed without `tl`'s code: pixels / 255, ImageNet
+/// mean/std, `[1,3,H,W]`.
+pub fn normalized_png(path: &Path) -> tch::Tensor {
+    let img = image::open(path).unwrap().into_rgb8();
+    let (w, h) = img.dimensions();
+    let x = tch::Tensor::from_slice(img.as_raw())
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .to_kind(tch::Kind::Float)
+        / 255.0;
+    let mean = tch::Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([3, 1, 1]);
+    let std = tch::Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([3, 1, 1]);
+    ((x - mean) / std).unsqueeze(0)
+}
