@@ -5,7 +5,9 @@
             `tl --engine torch bench` and ONNX Runtime in Python on the same .onnx file
             (MobileNetV2 real weights, ResNet50 random weights)
   extract   cold extraction of the cats_dogs photos, decoding included: tl with ONNX
-            Runtime, tl with libtorch, and the PyTorch eager reference (scripts/bench.py)
+            Runtime (its default layout: workers that each decode and run their own
+            batches; and one session fed by decoder threads, `--decode-threads 2`), tl with
+            libtorch, and the PyTorch eager reference (scripts/bench.py)
   accuracy  validation accuracy of the two engines, cats_dogs (--val-split 0.5) and pets
             (5/5), seeds 0 1 2
 
@@ -81,9 +83,9 @@ def bench_backbone(args) -> dict:
     return out
 
 
-def cold(data: Path, engine: str, tmp: Path) -> dict:
+def cold(data: Path, engine: str, tmp: Path, extra: tuple[str, ...] = ()) -> dict:
     run = tmp / f"run-{engine}-{os.urandom(4).hex()}"
-    _, _ = B.run_tl(["--engine", engine, "--backbones-dir", str(BB), "train", "-b", "mobilenet_v2", str(data),
+    _, _ = B.run_tl([*extra, "--engine", engine, "--backbones-dir", str(BB), "train", "-b", "mobilenet_v2", str(data),
                      "--out", str(run), "-q", "--epochs", "1", "--no-cache"])
     ex = json.loads((run / "report.json").read_text())["extraction"]
     assert ex["engine"] == engine, ex
@@ -97,20 +99,25 @@ def bench_extract(args, tmp: Path) -> dict:
     export("mobilenet_v2")
     # ONNX Runtime's backbone-only rate is measured in each round too, so that the ratio
     # compares runs minutes apart, not sections a quarter of an hour apart.
-    runs = {"tl_onnx": [], "python_ort_backbone_only": [], "tl_torch": [], "pytorch_eager": []}
+    runs = {"tl_onnx": [], "tl_onnx_decoders": [], "python_ort_backbone_only": [], "tl_torch": [],
+            "pytorch_eager": []}
     for i in range(args.repeats):
         runs["tl_onnx"].append(cold(data, "onnx", tmp)["images_per_second"])
+        runs["tl_onnx_decoders"].append(cold(data, "onnx", tmp, ("--decode-threads", str(B.THREADS)))["images_per_second"])
         runs["python_ort_backbone_only"].append(py_ort("mobilenet_v2", 5))
         runs["tl_torch"].append(cold(data, "torch", tmp)["images_per_second"])
         runs["pytorch_eager"].append(B.reference_extract(data, BB / "mobilenet_v2.features.pt", eager=True)["images_per_second"])
-        B.log(f"  cold #{i + 1}: tl onnx {runs['tl_onnx'][-1]:.1f} (Python ORT backbone only "
+        B.log(f"  cold #{i + 1}: tl onnx {runs['tl_onnx'][-1]:.1f}, one session + decoders "
+              f"{runs['tl_onnx_decoders'][-1]:.1f} (Python ORT backbone only "
               f"{runs['python_ort_backbone_only'][-1]:.1f}), tl torch {runs['tl_torch'][-1]:.1f}, "
               f"PyTorch eager {runs['pytorch_eager'][-1]:.1f} img/s")
     med = {k: B.median(v) for k, v in runs.items()}
     return {**{f"{k}_images_per_second": v for k, v in med.items()},
             "tl_onnx_over_tl_torch": med["tl_onnx"] / med["tl_torch"],
             "tl_onnx_over_pytorch_eager": med["tl_onnx"] / med["pytorch_eager"],
-            "tl_onnx_over_python_ort_backbone_only": med["tl_onnx"] / med["python_ort_backbone_only"], "runs": runs}
+            "tl_onnx_over_python_ort_backbone_only": med["tl_onnx"] / med["python_ort_backbone_only"],
+            "per_round_over_python_ort_backbone_only": [a / b for a, b in zip(runs["tl_onnx"], runs["python_ort_backbone_only"])],
+            "tl_onnx_over_one_session_with_decoders": med["tl_onnx"] / med["tl_onnx_decoders"], "runs": runs}
 
 
 def bench_accuracy(args, tmp: Path) -> dict:
@@ -165,7 +172,10 @@ def summary(r: dict) -> None:
         B.log(f"cold extraction (cats_dogs): tl onnx {e['tl_onnx_images_per_second']:.1f}, tl torch {e['tl_torch_images_per_second']:.1f}, "
               f"PyTorch eager {e['pytorch_eager_images_per_second']:.1f} img/s -> {e['tl_onnx_over_tl_torch']:.2f}x tl torch, "
               f"{e['tl_onnx_over_pytorch_eager']:.2f}x PyTorch eager"
-              + (f", {e['tl_onnx_over_python_ort_backbone_only']:.2f}x ORT backbone-only" if "tl_onnx_over_python_ort_backbone_only" in e else ""))
+              + (f", {e['tl_onnx_over_python_ort_backbone_only']:.2f}x ORT backbone-only" if "tl_onnx_over_python_ort_backbone_only" in e else "")
+              + (f" (rounds {', '.join(f'{r:.2f}' for r in e['per_round_over_python_ort_backbone_only'])}); one session fed by "
+                 f"decoders {e['tl_onnx_decoders_images_per_second']:.1f} img/s -> workers {e['tl_onnx_over_one_session_with_decoders']:.2f}x"
+                 if "tl_onnx_decoders_images_per_second" in e else ""))
     for name, seeds in r.get("accuracy", {}).items():
         if "skipped" in seeds:
             continue

@@ -39,6 +39,13 @@ pub struct Runtime {
     /// Decoder threads beside ONNX Runtime, whose idle threads sleep instead of spinning:
     /// as many as the compute threads (cold extraction of cats_dogs 77 img/s vs 74 with half).
     pub onnx_decode_threads: usize,
+    /// Extraction workers on ONNX Runtime, each reading and decoding its own batches and
+    /// running them on its own session of `threads / workers` compute threads: one per
+    /// thread up to 4 (each session holds its own weights and activations). `None`: one
+    /// session fed by decoder threads, the layout when `--decode-threads` is set.
+    /// `TL_EXTRACT_WORKERS` overrides it (0: `None`; for benchmarks). Cold extraction of cats_dogs on 2 cores: 86.7 img/s with 2 workers
+    /// against 83.8 with one session and 2 decoders (BENCHMARKS.md §13).
+    pub onnx_workers: Option<usize>,
     pub backbones: PathBuf,
     pub progress: bool,
 }
@@ -68,6 +75,12 @@ impl Runtime {
             threads,
             decode_threads: s.decode_threads.unwrap_or(default_decoders).max(1),
             onnx_decode_threads: s.decode_threads.unwrap_or(threads).max(1),
+            onnx_workers: match std::env::var("TL_EXTRACT_WORKERS").map(|v| v.parse::<usize>()) {
+                Ok(Ok(0)) => None,
+                Ok(Ok(n)) => Some(n.min(threads)),
+                _ if s.decode_threads.is_some() => None,
+                _ => Some(threads.min(4)),
+            },
             backbones: s.backbones.clone(),
             progress: s.progress,
         })

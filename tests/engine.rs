@@ -155,6 +155,16 @@ fn doctor_names_the_engine() {
     let out = Tl::new().ok(&["doctor"]);
     assert!(out.contains("ONNX Runtime: 1."), "{out}");
     assert!(out.contains("engine: auto"), "{out}");
+    let out = Tl::new().ok(&["--engine", "onnx", "--threads", "2", "doctor"]);
+    assert!(
+        out.contains("(2 workers decoding and running their own batches, 1 thread each)"),
+        "{out}"
+    );
+    let out = Tl::new().ok(&["--engine", "onnx", "--decode-threads", "3", "doctor"]);
+    assert!(
+        out.contains("(one session of 1 thread fed by 3 decoders)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -204,4 +214,111 @@ fn predict_of_a_frozen_run_gives_the_same_answers_on_both_engines() {
         assert_eq!(c1, c2);
         assert!((p1 - p2).abs() < 1e-4, "{p1} vs {p2}");
     }
+}
+
+/// ONNX Runtime's extraction layouts — workers that each decode and run their own batches (the
+/// default: one per thread), and one session fed by decoder threads (`--decode-threads`) —
+/// compute the same features; an error in a worker (here a sidecar whose feature size the
+/// model does not produce) ends the run with one line naming the model.
+#[test]
+fn extraction_layouts_give_the_same_features_and_a_worker_error_ends_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tl = Tl::new();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["red", "blue", "green"], 13, 25);
+    let layouts: [(&str, &str, &[&str], u64); 4] = [
+        ("two", "2", &[], 2),
+        ("three", "3", &[], 3),
+        ("decoders", "2", &["--decode-threads", "2"], 0),
+        ("one", "1", &[], 1),
+    ];
+    let mut runs = Vec::new();
+    for (name, threads, extra, workers) in layouts {
+        let out = tmp.path().join(name);
+        let saved = tmp.path().join(format!("{name}.safetensors"));
+        let mut args = vec![
+            "--threads",
+            threads,
+            "--engine",
+            "onnx",
+            "train",
+            "-b",
+            "tiny",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+            "--no-cache",
+            "--batch-size",
+            "4",
+            "--save-features",
+            saved.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = tl
+            .cmd()
+            .env_remove("TL_THREADS")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["extraction"]["workers"], workers, "{name}");
+        assert_eq!(report["extraction"]["computed"], 39, "{name}");
+        runs.push((name, features(&saved), report["val_accuracy"].clone()));
+    }
+    let (_, reference, accuracy) = &runs[0];
+    for (name, f, acc) in &runs[1..] {
+        assert_eq!(f.size(), reference.size(), "{name}");
+        let worst = Tensor::cosine_similarity(f, reference, 1, 1e-12)
+            .min()
+            .double_value(&[]);
+        assert!(worst >= 0.99999, "{name}: worst cosine {worst}");
+        assert_eq!(acc, accuracy, "{name}");
+    }
+
+    // A sidecar that promises 33 features of a model that gives 32.
+    let dir = tmp.path().join("backbones");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("backbones")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut sidecar = read_json(&dir.join("tiny.json"));
+    assert_eq!(sidecar["feature_dim"], 32);
+    sidecar["feature_dim"] = 33.into();
+    std::fs::write(dir.join("tiny.json"), sidecar.to_string()).unwrap();
+    let o = tl
+        .cmd()
+        .env("TL_THREADS", "2")
+        .args([
+            "--engine",
+            "onnx",
+            "train",
+            "-b",
+            dir.join("tiny.json").to_str().unwrap(),
+            data.to_str().unwrap(),
+            "--out",
+            tmp.path().join("bad").to_str().unwrap(),
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    common::assert_clean_error(&stderr);
+    assert!(
+        stderr.contains("tiny.features.onnx")
+            && stderr.contains("outputs 32 features per image but its sidecar says feature_dim 33"),
+        "{stderr}"
+    );
+    assert!(
+        !tmp.path().join("bad").exists(),
+        "a failed run left its folder"
+    );
 }

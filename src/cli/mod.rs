@@ -37,7 +37,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TL_THREADS", value_parser = values::at_least_one)]
     pub threads: Option<usize>,
     /// Threads decoding and resizing images while the backbone runs (default: half the
-    /// threads on CPU, at low priority; all of them with CUDA).
+    /// threads on CPU, at low priority; all of them with CUDA). With ONNX Runtime, setting
+    /// it replaces the default layout (up to 4 workers that each decode and run their own
+    /// batches) by one session fed by this many decoders.
     #[arg(long, global = true, env = "TL_DECODE_THREADS", value_parser = values::at_least_one)]
     pub decode_threads: Option<usize>,
     /// Engine for frozen feature extraction: auto (ONNX Runtime on the CPU when it loads and

@@ -1,9 +1,11 @@
 //! Stage 1 of the data path: which labelled files a dataset holds (`dataset`), how each
-//! file becomes pixels (`decode`) and how pixels become the backbone's input (`preprocess`).
+//! file becomes pixels (`decode`) and how pixels become the backbone's input (`preprocess`,
+//! with Pillow's resampling in `resample`).
 pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod preprocess;
+pub mod resample;
 pub mod shard;
 
 pub use augment::View;

@@ -4,10 +4,11 @@
 //! `Resize` uses on PIL images) including its 22-bit fixed-point arithmetic and its
 //! rounding between the horizontal and vertical passes, so the only difference from
 //! torchvision's eval transform left is the JPEG decoder. Only the rows and columns that
-//! survive the centre crop are computed.
+//! survive the centre crop are computed (the passes themselves are in [`super::resample`]).
 //!
 //! The same coefficients, in floating point, give dense resize matrices for the
 //! differentiable path used by `tl attack` (see [`ResizeMatrices`]).
+pub use super::resample::bilinear_coeffs;
 use crate::error::{Result, TlError, TorchContext};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -78,83 +79,6 @@ pub fn crop_offset(size: u32, crop: u32) -> u32 {
         .max(0.0) as u32
 }
 
-/// Pillow's bilinear filter coefficients for output positions `first..first+count` of a
-/// resize from `in_size` to `out_size`: for each, the first input index and its weights.
-pub fn bilinear_coeffs(
-    in_size: u32,
-    out_size: u32,
-    first: u32,
-    count: u32,
-) -> Vec<(usize, Vec<f64>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filterscale; // bilinear support is 1.0
-    (first..first + count)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            let xmin = ((center - support + 0.5) as i64).max(0);
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
-            let mut weights: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = ((x as f64 - center + 0.5) * ss).abs();
-                    if t < 1.0 {
-                        1.0 - t
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let total: f64 = weights.iter().sum();
-            if total != 0.0 {
-                weights.iter_mut().for_each(|w| *w /= total);
-            }
-            (xmin as usize, weights)
-        })
-        .collect()
-}
-
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-struct FixedCoeffs {
-    start: Vec<usize>,
-    len: Vec<usize>,
-    ksize: usize,
-    k: Vec<i32>,
-}
-
-fn fixed_coeffs(in_size: u32, out_size: u32, first: u32, count: u32) -> FixedCoeffs {
-    let coeffs = bilinear_coeffs(in_size, out_size, first, count);
-    let ksize = coeffs
-        .iter()
-        .map(|(_, w)| w.len())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut k = vec![0i32; ksize * coeffs.len()];
-    let mut start = Vec::with_capacity(coeffs.len());
-    let mut len = Vec::with_capacity(coeffs.len());
-    for (i, (s, w)) in coeffs.iter().enumerate() {
-        start.push(*s);
-        len.push(w.len());
-        for (j, v) in w.iter().enumerate() {
-            let scaled = v * (1u32 << PRECISION_BITS) as f64;
-            k[i * ksize + j] = (if *v < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32;
-        }
-    }
-    FixedCoeffs {
-        start,
-        len,
-        ksize,
-        k,
-    }
-}
-
-#[inline]
-fn clip8(acc: i32) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
 /// Resize (Pillow bilinear, antialiased), centre-crop and normalise `img` into `out`
 /// (CHW, `3 * crop * crop` floats).
 pub fn preprocess_into(img: &RgbImage, cfg: &PreprocessConfig, out: &mut [f32]) {
@@ -184,127 +108,10 @@ pub fn resample_crop_u8(
     offset: (u32, u32),
     crop: u32,
 ) -> Vec<u8> {
-    let (w, h) = img.dimensions();
-    let (rw, rh) = resized;
-    let (left, top) = offset;
-    let (cw, ch) = (crop.min(rw), crop.min(rh));
-    let horiz = fixed_coeffs(w, rw, left, cw);
-    let vert = fixed_coeffs(h, rh, top, ch);
-    let shrink_h = h as i64 - rh as i64;
-    let vertical_first = shrink_h > 0 && shrink_h > 2 * (w as i64 - rw as i64);
-    let src = Plane {
-        data: img.as_raw(),
-        width: w as usize,
-        first_row: 0,
-    };
-    let out = if vertical_first {
-        // Only the columns the horizontal pass reads.
-        let (c0, c1) = horiz.span();
-        let temp = vertical_pass(&src, &vert, c0, c1);
-        let temp = Plane {
-            data: &temp,
-            width: c1 - c0,
-            first_row: 0,
-        };
-        horizontal_pass(&temp, &horiz, c0, 0, ch as usize)
-    } else {
-        // Only the rows the vertical pass reads.
-        let (r0, r1) = vert.span();
-        let temp = horizontal_pass(&src, &horiz, 0, r0, r1);
-        let temp = Plane {
-            data: &temp,
-            width: cw as usize,
-            first_row: r0,
-        };
-        vertical_pass(&temp, &vert, 0, cw as usize)
-    };
+    let out = super::resample::resample_crop(img.as_raw(), img.dimensions(), resized, offset, crop);
     // A crop larger than the resized image is zero-padded by torchvision; we only allow
     // crop <= resize, so the output is always crop x crop.
     debug_assert_eq!(out.len(), (crop * crop * 3) as usize);
-    out
-}
-
-/// Interleaved RGB rows `first_row..` of an image `width` pixels wide.
-struct Plane<'a> {
-    data: &'a [u8],
-    width: usize,
-    first_row: usize,
-}
-
-impl FixedCoeffs {
-    /// The input indices `[first, last)` the coefficients read.
-    fn span(&self) -> (usize, usize) {
-        let first = self.start.iter().copied().min().unwrap_or(0);
-        let last = self
-            .start
-            .iter()
-            .zip(&self.len)
-            .map(|(s, l)| s + l)
-            .max()
-            .unwrap_or(0);
-        (first, last)
-    }
-}
-
-/// Resample each row `r0..r1` of `src` horizontally; input column `c` is `c - col_offset`
-/// in `src`.
-fn horizontal_pass(
-    src: &Plane,
-    horiz: &FixedCoeffs,
-    col_offset: usize,
-    r0: usize,
-    r1: usize,
-) -> Vec<u8> {
-    let out_w = horiz.start.len();
-    let stride = src.width * 3;
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let mut out = vec![0u8; (r1 - r0) * out_w * 3];
-    for (ti, y) in (r0..r1).enumerate() {
-        let row = &src.data[(y - src.first_row) * stride..(y - src.first_row + 1) * stride];
-        let dst = &mut out[ti * out_w * 3..(ti + 1) * out_w * 3];
-        for xx in 0..out_w {
-            let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
-            let base = (horiz.start[xx] - col_offset) * 3;
-            let (mut r, mut g, mut b) = (half, half, half);
-            for (j, &kv) in k.iter().enumerate() {
-                let p = base + j * 3;
-                r += row[p] as i32 * kv;
-                g += row[p + 1] as i32 * kv;
-                b += row[p + 2] as i32 * kv;
-            }
-            dst[xx * 3] = clip8(r);
-            dst[xx * 3 + 1] = clip8(g);
-            dst[xx * 3 + 2] = clip8(b);
-        }
-    }
-    out
-}
-
-/// Resample columns `c0..c1` of `src` vertically, one output row per coefficient row.
-fn vertical_pass(src: &Plane, vert: &FixedCoeffs, c0: usize, c1: usize) -> Vec<u8> {
-    let stride = src.width * 3;
-    let out_stride = (c1 - c0) * 3;
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let rows = vert.start.len();
-    let mut out = vec![0u8; rows * out_stride];
-    let mut acc = vec![0i32; out_stride];
-    for yy in 0..rows {
-        acc.iter_mut().for_each(|a| *a = half);
-        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
-        let base = vert.start[yy] - src.first_row;
-        for (j, &kv) in k.iter().enumerate() {
-            let row = &src.data[(base + j) * stride + c0 * 3..(base + j) * stride + c1 * 3];
-            for (a, &p) in acc.iter_mut().zip(row) {
-                *a += p as i32 * kv;
-            }
-        }
-        for (o, &a) in out[yy * out_stride..(yy + 1) * out_stride]
-            .iter_mut()
-            .zip(&acc)
-        {
-            *o = clip8(a);
-        }
-    }
     out
 }
 

@@ -142,7 +142,21 @@ fn engine_line(rt: &Runtime) -> String {
         (EngineChoice::Onnx, true, _) => "ONNX Runtime",
     };
     let choice = format!("{:?}", rt.engine).to_lowercase();
-    format!("{choice} → frozen extraction with {what}")
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let layout = match (what.starts_with("ONNX Runtime"), rt.onnx_workers) {
+        (false, _) => String::new(),
+        (true, Some(n)) => format!(
+            " ({} decoding and running their own batches, {} each)",
+            count(n, "worker"),
+            count((rt.threads / n).max(1), "thread")
+        ),
+        (true, None) => format!(
+            " (one session of {} fed by {})",
+            count(rt.threads, "thread"),
+            count(rt.onnx_decode_threads, "decoder")
+        ),
+    };
+    format!("{choice} → frozen extraction with {what}{layout}")
 }
 
 pub fn doctor(rt: &Runtime) -> DoctorReport {
