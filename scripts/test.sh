@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test-suite: set-up if needed, fixtures, Rust tests (release profile, the same
-# build as the binary), then the export script's tests. No internet or GPU needed; tests
-# that use ../shared data say so when it is absent.
+# build as the binary), the API docs, then the export script's tests. No internet or GPU
+# needed; tests that use ../shared data say so when it is absent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -18,4 +18,6 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
 fi
 .venv/bin/python scripts/make_fixtures.py
 cargo test --release
+# The library's API docs build without warnings (broken links in them fail here).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q
 .venv/bin/python -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning scripts/tests

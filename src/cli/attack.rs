@@ -32,7 +32,7 @@ pub struct AttackArgs {
     /// Output file (one image) or folder (several images, or a sweep).
     #[arg(long, short)]
     pub out: PathBuf,
-    /// Perturbation budget(s) in [0,1] pixel units: 4/255, 0.0157, or a list 1/255,2/255,4/255.
+    /// Perturbation budget(s) in [0, 1] pixel units: 4/255, 0.0157, or a list 1/255,2/255,4/255.
     #[arg(long, default_value = "4/255", value_delimiter = ',', value_parser = values::positive)]
     pub eps: Vec<f64>,
     /// Step size (default: eps/4 for L-inf, eps/5 for L2).

@@ -10,7 +10,7 @@ use tl::util::FilePath;
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum ParamArg {
-    /// Pixels directly, clamped to [0,1] after each step.
+    /// Pixels directly, clamped to [0, 1] after each step.
     Pixel,
     /// A 1/f-scaled Fourier spectrum with decorrelated colour and a sigmoid (lucid/lucent).
     Fourier,

@@ -29,7 +29,7 @@ pub struct PredictArgs {
     /// Test-time augmentation: `flip` averages each image with its mirror image.
     #[arg(long, value_enum, default_value_t = values::TtaArg::None)]
     pub tta: values::TtaArg,
-    /// Also write the model inputs ([N,3,H,W] float32 in [0,1], as an exported model takes
+    /// Also write the model inputs ([N,3,H,W] float32 in [0, 1], as an exported model takes
     /// them) and the probabilities, in the order of the predictions, to this safetensors file.
     #[arg(long)]
     pub save_inputs: Option<PathBuf>,

@@ -149,7 +149,7 @@ pub fn resized_tensor(img: &RgbImage, cfg: &PreprocessConfig) -> Tensor {
     Tensor::from_slice(&buf).view([1, 3, cfg.crop as i64, cfg.crop as i64])
 }
 
-/// `[1,3,H,W]` float tensor in [0,1] from an RGB image.
+/// `[1,3,H,W]` float tensor in [0, 1] from an RGB image.
 pub fn image_to_unit_tensor(img: &RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
     Tensor::from_slice(img.as_raw())
@@ -160,7 +160,7 @@ pub fn image_to_unit_tensor(img: &RgbImage) -> Tensor {
         / 255.0
 }
 
-/// 8-bit image from a `[1,3,H,W]` or `[3,H,W]` tensor in [0,1] (rounded to nearest).
+/// 8-bit image from a `[1,3,H,W]` or `[3,H,W]` tensor in [0, 1] (rounded to nearest).
 pub fn unit_tensor_to_image(t: &Tensor) -> Result<RgbImage> {
     let t = if t.dim() == 4 {
         t.squeeze_dim(0)
@@ -237,19 +237,19 @@ impl ResizeMatrices {
             .unsqueeze(0)
     }
 
-    /// `[N,3,H,W]` in [0,1] -> `[N,3,crop,crop]` in [0,1].
+    /// `[N,3,H,W]` in [0, 1] -> `[N,3,crop,crop]` in [0, 1].
     pub fn apply(&self, x: &Tensor) -> Tensor {
         self.rows.matmul(&x.matmul(&self.cols_t))
     }
 }
 
-/// Normalise `[N,3,H,W]` pixels in [0,1] with the backbone's mean/std (inside the graph).
+/// Normalise `[N,3,H,W]` pixels in [0, 1] with the backbone's mean/std (inside the graph).
 pub fn normalize_tensor(x: &Tensor, cfg: &PreprocessConfig) -> Tensor {
     let (mean, std) = mean_std(cfg, x.device());
     (x - mean) / std
 }
 
-/// Pixels in [0,1] back from normalised `[N,3,H,W]` input.
+/// Pixels in [0, 1] back from normalised `[N,3,H,W]` input.
 pub fn denormalize_tensor(x: &Tensor, cfg: &PreprocessConfig) -> Tensor {
     let (mean, std) = mean_std(cfg, x.device());
     x * std + mean

@@ -37,7 +37,7 @@ pub struct ExtractOptions {
     /// memory does not grow with the number of images.
     pub keep_features: bool,
     /// `Some(n)`: n workers, each reading, decoding and running its own batches on its own
-    /// session of `threads / n` threads (ONNX Runtime; see [`workers`]). `None`: one
+    /// session of `threads / n` threads (ONNX Runtime; see `workers` in this file). `None`: one
     /// backbone on the calling thread, fed by `decode_threads` decoders.
     pub workers: Option<usize>,
 }

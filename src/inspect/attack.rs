@@ -1,7 +1,7 @@
 //! `tl attack`: targeted (or untargeted) projected gradient descent on the user's image,
 //! at its own resolution, through the exact resize/crop/normalise path of `tl predict`.
 //!
-//! Pixels stay in [0,1]; the perturbation is kept on the 8-bit grid during the attack
+//! Pixels stay in [0, 1]; the perturbation is kept on the 8-bit grid during the attack
 //! (rounded towards zero, with a straight-through gradient), so the saved lossless file is
 //! exactly the image that was optimised and never exceeds the budget. Success is judged
 //! by re-loading the saved file and classifying it as `tl predict` does.
@@ -48,7 +48,7 @@ pub struct AttackSettings {
     pub goal: Goal,
     /// Output file (one image, one budget) or folder.
     pub out: PathBuf,
-    /// Budgets in [0,1] pixel units; several make a sweep.
+    /// Budgets in [0, 1] pixel units; several make a sweep.
     pub eps: Vec<f64>,
     /// Step size; None: eps/4 (L-inf) or eps/5 (L2).
     pub alpha: Option<f64>,
@@ -206,7 +206,7 @@ fn reached(probs: &[f32], original: usize, target: Option<usize>) -> bool {
     }
 }
 
-/// Put a perturbation on the 8-bit grid without leaving the budget or the [0,1] range.
+/// Put a perturbation on the 8-bit grid without leaving the budget or the [0, 1] range.
 /// L-inf: rounded towards zero, where values within float error of a grid step (e.g.
 /// eps = 4/255 exactly) count as reaching it, capped at the largest step inside the budget.
 /// L2: rounded to nearest, shrunk until the rounded perturbation is inside the ball.
@@ -338,7 +338,7 @@ pub fn attack_image(
     Ok((final_image, used))
 }
 
-/// Perturbation statistics in [0,1] pixel units.
+/// Perturbation statistics in [0, 1] pixel units.
 pub fn distortion(a: &RgbImage, b: &RgbImage) -> (f64, f64, f64) {
     let (mut linf, mut sq) = (0f64, 0f64);
     for (x, y) in a.as_raw().iter().zip(b.as_raw()) {

@@ -247,7 +247,7 @@ impl Classifier {
         self.classify_unit(&preprocess::image_to_unit_tensor(img))
     }
 
-    /// As [`Classifier::classify_as_is`], for an image already a `[1,3,H,W]` tensor in [0,1].
+    /// As [`Classifier::classify_as_is`], for an image already a `[1,3,H,W]` tensor in [0, 1].
     pub fn classify_unit(&self, unit: &Tensor) -> Result<Vec<f32>> {
         self.first_row(&normalize_tensor(unit, &self.preprocess))
     }

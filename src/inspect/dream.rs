@@ -1,7 +1,7 @@
 //! `tl dream`: the input image that makes the network see a class — or that excites one
 //! channel of an inner layer (lucent's channel objective).
 //!
-//! Gradient ascent on the image (kept in [0,1], normalised inside the graph) of
+//! Gradient ascent on the image (kept in [0, 1], normalised inside the graph) of
 //! `score − tv·TV(x) − l2·mean((x−½)²)`, with Adam, where the score is the target class's
 //! logit and/or log-probability, or the mean activation of a channel. TV is the mean
 //! absolute difference between neighbouring pixels, so its weight does not depend on image
@@ -170,7 +170,7 @@ fn random_transform(x: &Tensor, rng: &mut SplitMix64) -> Tensor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Parametrization {
-    /// Pixels directly, clamped to [0,1] after each step.
+    /// Pixels directly, clamped to [0, 1] after each step.
     Pixel,
     /// A 1/f-scaled Fourier spectrum with decorrelated colour and a sigmoid (as in lucid/lucent):
     /// gradient steps favour low frequencies, so images form faster and look more natural.
@@ -397,7 +397,7 @@ fn init_image(cfg: &DreamConfig) -> Result<Option<Tensor>> {
     Ok(Some(preprocess::image_to_unit_tensor(&img)))
 }
 
-/// Optimise `cfg.batch` images for `goal`. Returns the final images `[K,3,S,S]` in [0,1]
+/// Optimise `cfg.batch` images for `goal`. Returns the final images `[K,3,S,S]` in [0, 1]
 /// and the frames saved along the way.
 pub fn dream(
     net: &DreamNet,
@@ -708,7 +708,7 @@ pub struct ChannelScore {
     pub channels: i64,
 }
 
-/// `unit`: the saved file `out`, re-loaded, as a `[1,3,H,W]` tensor in [0,1].
+/// `unit`: the saved file `out`, re-loaded, as a `[1,3,H,W]` tensor in [0, 1].
 fn score_saved(net: &DreamNet, goal: Goal, out: &Path, unit: &Tensor) -> Result<DreamImage> {
     let probs = net.classifier.classify_unit(unit)?;
     let tv = total_variation(unit).double_value(&[]);
