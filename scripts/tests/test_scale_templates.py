@@ -90,6 +90,8 @@ def test_kubernetes_indexed_job_partitions_the_dataset(dataset, tmp_path):
     env_names = {e["name"]: e for e in container["env"]}
     index_var = env_names["JOB_COMPLETION_INDEX"]
     assert "job-completion-index" in index_var["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env_names["TL_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert "cpu" in container["resources"]["requests"]
     cache_mount = env_names["TL_CACHE_DIR"]["value"]
     assert any(m["mountPath"] == cache_mount for m in container["volumeMounts"])
     # Run the container's command as each pod would, against the test dataset.
