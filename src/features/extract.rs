@@ -287,7 +287,6 @@ impl Collector<'_> {
         let d = out.len() / batch.indices.len();
         check_dim(m, d, self.expected_dim)?;
         self.computed(&batch.indices, &out, d);
-        self.bar.inc(batch.indices.len() as u64);
         Ok(seconds)
     }
 
@@ -316,7 +315,9 @@ impl Collector<'_> {
         self.out.corrupt.append(&mut chunk.corrupt);
     }
 
+    /// Record (and cache) the features `out` of the images `indices`, `d` per image.
     fn computed(&mut self, indices: &[usize], out: &[f32], d: usize) {
+        self.bar.inc(indices.len() as u64);
         self.out.dim = d;
         for (&i, row) in indices.iter().zip(out.chunks_exact(d)) {
             if self.cache_ok {
@@ -346,6 +347,7 @@ pub fn extract(
 ) -> Result<Extracted> {
     let start = Instant::now();
     let expected_dim = spec.sidecar.as_ref().map(|s| s.feature_dim as usize);
+    let worker_count = opts.workers.map(|n| n.max(1));
     let mut collect = Collector {
         cfg: spec.preprocess(),
         expected_dim,
@@ -355,7 +357,7 @@ pub fn extract(
             dim: expected_dim.unwrap_or(0),
             stats: ExtractStats {
                 engine: spec.engine,
-                workers: opts.workers.map_or(0, |n| n.max(1)),
+                workers: worker_count.unwrap_or(0),
                 images: paths.len(),
                 ..Default::default()
             },
@@ -368,8 +370,8 @@ pub fn extract(
         bar: progress::bar(paths.len() as u64, "extract", opts.progress),
     };
     collect.out.corrupt.extend(cache.problems().iter().cloned());
-    let first_compute = match opts.workers {
-        Some(n) => workers(n.max(1), paths, spec, cache, opts, &mut collect)?,
+    let first_compute = match worker_count {
+        Some(n) => workers(n, paths, spec, cache, opts, &mut collect)?,
         None => pipeline(paths, spec, cache, opts, &decode_pool(opts)?, &mut collect)?,
     };
     collect.bar.finish_and_clear();
@@ -514,7 +516,6 @@ fn workers(
                 let n = done.chunk.decoded.indices.len();
                 if let Some(d) = done.computed.len().checked_div(n) {
                     collect.computed(&done.chunk.decoded.indices, &done.computed, d);
-                    collect.bar.inc(n as u64);
                 }
                 fwd += done.forward_seconds;
             });

@@ -132,18 +132,20 @@ fn backbone_status(dir: &std::path::Path, name: &str) -> String {
 
 fn engine_line(rt: &Runtime) -> String {
     let onnx_ok = onnx::library().is_ok();
-    let what = match (rt.engine, rt.device == tch::Device::Cpu, onnx_ok) {
-        (EngineChoice::Torch, _, _) => "libtorch",
-        (_, false, _) => "libtorch (ONNX Runtime runs on the CPU only)",
-        (EngineChoice::Auto, true, true) => {
-            "ONNX Runtime for backbones with an ONNX export, else libtorch"
-        }
-        (EngineChoice::Auto, true, false) => "libtorch (ONNX Runtime not available)",
-        (EngineChoice::Onnx, true, _) => "ONNX Runtime",
+    // What runs frozen extraction, and whether ONNX Runtime may be (part of) it.
+    let (what, onnx) = match (rt.engine, rt.device == tch::Device::Cpu, onnx_ok) {
+        (EngineChoice::Torch, _, _) => ("libtorch", false),
+        (_, false, _) => ("libtorch (ONNX Runtime runs on the CPU only)", false),
+        (EngineChoice::Auto, true, true) => (
+            "ONNX Runtime for backbones with an ONNX export, else libtorch",
+            true,
+        ),
+        (EngineChoice::Auto, true, false) => ("libtorch (ONNX Runtime not available)", false),
+        (EngineChoice::Onnx, true, _) => ("ONNX Runtime", true),
     };
     let choice = format!("{:?}", rt.engine).to_lowercase();
     let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    let layout = match (what.starts_with("ONNX Runtime"), rt.onnx_workers) {
+    let layout = match (onnx, rt.onnx_workers) {
         (false, _) => String::new(),
         (true, Some(n)) => format!(
             " ({} decoding and running their own batches, {} each)",
