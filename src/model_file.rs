@@ -94,6 +94,30 @@ pub struct ModelSidecar {
     pub source: ExportSource,
     pub tl_version: String,
     pub exported_at: String,
+    /// The temperature the logits are divided by inside the model (1: none).
+    #[serde(default = "one")]
+    pub temperature: f64,
+    /// Present when the model also returns an unknown score (a second output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<ExportedUnknown>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// How to read the model's second output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportedUnknown {
+    /// `unknown_score`: `[N]` float32, 1 − cosine similarity to the nearest training image's
+    /// features.
+    pub output: String,
+    pub method: String,
+    pub k: i64,
+    /// An image is unknown when its score is above this.
+    pub threshold: f64,
+    /// The share of the run's validation images accepted at that threshold.
+    pub accept: f64,
 }
 
 /// `model.pt` → `model.pt.json` (a TorchScript and an ONNX export can sit side by side).
@@ -126,6 +150,12 @@ impl ModelSidecar {
             },
             tl_version: env!("CARGO_PKG_VERSION").into(),
             exported_at: chrono::Local::now().to_rfc3339(),
+            temperature: run
+                .config
+                .calibration
+                .as_ref()
+                .map_or(1.0, |c| c.temperature),
+            unknown: None,
         }
     }
 
@@ -139,6 +169,14 @@ impl ModelSidecar {
             ));
         }
         let s: ModelSidecar = crate::util::read_json(&path)?;
+        if let Some(u) = &s.unknown {
+            if !u.threshold.is_finite() {
+                return Err(TlError::file(
+                    &path,
+                    "the unknown threshold is not a number",
+                ));
+            }
+        }
         if s.format != FORMAT {
             return Err(TlError::file(
                 &path,

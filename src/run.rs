@@ -10,6 +10,7 @@
 //! metrics.jsonl    one line per epoch
 //! report.json      final metrics, extraction statistics, skipped and ignored files
 //! report.html      the same as a page: curves, confusion matrix, worst images (`tl report`)
+//! unknown.safetensors  reference features and calibration scores of the "unknown" judge
 //! ```
 //!
 //! A run is written into a hidden staging folder beside its destination and moved into
@@ -19,7 +20,7 @@ use crate::data::{Layout, PreprocessConfig};
 use crate::error::{Result, TlError};
 use crate::features::split::{FeatureNet, SplitSpec, TrainableTop, Unfreeze};
 use crate::features::BackboneSpec;
-use crate::head::{EpochMetrics, FinetuneConfig, Head, HeadConfig, TrainConfig};
+use crate::head::{EpochMetrics, FinetuneConfig, Head, HeadConfig, TrainConfig, UnknownJudge};
 use crate::util::fs::{to_json_pretty, StagedDir};
 use crate::util::{write_atomic, write_json_atomic, FilePath};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,7 @@ pub const SPLIT: &str = "split.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const REPORT: &str = "report.json";
 pub const REPORT_HTML: &str = "report.html";
+pub const UNKNOWN: &str = "unknown.safetensors";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackboneRecord {
@@ -90,6 +92,40 @@ pub struct RunConfig {
     /// Present when the top of the backbone was fine-tuned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetune: Option<FinetuneRecord>,
+    /// Temperature scaling fitted on the validation images (runs made before it: none, T = 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationRecord>,
+    /// The judge of images unlike the training ones (runs made before it: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<UnknownRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CalibrationRecord {
+    /// Logits are divided by it before the softmax.
+    pub temperature: f64,
+    /// The images it was fitted on (the validation images; 0: none, T = 1).
+    pub images: usize,
+}
+
+/// How `unknown` is decided: see `head::unknown`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnknownRecord {
+    /// `knn-cosine`: 1 − mean cosine similarity of the k nearest training features.
+    pub method: String,
+    pub k: i64,
+    /// Share of the calibration images accepted at `threshold`.
+    pub accept: f64,
+    /// Above it an image is unknown.
+    pub threshold: f64,
+    /// Training images kept as references, and of how many.
+    pub references: usize,
+    pub training_images: usize,
+    /// `validation`, or `training (leave-one-out)` for runs without validation images.
+    pub calibrated_on: String,
+    pub calibration_images: usize,
+    /// The file in the run folder.
+    pub file: String,
 }
 
 fn one() -> usize {
@@ -254,8 +290,48 @@ impl Run {
         self.dir.join(HEAD)
     }
 
+    /// The head, with the run's temperature.
     pub fn load_head(&self, device: tch::Device) -> Result<Head> {
-        Head::load(self.config.head.clone(), &self.head_path(), device)
+        let mut head = Head::load(self.config.head.clone(), &self.head_path(), device)?;
+        if let Some(c) = &self.config.calibration {
+            head.set_temperature(c.temperature)
+                .map_err(|e| TlError::file(self.dir.join(CONFIG), e.to_string()))?;
+        }
+        Ok(head)
+    }
+
+    /// The "unknown" judge and its threshold at `accept` (None: the run's own), or None for
+    /// runs made before it.
+    pub fn load_judge(
+        &self,
+        accept: Option<f64>,
+        device: tch::Device,
+    ) -> Result<Option<(UnknownJudge, f64)>> {
+        let Some(rec) = &self.config.unknown else {
+            return Ok(None);
+        };
+        let config = self.dir.join(CONFIG);
+        crate::head::unknown::check_accept(rec.accept)
+            .map_err(|e| TlError::file(&config, e.to_string()))?;
+        let path = self.dir.join(UNKNOWN);
+        if !path.is_file() {
+            return Err(TlError::file(
+                &path,
+                "missing: config.json records an unknown judge (restore the file, or predict with --no-unknown)",
+            ));
+        }
+        let judge = UnknownJudge::load(&path, rec.k, self.config.head.in_dim, device)?;
+        let threshold = match accept {
+            Some(a) => judge.threshold(a),
+            None => rec.threshold,
+        };
+        if !threshold.is_finite() {
+            return Err(TlError::file(
+                &config,
+                "the unknown threshold is not a number",
+            ));
+        }
+        Ok(Some((judge, threshold)))
     }
 
     /// The run's split of the backbone, its files checked against the run's record.
@@ -380,6 +456,8 @@ pub struct RunContents<'a, R: Serialize> {
     pub top: Option<&'a TrainableTop>,
     /// The HTML page of the run (report.html), when it could be made.
     pub html: Option<&'a str>,
+    /// The "unknown" judge (config.json records how it decides).
+    pub judge: Option<&'a UnknownJudge>,
 }
 
 /// Check early (before any work) that `dest` may be written.
@@ -400,6 +478,9 @@ fn write_files<R: Serialize>(dir: &Path, c: &RunContents<R>) -> Result<()> {
     c.head.save(&dir.join(HEAD))?;
     if let Some(top) = c.top {
         top.save(&dir.join(FINETUNED))?;
+    }
+    if let Some(judge) = c.judge {
+        judge.save(&dir.join(UNKNOWN))?;
     }
     write_json_atomic(&dir.join(SPLIT), c.split)?;
     let mut metrics = String::new();

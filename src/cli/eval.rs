@@ -42,6 +42,14 @@ pub struct EvalArgs {
     /// Overwrite the --report file if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Photos unlike the run's classes (any folder): report how many the run answers
+    /// `unknown`, and the AUROC of its unknown score against the evaluated images.
+    #[arg(long, value_name = "DIR")]
+    pub unknown_dir: Option<PathBuf>,
+    /// Judge unknown at the threshold that accepts this share of the run's validation
+    /// images (default: the run's own).
+    #[arg(long, value_parser = values::accept)]
+    pub accept: Option<f64>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +70,8 @@ pub fn run(rt: &Runtime, args: &EvalArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         cache: args.cache.settings(),
         tta: args.tta.setting(),
+        unknown_dir: args.unknown_dir.clone(),
+        accept: args.accept,
     };
     if let Some(path) = &args.report {
         tl::util::refuse_overwrite(path, args.force)?;

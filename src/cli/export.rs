@@ -1,5 +1,5 @@
 //! `tl export` flags → `ExportSettings`.
-use super::emit;
+use super::{emit, values};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use tl::model_file::ModelFormat;
@@ -26,10 +26,18 @@ pub struct ExportArgs {
     /// Overwrite the model file and its sidecar if they exist.
     #[arg(long)]
     pub force: bool,
-    /// Python with torch and onnx, for --format onnx (onnxruntime there, if installed,
-    /// checks the result).
+    /// Python with torch (and onnx for --format onnx; onnxruntime there, if installed,
+    /// checks the result), for ONNX and for models with an unknown score.
     #[arg(long, env = "TL_PYTHON", default_value = "python3")]
     pub python: PathBuf,
+    /// The unknown threshold to build in, as the share of the run's validation images
+    /// accepted [default: the run's own].
+    #[arg(long, value_parser = values::accept, conflicts_with = "no_unknown")]
+    pub accept: Option<f64>,
+    /// Leave the unknown score out: the model returns the probabilities alone (and a
+    /// TorchScript export needs no Python).
+    #[arg(long)]
+    pub no_unknown: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -48,6 +56,8 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
         format,
         force: args.force,
         python: args.python.clone(),
+        unknown: !args.no_unknown,
+        accept: args.accept,
     };
     emit(&tl::workflow::export::export(&settings)?, args.json)
 }

@@ -36,6 +36,13 @@ pub struct PredictArgs {
     /// Overwrite the --save-inputs file if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Never answer `unknown`: every image gets one of the run's classes.
+    #[arg(long)]
+    pub no_unknown: bool,
+    /// Answer `unknown` at the threshold that accepts this share of the run's validation
+    /// images (default: the share the run was trained with, usually 0.95).
+    #[arg(long, value_parser = values::accept, conflicts_with = "no_unknown")]
+    pub accept: Option<f64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -68,6 +75,10 @@ impl PredictArgs {
             tta: self.tta.setting(),
             save_inputs: self.save_inputs.clone(),
             force: self.force,
+            unknown: tl::inspect::classifier::UnknownChoice {
+                enabled: !self.no_unknown,
+                accept: self.accept,
+            },
         })
     }
 }

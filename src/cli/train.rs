@@ -126,6 +126,10 @@ pub struct TrainOptions {
     /// bounded; each epoch reads the cache). Not with --finetune, --views or --no-cache.
     #[arg(long)]
     pub stream: bool,
+    /// Share of the validation images the "unknown" judge accepts as like the training
+    /// images; its threshold is set there (`tl predict --accept` changes it later).
+    #[arg(long, default_value = "0.95", value_parser = values::accept)]
+    pub accept: f64,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -180,6 +184,10 @@ impl TrainOptions {
                 patience: self.finetune_patience,
             }),
             stream: self.stream,
+            unknown: tl::workflow::train::UnknownSettings {
+                accept: self.accept,
+                ..Default::default()
+            },
         }
     }
 }

@@ -26,6 +26,14 @@ pub fn shard(s: &str) -> Result<tl::data::shard::Shard, String> {
     tl::data::shard::Shard::parse(s).map_err(|e| e.to_string())
 }
 
+/// A share of known images to accept: a finite number in (0, 1].
+pub fn accept(s: &str) -> Result<f64, String> {
+    let v = parse_fraction(s)?;
+    tl::head::unknown::check_accept(v)
+        .map(|_| v)
+        .map_err(|_| "must be a share in (0, 1], e.g. 0.95".into())
+}
+
 /// A finite number > 0.
 pub fn positive(s: &str) -> Result<f64, String> {
     let v = parse_fraction(s)?;

@@ -1,4 +1,5 @@
 //! Stage 4: measuring a classifier's probabilities against the truth.
+pub mod calibration;
 pub mod metrics;
 
 pub use metrics::{

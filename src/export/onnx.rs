@@ -1,6 +1,8 @@
-//! ONNX from the traced TorchScript file, by PyTorch's own exporter in a Python process
-//! (the script is embedded in the binary); when onnxruntime is installed there, the ONNX
-//! model is run against the TorchScript one before it is accepted.
+//! The traced TorchScript file → the exported model, in a Python process (the script is
+//! embedded in the binary; Python runs isolated, `-I`, so no module of the working folder
+//! or the user's site is imported): ONNX by PyTorch's own exporter, checked in onnxruntime
+//! when it is installed there; and, for a model with an unknown score, TorchScript whose
+//! forward returns the tuple (probabilities, unknown_score) — tch traces one output only.
 use crate::error::{Result, TlError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -15,24 +17,37 @@ pub const TOLERANCE: f64 = 1e-4;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OnnxCheck {
     pub torch: String,
-    pub opset: u32,
+    /// ONNX only.
+    pub opset: Option<u32>,
     /// Version of the onnxruntime that checked the model (None: not installed, unchecked).
     pub onnxruntime: Option<String>,
     pub max_abs_diff: Option<f64>,
 }
 
-/// Convert `torchscript` into `onnx` with `python`; the input side is `crop`.
-pub fn convert(python: &Path, torchscript: &Path, onnx: &Path, crop: u32) -> Result<OnnxCheck> {
+/// Convert the traced `torchscript` into `out` (`onnx`: ONNX, else TorchScript) with
+/// `python`; the input side is `crop`; `judged_classes`: the trace returns `[N, C+1]`
+/// (probabilities, then the unknown score) for these C classes, split into two outputs.
+pub fn convert(
+    python: &Path,
+    torchscript: &Path,
+    out: &Path,
+    crop: u32,
+    judged_classes: Option<usize>,
+    onnx: bool,
+) -> Result<OnnxCheck> {
     let out = Command::new(python)
+        .arg("-I")
         .arg("-c")
         .arg(SCRIPT)
         .arg(torchscript)
-        .arg(onnx)
+        .arg(out)
         .arg(crop.to_string())
+        .arg(judged_classes.unwrap_or(0).to_string())
+        .arg(if onnx { "onnx" } else { "torchscript" })
         .output()
         .map_err(|e| {
             TlError::invalid(format!(
-                "cannot run Python '{}' ({e}); ONNX export uses PyTorch's exporter: pass --python or set TL_PYTHON (scripts/setup.sh makes .venv/bin/python)",
+                "cannot run Python '{}' ({e}); ONNX export and models with an unknown score use PyTorch: pass --python or set TL_PYTHON (scripts/setup.sh makes .venv/bin/python), or export with --no-unknown",
                 python.display()
             ))
         })?;
@@ -44,7 +59,7 @@ pub fn convert(python: &Path, torchscript: &Path, onnx: &Path, crop: u32) -> Res
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no message");
         return Err(TlError::invalid(format!(
-            "ONNX export failed in Python '{}': {}",
+            "export failed in Python '{}': {}",
             python.display(),
             why.trim()
         )));
@@ -56,11 +71,11 @@ pub fn convert(python: &Path, torchscript: &Path, onnx: &Path, crop: u32) -> Res
         .find(|l| l.starts_with('{'))
         .unwrap_or("");
     let check: OnnxCheck = serde_json::from_str(line)
-        .map_err(|e| TlError::invalid(format!("the ONNX export script printed no report ({e})")))?;
+        .map_err(|e| TlError::invalid(format!("the export script printed no report ({e})")))?;
     if let Some(diff) = check.max_abs_diff {
         if diff.is_nan() || diff > TOLERANCE {
             return Err(TlError::invalid(format!(
-                "ONNX Runtime's probabilities differ from TorchScript's by {diff:.2e} (limit {TOLERANCE:.0e})"
+                "the written model's outputs differ from the traced one's by {diff:.2e} (limit {TOLERANCE:.0e})"
             )));
         }
     }

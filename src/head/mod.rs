@@ -1,9 +1,12 @@
 //! Stage 3: the trainable head on top of frozen features (`model`) and its training on
-//! cached features (`train`).
+//! cached features (`train`); its temperature (`temperature`) and the judge of images unlike
+//! the training ones (`unknown`).
 pub mod finetune;
 pub mod model;
 pub mod rows;
+pub mod temperature;
 pub mod train;
+pub mod unknown;
 
 pub use finetune::{finetune, FinetuneConfig, FinetuneOutcome, RowSplit};
 pub use model::{Head, HeadConfig};
@@ -11,3 +14,4 @@ pub use rows::{Rows, StreamedRows};
 pub use train::{
     train_head, EpochMetrics, OptimizerKind, Schedule, Split, TrainConfig, TrainOutcome,
 };
+pub use unknown::UnknownJudge;

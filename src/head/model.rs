@@ -29,6 +29,9 @@ pub struct Head {
     std: Tensor,
     fc1: nn::Linear,
     fc2: Option<nn::Linear>,
+    /// Divides the logits before the softmax in [`Head::probabilities`] (temperature
+    /// scaling; 1 while training).
+    temperature: f64,
 }
 
 impl Head {
@@ -77,6 +80,7 @@ impl Head {
             std,
             fc1,
             fc2,
+            temperature: 1.0,
         })
     }
 
@@ -134,6 +138,26 @@ impl Head {
 
     pub fn forward(&self, features: &Tensor) -> Tensor {
         self.forward_t(features, false)
+    }
+
+    /// Calibrated class probabilities: `softmax(logits / T)`.
+    pub fn probabilities(&self, features: &Tensor) -> Tensor {
+        (self.forward(features) / self.temperature).softmax(-1, Kind::Float)
+    }
+
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+
+    /// Set the temperature (finite and positive, else refused).
+    pub fn set_temperature(&mut self, temperature: f64) -> Result<()> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(TlError::invalid(format!(
+                "temperature {temperature} must be a positive number"
+            )));
+        }
+        self.temperature = temperature;
+        Ok(())
     }
 
     /// Save the weights (safetensors), atomically.

@@ -1,5 +1,6 @@
 //! Charts as inline SVG, drawn with plotters (no fonts or scripts needed to view them).
 use crate::error::{Result, TlError};
+use crate::eval::calibration::Calibration;
 use crate::head::EpochMetrics;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -185,6 +186,169 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<S
             root.draw(&Text::new(name.clone(), (x, y + 8), below.clone()))
                 .map_err(chart_error)?;
         }
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
+
+/// The reliability diagram: accuracy against mean confidence per bin of the top
+/// probability, before and after temperature scaling; the diagonal is perfect calibration.
+pub fn reliability_diagram(before: &Calibration, after: &Calibration) -> Result<String> {
+    let points = |c: &Calibration| -> Vec<(f64, f64)> {
+        c.bins
+            .iter()
+            .filter(|b| b.images > 0)
+            .map(|b| (b.confidence, b.accuracy))
+            .collect()
+    };
+    let lo = before
+        .bins
+        .iter()
+        .chain(&after.bins)
+        .filter(|b| b.images > 0)
+        .map(|b| b.lo.min(b.accuracy))
+        .fold(1.0f64, f64::min)
+        .clamp(0.0, 0.9);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Reliability", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(48)
+            .build_cartesian_2d(lo..1.0, lo..1.0)
+            .map_err(chart_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("confidence (top probability)")
+            .y_desc("accuracy")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(chart_error)?;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(lo, lo), (1.0, 1.0)],
+                4,
+                4,
+                BLACK.mix(0.4).stroke_width(1),
+            ))
+            .map_err(chart_error)?
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.4)));
+        for (name, color, c) in [
+            (format!("before (ECE {:.4})", before.ece), TRAIN, before),
+            (
+                format!("after temperature (ECE {:.4})", after.ece),
+                VAL,
+                after,
+            ),
+        ] {
+            let pts = points(c);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(chart_error)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(chart_error)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(chart_error)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
+
+/// Counts of unknown scores in equal bins over `[0, max]`: known images, and optionally
+/// images of other kinds; a dashed line at the threshold.
+#[derive(Clone, Debug)]
+pub struct ScoreHistogram {
+    pub max: f64,
+    pub threshold: f64,
+    pub known: Vec<usize>,
+    pub known_label: String,
+    pub other: Option<(Vec<usize>, String)>,
+}
+
+/// The unknown-score histogram (shares of each set, so sets of any size compare).
+pub fn score_histogram(h: &ScoreHistogram) -> Result<String> {
+    let shares = |counts: &[usize]| -> Vec<f64> {
+        let n = counts.iter().sum::<usize>().max(1) as f64;
+        counts.iter().map(|&c| c as f64 / n).collect()
+    };
+    let known = shares(&h.known);
+    let other = h.other.as_ref().map(|(c, l)| (shares(c), l.clone()));
+    let top = known
+        .iter()
+        .chain(other.iter().flat_map(|o| o.0.iter()))
+        .fold(0.0f64, |a, &b| a.max(b))
+        .max(1e-6)
+        * 1.1;
+    let width = h.max / known.len().max(1) as f64;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Unknown score (distance to the training images)",
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..h.max, 0.0..top)
+            .map_err(chart_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("1 - cosine similarity to the nearest training image")
+            .y_desc("share of images")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(chart_error)?;
+        let mut sets = vec![(known, h.known_label.clone(), TRAIN)];
+        if let Some((o, label)) = other {
+            sets.push((o, label, VAL));
+        }
+        for (values, label, color) in sets {
+            chart
+                .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                    let x = i as f64 * width;
+                    Rectangle::new([(x, 0.0), (x + width, v)], color.mix(0.45).filled())
+                }))
+                .map_err(chart_error)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.mix(0.45).filled())
+                });
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(h.threshold, 0.0), (h.threshold, top)],
+                4,
+                4,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(chart_error)?
+            .label(format!("threshold {:.3}: above it, unknown", h.threshold))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(chart_error)?;
         root.present().map_err(chart_error)?;
     }
     Ok(svg)

@@ -1,8 +1,9 @@
 //! A report page from typed data: headline figures, dataset, learning curves, confusion
 //! matrix, per-class figures, the worst-classified images, extra images and the config.
-use super::charts::{self, Curve};
+use super::charts::{self, Curve, ScoreHistogram};
 use super::markup::{escape, thumbnail};
 use crate::error::Result;
+use crate::eval::calibration::Calibration;
 use crate::eval::{ClassCount, ClassificationReport};
 use crate::head::EpochMetrics;
 use std::fmt::Write;
@@ -33,6 +34,10 @@ pub struct ReportPage<'a> {
     pub gallery: Vec<GalleryImage>,
     /// Pretty JSON of the run's config.json.
     pub config: Option<String>,
+    /// Probabilities before and after temperature scaling, and the temperature.
+    pub calibration: Option<(&'a Calibration, &'a Calibration, f64)>,
+    /// Unknown scores against the threshold, and a sentence about them.
+    pub unknown: Option<(ScoreHistogram, String)>,
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}\
@@ -53,6 +58,7 @@ impl ReportPage<'_> {
         body += &self.facts_table();
         body += &self.dataset();
         body += &self.curves_section()?;
+        body += &self.trust_section()?;
         if let Some(r) = self.results {
             body += &confusion(r);
             body += &per_class(r);
@@ -153,6 +159,32 @@ impl ReportPage<'_> {
             charts::learning_curve(self.curves, Curve::Loss)?,
             charts::learning_curve(self.curves, Curve::Accuracy)?
         ))
+    }
+
+    /// Calibration and unknown images: the reliability diagram and the score histogram.
+    fn trust_section(&self) -> Result<String> {
+        if self.calibration.is_none() && self.unknown.is_none() {
+            return Ok(String::new());
+        }
+        let mut s = String::from("<h2>Calibration and unknown images</h2>\n");
+        if let Some((before, after, t)) = self.calibration {
+            let _ = writeln!(
+                s,
+                "<p>Temperature {t:.3}: expected calibration error (15 bins) {:.4} → {:.4}, negative log-likelihood {:.4} → {:.4}, Brier score {:.4} → {:.4}.</p>",
+                before.ece, after.ece, before.nll, after.nll, before.brier, after.brier
+            );
+        }
+        if let Some((_, sentence)) = &self.unknown {
+            let _ = writeln!(s, "<p>{}</p>", escape(sentence));
+        }
+        s += "<div class=\"charts\">";
+        if let Some((before, after, _)) = self.calibration {
+            s += &charts::reliability_diagram(before, after)?;
+        }
+        if let Some((h, _)) = &self.unknown {
+            s += &charts::score_histogram(h)?;
+        }
+        Ok(s + "</div>\n")
     }
 
     fn gallery_section(&self) -> String {

@@ -7,7 +7,7 @@ use crate::error::{Result, TlError};
 use crate::eval::{top_classes, ClassProb};
 use crate::features::backbone::{BackboneSpec, LoadedModule};
 use crate::features::{FeatureNet, FrozenModel};
-use crate::head::Head;
+use crate::head::{Head, UnknownJudge};
 use crate::model_file::{ModelFormat, ModelSidecar};
 use crate::run::Run;
 use crate::runtime::Runtime;
@@ -28,6 +28,7 @@ enum Network {
     Run {
         features: Box<FeatureNet>,
         head: Head,
+        judge: Option<UnknownJudge>,
     },
     ImageNet {
         classifier: LoadedModule,
@@ -36,6 +37,7 @@ enum Network {
     RunInference {
         frozen: std::sync::Mutex<FrozenModel>,
         head: Head,
+        judge: Option<UnknownJudge>,
     },
     /// `[N,3,H,W]` in [0, 1] → probabilities (normalisation inside).
     Exported {
@@ -53,6 +55,40 @@ pub struct Classifier {
     pub device: Device,
     /// Set when the weights are random or the preprocessing is assumed.
     pub warning: Option<String>,
+    /// When an image is "unknown" (None: the classifier has no judge, or it is off).
+    pub unknown: Option<UnknownRule>,
+}
+
+/// Above `threshold` an image's unknown score says "unknown".
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UnknownRule {
+    pub threshold: f64,
+    /// The share of the run's validation images accepted at that threshold.
+    pub accept: f64,
+}
+
+/// Whether and how to judge "unknown" (trained runs and their exports only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UnknownChoice {
+    pub enabled: bool,
+    /// A new acceptance instead of the run's (its threshold follows from the run's
+    /// calibration scores).
+    pub accept: Option<f64>,
+}
+
+impl Default for UnknownChoice {
+    fn default() -> Self {
+        UnknownChoice {
+            enabled: true,
+            accept: None,
+        }
+    }
+}
+
+/// Calibrated probabilities `[N, C]` and, with a judge, the unknown scores `[N]`.
+pub struct Answer {
+    pub probabilities: Tensor,
+    pub unknown_scores: Option<Tensor>,
 }
 
 impl Classifier {
@@ -67,24 +103,83 @@ impl Classifier {
     }
 
     /// As [`Classifier::load`], for inference only (`tl predict`): a frozen run's backbone
-    /// runs on the runtime's engine (ONNX Runtime where `--engine` picks it).
-    pub fn load_for_inference(choice: &NetworkChoice, rt: &Runtime) -> Result<Classifier> {
-        let NetworkChoice::Run(dir) = choice else {
-            return Classifier::load(choice, rt);
+    /// runs on the runtime's engine (ONNX Runtime where `--engine` picks it), and runs and
+    /// exported models judge "unknown" as `unknown` says.
+    pub fn load_for_inference(
+        choice: &NetworkChoice,
+        rt: &Runtime,
+        unknown: UnknownChoice,
+    ) -> Result<Classifier> {
+        let mut classifier = match choice {
+            NetworkChoice::Run(dir) => Classifier::run_for_inference(&Run::open(dir)?, rt)?,
+            other => Classifier::load(other, rt)?,
         };
-        let run = Run::open(dir)?;
+        classifier.configure_unknown(choice, unknown, rt.device)?;
+        Ok(classifier)
+    }
+
+    /// Attach the run's judge (or, for an exported model, check what it records).
+    fn configure_unknown(
+        &mut self,
+        choice: &NetworkChoice,
+        unknown: UnknownChoice,
+        device: Device,
+    ) -> Result<()> {
+        if !unknown.enabled {
+            self.unknown = None;
+            return Ok(());
+        }
+        match choice {
+            NetworkChoice::Run(dir) => self.attach_judge(&Run::open(dir)?, unknown.accept, device),
+            NetworkChoice::Exported(path) => {
+                if unknown.accept.is_some() && self.unknown.is_some() {
+                    return Err(TlError::file(
+                        path,
+                        "an exported model's unknown threshold was fixed at export; pass --accept to `tl export`",
+                    ));
+                }
+                Ok(())
+            }
+            NetworkChoice::Backbone(_) => Ok(()),
+        }
+    }
+
+    /// Load the run's unknown judge, at `accept` or the run's own threshold.
+    pub fn attach_judge(&mut self, run: &Run, accept: Option<f64>, device: Device) -> Result<()> {
+        let Some((judge, threshold)) = run.load_judge(accept, device)? else {
+            return Ok(());
+        };
+        let rule = UnknownRule {
+            threshold,
+            accept: accept
+                .or(run.config.unknown.as_ref().map(|u| u.accept))
+                .unwrap_or(1.0),
+        };
+        match &mut self.net {
+            Network::Run { judge: slot, .. } | Network::RunInference { judge: slot, .. } => {
+                *slot = Some(judge);
+                self.unknown = Some(rule);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A run on the runtime's engine: libtorch, or another engine for a frozen run.
+    fn run_for_inference(run: &Run, rt: &Runtime) -> Result<Classifier> {
         if run.config.finetune.is_some() {
-            return Classifier::from_run(&run, rt.device);
+            return Classifier::from_run(run, rt.device);
         }
         let spec = run.backbone()?.for_engine(rt.engine, rt.device)?;
         if spec.engine == crate::features::Engine::Torch {
-            return Classifier::from_run(&run, rt.device);
+            return Classifier::from_run(run, rt.device);
         }
         let frozen = spec.load_frozen(rt.device, rt.threads, true)?;
         Ok(Classifier {
             net: Network::RunInference {
                 frozen: std::sync::Mutex::new(frozen),
                 head: run.load_head(rt.device)?,
+                judge: None,
             },
             classes: run.classes.clone(),
             preprocess: run.config.preprocess,
@@ -96,6 +191,7 @@ impl Classifier {
             ),
             device: rt.device,
             warning: spec.weights_warning(),
+            unknown: None,
         })
     }
 
@@ -128,6 +224,10 @@ impl Classifier {
             ),
             device,
             warning: None,
+            unknown: sidecar.unknown.as_ref().map(|u| UnknownRule {
+                threshold: u.threshold,
+                accept: u.accept,
+            }),
         })
     }
 
@@ -143,6 +243,7 @@ impl Classifier {
             net: Network::Run {
                 features: Box::new(features),
                 head,
+                judge: None,
             },
             classes: run.classes.clone(),
             preprocess: run.config.preprocess,
@@ -153,6 +254,7 @@ impl Classifier {
             ),
             device,
             warning: spec.weights_warning(),
+            unknown: None,
         })
     }
 
@@ -172,13 +274,116 @@ impl Classifier {
             description: format!("{} ImageNet classifier", spec.name),
             device,
             warning: spec.weights_warning(),
+            unknown: None,
         })
     }
 
-    /// Logits for normalised input; differentiable with respect to the input.
+    /// Calibrated probabilities (and unknown scores, with a judge) for normalised input.
+    pub fn answer(&self, x: &Tensor) -> Result<Answer> {
+        let judged = |head: &Head, judge: &Option<UnknownJudge>, features: Tensor| Answer {
+            probabilities: head.probabilities(&features),
+            unknown_scores: judge.as_ref().map(|j| j.score(&features)),
+        };
+        match &self.net {
+            Network::Run {
+                features,
+                head,
+                judge,
+            } => Ok(judged(head, judge, features.forward(x)?)),
+            Network::RunInference {
+                frozen,
+                head,
+                judge,
+            } => Ok(judged(head, judge, self.frozen_features(frozen, x)?)),
+            Network::Exported { module, path } => {
+                let (probabilities, unknown_scores) = self.exported(module, path, x)?;
+                Ok(Answer {
+                    probabilities,
+                    unknown_scores,
+                })
+            }
+            Network::ImageNet { .. } => Ok(Answer {
+                probabilities: self.logits(x)?.softmax(-1, tch::Kind::Float),
+                unknown_scores: None,
+            }),
+        }
+    }
+
+    /// Features of normalised input from a frozen backbone on another engine.
+    fn frozen_features(
+        &self,
+        frozen: &std::sync::Mutex<FrozenModel>,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let n = x.size()[0] as usize;
+        let data = Vec::<f32>::try_from(&x.detach().to_device(Device::Cpu).contiguous().view([-1]))
+            .torch_ctx(|| "reading the input batch".into())?;
+        let features = frozen
+            .lock()
+            .map_err(|_| TlError::invalid("the backbone failed in another thread"))?
+            .run(&data, n, &self.preprocess, Device::Cpu, false)?;
+        let d = (features.len() / n.max(1)) as i64;
+        Ok(Tensor::from_slice(&features)
+            .view([n as i64, d])
+            .to_device(self.device))
+    }
+
+    /// An exported model's probabilities and, when it has them, unknown scores.
+    fn exported(
+        &self,
+        module: &tch::CModule,
+        path: &Path,
+        x: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        // An exported model normalises inside.
+        let input = tch::IValue::Tensor(preprocess::denormalize_tensor(x, &self.preprocess));
+        let out = module
+            .forward_is(&[input])
+            .torch_ctx(|| format!("{}: forward", path.display()))?;
+        let (probs, scores) = match out {
+            tch::IValue::Tensor(p) => (p, None),
+            tch::IValue::Tuple(mut parts) if parts.len() == 2 => {
+                match (parts.remove(0), parts.remove(0)) {
+                    (tch::IValue::Tensor(p), tch::IValue::Tensor(s)) => (p, Some(s)),
+                    _ => {
+                        return Err(TlError::file(
+                            path,
+                            "returns a tuple that is not two tensors",
+                        ))
+                    }
+                }
+            }
+            _ => {
+                return Err(TlError::file(
+                    path,
+                    "returns neither probabilities nor (probabilities, unknown score)",
+                ))
+            }
+        };
+        if probs.dim() != 2 || probs.size()[1] != self.classes.len() as i64 {
+            return Err(TlError::file(
+                path,
+                format!(
+                    "returns shape {:?}; its sidecar lists {} classes",
+                    probs.size(),
+                    self.classes.len()
+                ),
+            ));
+        }
+        if self.unknown.is_some() != scores.is_some() {
+            return Err(TlError::file(
+                path,
+                "its sidecar and its outputs disagree on the unknown score",
+            ));
+        }
+        Ok((probs, scores))
+    }
+
+    /// Logits for normalised input; differentiable with respect to the input. Not
+    /// temperature-scaled: dreams and attacks work on the network's own logits.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         match &self.net {
-            Network::Run { features, head } => Ok(head.forward(&features.forward(x)?)),
+            Network::Run { features, head, .. } => Ok(head.forward(&features.forward(x)?)),
             Network::ImageNet { classifier } => {
                 let out = classifier.forward(x)?;
                 if out.size()[1] != self.classes.len() as i64 {
@@ -193,47 +398,21 @@ impl Classifier {
                 }
                 Ok(out)
             }
-            Network::RunInference { frozen, head } => {
-                let n = x.size()[0] as usize;
-                let data = Vec::<f32>::try_from(
-                    &x.detach().to_device(Device::Cpu).contiguous().view([-1]),
-                )
-                .torch_ctx(|| "reading the input batch".into())?;
-                let features = frozen
-                    .lock()
-                    .map_err(|_| TlError::invalid("the backbone failed in another thread"))?
-                    .run(&data, n, &self.preprocess, Device::Cpu, false)?;
-                let d = (features.len() / n.max(1)) as i64;
-                let features = Tensor::from_slice(&features)
-                    .view([n as i64, d])
-                    .to_device(self.device);
-                Ok(head.forward(&features))
+            Network::RunInference { frozen, head, .. } => {
+                Ok(head.forward(&self.frozen_features(frozen, x)?))
             }
             Network::Exported { module, path } => {
-                // An exported model normalises inside.
-                let probs = module
-                    .forward_ts(&[preprocess::denormalize_tensor(x, &self.preprocess)])
-                    .torch_ctx(|| format!("{}: forward", path.display()))?;
-                if probs.dim() != 2 || probs.size()[1] != self.classes.len() as i64 {
-                    return Err(TlError::file(
-                        path,
-                        format!(
-                            "returns shape {:?}; its sidecar lists {} classes",
-                            probs.size(),
-                            self.classes.len()
-                        ),
-                    ));
-                }
+                let (probs, _) = self.exported(module, path, x)?;
                 // Log-probabilities are logits up to a constant: the softmax gives them back.
                 Ok(probs.clamp_min(1e-30).log())
             }
         }
     }
 
-    /// Class probabilities of a normalised batch, without gradients.
+    /// Calibrated class probabilities of a normalised batch, without gradients.
     pub fn probabilities(&self, x: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let logits = tch::no_grad(|| self.logits(&x.to_device(self.device)))?;
-        crate::util::tensors::rows(&logits.softmax(-1, tch::Kind::Float))
+        let answer = tch::no_grad(|| self.answer(&x.to_device(self.device)))?;
+        crate::util::tensors::rows(&answer.probabilities)
     }
 
     /// One image through the eval transform (resize, centre crop, normalise): `tl predict`.

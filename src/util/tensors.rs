@@ -4,7 +4,7 @@ use crate::error::{Result, TlError, TorchContext};
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Device, Kind, Tensor};
 
-/// Serialise named tensors (float32 or int64) to the safetensors format.
+/// Serialise named tensors (float32, float16 or int64) to the safetensors format.
 pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(named.len());
     for (name, t) in named {
@@ -23,6 +23,14 @@ pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
             Kind::Int64 => (
                 Dtype::I64,
                 Vec::<i64>::try_from(&flat)
+                    .torch_ctx(|| format!("tensor {name}"))?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            Kind::Half => (
+                Dtype::F16,
+                Vec::<i16>::try_from(&flat.view_dtype(Kind::Int16))
                     .torch_ctx(|| format!("tensor {name}"))?
                     .iter()
                     .flat_map(|v| v.to_le_bytes())

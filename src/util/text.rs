@@ -86,6 +86,27 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// `text` safe to print on a terminal: control characters and bidirectional overrides
+/// (which could recolour, hide or reorder what follows) are shown as `\u{…}` escapes.
+pub fn printable(text: &str) -> String {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

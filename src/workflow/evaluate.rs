@@ -4,10 +4,11 @@
 use super::{gather, skipped_notes, SkippedFile};
 use crate::data::{Dataset, Sample, View};
 use crate::error::{Result, TlError};
+use crate::eval::calibration::{auroc, Calibration};
 use crate::eval::{ClassificationReport, Report};
 use crate::features::split::{CachedRows, TrainableTop};
 use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats};
-use crate::head::Head;
+use crate::head::{Head, UnknownJudge};
 use crate::run::{Run, SplitMatch};
 use crate::runtime::Runtime;
 use crate::util::FilePath;
@@ -35,6 +36,11 @@ pub struct EvalSettings {
     pub batch_size: usize,
     pub cache: CacheSettings,
     pub tta: Tta,
+    /// Images unlike the run's classes (any folder, searched recursively): how many of
+    /// them the run answers `unknown`, and the AUROC against the evaluated images.
+    pub unknown_dir: Option<PathBuf>,
+    /// Judge unknown at this share of the run's validation images (None: the run's own).
+    pub accept: Option<f64>,
 }
 
 /// Test-time augmentation: average the class probabilities of several views of each image.
@@ -76,12 +82,81 @@ pub struct EvalReport {
     pub skipped: Vec<SkippedFile>,
     pub extraction: ExtractStats,
     pub split_check: Option<SplitCheck>,
+    /// The probabilities before and after the run's temperature (None: run made before it).
+    pub calibration: Option<EvalCalibration>,
+    /// How many images the run answers `unknown` (None: run made before it).
+    pub unknown: Option<EvalUnknown>,
     pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalCalibration {
+    pub temperature: f64,
+    pub before: Calibration,
+    pub after: Calibration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalUnknown {
+    pub threshold: f64,
+    /// Evaluated images answered `unknown`, and the share.
+    pub rejected: usize,
+    pub rejected_share: f64,
+    /// Accuracy on the images accepted as known.
+    pub accepted_accuracy: Option<f64>,
+    /// Unknown scores of the evaluated images (for the page's histogram).
+    pub scores: Vec<f32>,
+    /// With `--unknown-dir`.
+    pub other: Option<OtherImages>,
+}
+
+/// The `--unknown-dir` images.
+#[derive(Clone, Debug, Serialize)]
+pub struct OtherImages {
+    pub dir: FilePath,
+    pub images: usize,
+    pub rejected: usize,
+    pub rejected_share: f64,
+    /// Of the unknown score as a detector of these images against the evaluated ones.
+    pub auroc: Option<f64>,
+    pub scores: Vec<f32>,
+    pub skipped: Vec<SkippedFile>,
 }
 
 impl Report for EvalReport {
     fn render_text(&self) -> String {
-        self.report.render()
+        let mut text = self.report.render();
+        if let Some(c) = &self.calibration {
+            text += &format!(
+                "calibration (temperature {:.3}): ECE {:.4} -> {:.4}, NLL {:.4} -> {:.4}, Brier {:.4} -> {:.4}\n",
+                c.temperature, c.before.ece, c.after.ece, c.before.nll, c.after.nll, c.before.brier, c.after.brier
+            );
+        }
+        if let Some(u) = &self.unknown {
+            text += &format!(
+                "unknown: {} of {} images ({:.1}%) above distance {:.4}{}\n",
+                u.rejected,
+                self.report.images,
+                100.0 * u.rejected_share,
+                u.threshold,
+                u.accepted_accuracy
+                    .map(|a| format!("; accuracy on the accepted ones {:.2}%", 100.0 * a))
+                    .unwrap_or_default()
+            );
+            if let Some(o) = &u.other {
+                text += &format!(
+                    "unknown images in {}: {} of {} ({:.1}%) answered unknown{}\n",
+                    o.dir,
+                    o.rejected,
+                    o.images,
+                    100.0 * o.rejected_share,
+                    o.auroc
+                        .map(|a| format!(", AUROC {a:.4} against the evaluated images"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        text
     }
     fn notes(&self) -> Vec<String> {
         let mut notes = crate::eval::warning_lines(&self.warnings);
@@ -181,45 +256,56 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
     let mut warnings = Vec::new();
     let (samples, split_check) = select(&run, &dataset, s.split, &mut warnings)?;
     if samples.is_empty() {
-        let hint = match (&run.config.data.val_dir, s.split) {
-            (Some(dir), EvalSplit::Val) => format!(
-                "; the run's validation images came from {}: evaluate that folder",
-                dir
-            ),
-            _ => String::new(),
-        };
-        return Err(TlError::file(
-            &s.data,
-            format!("none of the run's images of that split are in this folder{hint}"),
-        ));
+        return Err(nothing_selected(&run, s));
     }
     let paths: Vec<PathBuf> = samples.iter().map(|x| x.path.clone()).collect();
-    let net = EvalNet::load(&run, spec, rt)?;
-    let mut per_image: Vec<std::result::Result<Vec<f32>, String>> = Vec::new();
-    let mut stats = ExtractStats::default();
-    for view in s.tta.views() {
-        let (probs, st) = view_probabilities(rt, s, &net, &paths, view, &mut warnings)?;
-        if view == View::Center {
-            stats = st;
-        }
-        per_image = if per_image.is_empty() {
-            probs
-        } else {
-            per_image
-                .into_iter()
-                .zip(probs)
-                .map(|(a, b)| average(a, b))
-                .collect()
-        };
+    if let Some(a) = s.accept {
+        crate::head::unknown::check_accept(a)?;
     }
+    let net = EvalNet::load(&run, spec, rt, s.accept)?;
+    if net.judge.is_none() && s.unknown_dir.is_some() {
+        return Err(TlError::file(
+            &s.run,
+            "this run has no unknown judge (trained before tl had one); re-train to use --unknown-dir",
+        ));
+    }
+    let c = run.classes.len();
+    let temperature = net.head().temperature();
+    let views = s.tta.views();
+    let (per_image, stats) = summed_views(rt, s, &net, &paths, &mut warnings)?;
     let g = gather(&samples, &per_image);
     if g.y.is_empty() {
         return Err(TlError::file(&s.data, "no readable images to evaluate"));
     }
-    let probs: Vec<Vec<f32>> = g.x.chunks(run.classes.len()).map(<[f32]>::to_vec).collect();
+    let n_views = views.len() as f32;
+    let rows: Vec<&[f32]> = g.x.chunks(2 * c + 1).collect();
+    let raw: Vec<Vec<f32>> = rows.iter().map(|r| mean(&r[..c], n_views)).collect();
+    let probs: Vec<Vec<f32>> = rows.iter().map(|r| mean(&r[c..2 * c], n_views)).collect();
     let labels: Vec<usize> = g.y.iter().map(|&y| y as usize).collect();
     let report =
         ClassificationReport::compute(&probs, &labels, &g.paths, &run.classes, s.top_losses);
+    let calibration = run.config.calibration.as_ref().map(|_| EvalCalibration {
+        temperature,
+        before: Calibration::measure(&raw, &labels),
+        after: Calibration::measure(&probs, &labels),
+    });
+    let unknown = match &net.judge {
+        Some((_, threshold)) => {
+            // The plain view's score, as the threshold was set.
+            let scores = match views.len() {
+                1 => rows.iter().map(|r| r[2 * c]).collect(),
+                _ => first_view_scores(rt, s, &net, &g.paths, &mut warnings)?,
+            };
+            let judged = Judged {
+                threshold: *threshold,
+                scores,
+                probs: &probs,
+                labels: &labels,
+            };
+            Some(unknown_summary(rt, s, &net, judged, &mut warnings)?)
+        }
+        None => None,
+    };
     Ok(EvalReport {
         run: FilePath(s.run.clone()),
         data: FilePath(s.data.clone()),
@@ -229,72 +315,273 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
         skipped: g.skipped,
         extraction: stats,
         split_check,
+        calibration,
+        unknown,
         warnings,
     })
 }
 
-/// The running mean of two views' probabilities (an image is usable only if both are).
-fn average(
+fn nothing_selected(run: &Run, s: &EvalSettings) -> TlError {
+    let hint = match (&run.config.data.val_dir, s.split) {
+        (Some(dir), EvalSplit::Val) => format!(
+            "; the run's validation images came from {}: evaluate that folder",
+            dir
+        ),
+        _ => String::new(),
+    };
+    TlError::file(
+        &s.data,
+        format!("none of the run's images of that split are in this folder{hint}"),
+    )
+}
+
+/// Per image: a flat row of numbers, or why it could not be used.
+type Rows = Vec<std::result::Result<Vec<f32>, String>>;
+
+/// Per image, summed over the views: probabilities at T = 1, then at the run's T, then the
+/// unknown score; and the plain view's extraction figures.
+fn summed_views(
+    rt: &Runtime,
+    s: &EvalSettings,
+    net: &EvalNet,
+    paths: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Result<(Rows, ExtractStats)> {
+    let temperature = net.head().temperature();
+    let mut per_image: Rows = Vec::new();
+    let mut stats = ExtractStats::default();
+    for view in s.tta.views() {
+        let (outs, st) = view_outputs(rt, s, net, paths, view, warnings)?;
+        let outs: Vec<_> = outs
+            .into_iter()
+            .map(|r| r.map(|o| o.flat(temperature)))
+            .collect();
+        if view == View::Center {
+            stats = st;
+        }
+        per_image = if per_image.is_empty() {
+            outs
+        } else {
+            per_image
+                .into_iter()
+                .zip(outs)
+                .map(|(a, b)| add(a, b))
+                .collect()
+        };
+    }
+    Ok((per_image, stats))
+}
+
+/// The sum of two views' outputs (an image is usable only if both are).
+fn add(
     a: std::result::Result<Vec<f32>, String>,
     b: std::result::Result<Vec<f32>, String>,
 ) -> std::result::Result<Vec<f32>, String> {
     let (a, b) = (a?, b?);
-    Ok(a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect())
+    Ok(a.iter().zip(&b).map(|(x, y)| x + y).collect())
+}
+
+fn mean(sum: &[f32], n: f32) -> Vec<f32> {
+    sum.iter().map(|v| v / n).collect()
+}
+
+/// Unknown scores of the plain view of `paths` (all readable before).
+fn first_view_scores(
+    rt: &Runtime,
+    s: &EvalSettings,
+    net: &EvalNet,
+    paths: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<f32>> {
+    let (outs, _) = view_outputs(rt, s, net, paths, View::Center, warnings)?;
+    outs.into_iter()
+        .map(|o| {
+            o.map(|o| o.score).map_err(|why| {
+                TlError::invalid(format!("an image changed during evaluation: {why}"))
+            })
+        })
+        .collect()
+}
+
+/// The evaluated images' unknown scores against the threshold.
+struct Judged<'a> {
+    threshold: f64,
+    scores: Vec<f32>,
+    probs: &'a [Vec<f32>],
+    labels: &'a [usize],
+}
+
+fn unknown_summary(
+    rt: &Runtime,
+    s: &EvalSettings,
+    net: &EvalNet,
+    judged: Judged,
+    warnings: &mut Vec<String>,
+) -> Result<EvalUnknown> {
+    let Judged {
+        threshold,
+        scores,
+        probs,
+        labels,
+    } = judged;
+    let accepted: Vec<usize> = (0..scores.len())
+        .filter(|&i| scores[i] as f64 <= threshold)
+        .collect();
+    let right = accepted
+        .iter()
+        .filter(|&&i| crate::eval::argmax(&probs[i]) == labels[i])
+        .count();
+    let rejected = scores.len() - accepted.len();
+    let other = match &s.unknown_dir {
+        Some(dir) => Some(other_images(rt, s, net, dir, threshold, &scores, warnings)?),
+        None => None,
+    };
+    Ok(EvalUnknown {
+        threshold,
+        rejected,
+        rejected_share: rejected as f64 / scores.len().max(1) as f64,
+        accepted_accuracy: (!accepted.is_empty()).then(|| right as f64 / accepted.len() as f64),
+        scores,
+        other,
+    })
+}
+
+/// The `--unknown-dir` images through the run: how many are answered unknown.
+fn other_images(
+    rt: &Runtime,
+    s: &EvalSettings,
+    net: &EvalNet,
+    dir: &std::path::Path,
+    threshold: f64,
+    known: &[f32],
+    warnings: &mut Vec<String>,
+) -> Result<OtherImages> {
+    let files = crate::data::expand_inputs(&[dir.to_path_buf()])?;
+    let (outs, _) = view_outputs(rt, s, net, &files, View::Center, warnings)?;
+    let mut scores = Vec::new();
+    let mut skipped = Vec::new();
+    for (path, o) in files.iter().zip(outs) {
+        match o {
+            Ok(o) => scores.push(o.score),
+            Err(reason) => skipped.push(SkippedFile {
+                path: FilePath(path.clone()),
+                reason,
+            }),
+        }
+    }
+    if scores.is_empty() {
+        return Err(TlError::file(dir, "no readable image to judge"));
+    }
+    let rejected = scores.iter().filter(|&&v| v as f64 > threshold).count();
+    Ok(OtherImages {
+        dir: FilePath(dir.to_path_buf()),
+        images: scores.len(),
+        rejected,
+        rejected_share: rejected as f64 / scores.len() as f64,
+        auroc: auroc(known, &scores),
+        scores,
+        skipped,
+    })
 }
 
 /// A run's network, split the way its cache is: what is extracted (and cached), then what
 /// runs on the extracted rows.
-enum EvalNet {
+struct EvalNet {
+    kind: NetKind,
+    head: Head,
+    /// The run's unknown judge and threshold (None: run made before it).
+    judge: Option<(UnknownJudge, f64)>,
+}
+
+enum NetKind {
     /// Frozen backbone features (cached), then the head.
-    Frozen { spec: BackboneSpec, head: Head },
+    Frozen { spec: BackboneSpec },
     /// Cached trunk outputs, then the fine-tuned top and the head.
     Trunk {
         trunk: BackboneSpec,
         top: TrainableTop,
-        head: Head,
     },
     /// Everything fine-tuned: images straight into the top.
     All {
         top: TrainableTop,
-        head: Head,
         preprocess: crate::data::PreprocessConfig,
     },
 }
 
-impl EvalNet {
-    /// The run's network; a frozen backbone on the runtime's engine.
-    fn load(run: &Run, spec: BackboneSpec, rt: &Runtime) -> Result<EvalNet> {
-        let device = rt.device;
-        let head = run.load_head(device)?;
-        let Some(split) = run.split_spec()? else {
-            let spec = spec.for_engine(rt.engine, device)?;
-            return Ok(EvalNet::Frozen { spec, head });
-        };
-        let top = run.load_top(&split, device)?;
-        Ok(match split.trunk {
-            Some(trunk) => EvalNet::Trunk { trunk, top, head },
-            None => EvalNet::All {
-                top,
-                head,
-                preprocess: run.config.preprocess,
-            },
-        })
-    }
+/// One image's outputs for one view.
+struct ImageOutput {
+    logits: Vec<f32>,
+    score: f32,
+}
 
-    fn head(&self) -> &Head {
-        match self {
-            EvalNet::Frozen { head, .. }
-            | EvalNet::Trunk { head, .. }
-            | EvalNet::All { head, .. } => head,
-        }
+impl ImageOutput {
+    /// Probabilities at T = 1 and at `temperature`, then the score: one flat row.
+    fn flat(&self, temperature: f64) -> Vec<f32> {
+        let softmax = |t: f32| {
+            let m = self
+                .logits
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = self.logits.iter().map(|z| ((z - m) / t).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            e.into_iter().map(move |v| v / sum)
+        };
+        softmax(1.0)
+            .chain(softmax(temperature as f32))
+            .chain(std::iter::once(self.score))
+            .collect()
     }
 }
 
-/// Per image: its class probabilities, or why it could not be used.
-type PerImage = Vec<std::result::Result<Vec<f32>, String>>;
+impl EvalNet {
+    /// The run's network; a frozen backbone on the runtime's engine.
+    fn load(run: &Run, spec: BackboneSpec, rt: &Runtime, accept: Option<f64>) -> Result<EvalNet> {
+        let device = rt.device;
+        let head = run.load_head(device)?;
+        let judge = run.load_judge(accept, device)?;
+        let kind = match run.split_spec()? {
+            None => NetKind::Frozen {
+                spec: spec.for_engine(rt.engine, device)?,
+            },
+            Some(split) => {
+                let top = run.load_top(&split, device)?;
+                match split.trunk {
+                    Some(trunk) => NetKind::Trunk { trunk, top },
+                    None => NetKind::All {
+                        top,
+                        preprocess: run.config.preprocess,
+                    },
+                }
+            }
+        };
+        Ok(EvalNet { kind, head, judge })
+    }
 
-/// Class probabilities of one view of every image (or why an image could not be used).
-fn view_probabilities(
+    fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Logits and unknown scores (0 without a judge) of the head's input features.
+    fn outputs(&self, features: &Tensor) -> Result<Vec<ImageOutput>> {
+        let logits = crate::util::tensors::rows(&tch::no_grad(|| self.head.forward(features)))?;
+        let scores = match &self.judge {
+            Some((judge, _)) => judge.scores(features)?,
+            None => vec![0.0; logits.len()],
+        };
+        Ok(logits
+            .into_iter()
+            .zip(scores)
+            .map(|(logits, score)| ImageOutput { logits, score })
+            .collect())
+    }
+}
+
+/// Per image: its outputs, or why it could not be used.
+type PerImage = Vec<std::result::Result<ImageOutput, String>>;
+
+/// Outputs of one view of every image (or why an image could not be used).
+fn view_outputs(
     rt: &Runtime,
     s: &EvalSettings,
     net: &EvalNet,
@@ -302,14 +589,12 @@ fn view_probabilities(
     view: View,
     warnings: &mut Vec<String>,
 ) -> Result<(PerImage, ExtractStats)> {
-    let (spec, top) = match net {
-        EvalNet::Frozen { spec, .. } => (spec, None),
-        EvalNet::Trunk { trunk, top, .. } => (trunk, Some(top)),
-        EvalNet::All {
-            top, preprocess, ..
-        } => {
+    let (spec, top) = match &net.kind {
+        NetKind::Frozen { spec } => (spec, None),
+        NetKind::Trunk { trunk, top } => (trunk, Some(top)),
+        NetKind::All { top, preprocess } => {
             return Ok((
-                decoded_probabilities(s, top, net.head(), preprocess, paths, view, rt.device)?,
+                decoded_outputs(s, top, net, preprocess, paths, view, rt.device)?,
                 ExtractStats::default(),
             ))
         }
@@ -336,31 +621,32 @@ fn view_probabilities(
         Some(top) => top.features_of(&CachedRows(x), s.batch_size.max(64))?,
         None => x,
     };
-    let probs = crate::util::tensors::rows(&tch::no_grad(|| {
-        net.head().forward(&x).softmax(-1, tch::Kind::Float)
-    }))?;
-    let mut out = ex
+    let outputs = net.outputs(&x)?;
+    let mut out: PerImage = ex
         .features
         .iter()
-        .map(|r| r.clone().map(|_| Vec::new()))
-        .collect::<Vec<_>>();
-    for (&i, p) in ok.iter().zip(probs) {
-        out[i] = Ok(p);
+        .map(|r| match r {
+            Ok(_) => Err(String::new()),
+            Err(why) => Err(why.clone()),
+        })
+        .collect();
+    for (&i, o) in ok.iter().zip(outputs) {
+        out[i] = Ok(o);
     }
     Ok((out, ex.stats))
 }
 
-/// Probabilities with every block fine-tuned: nothing is cached, images are decoded per batch.
-fn decoded_probabilities(
+/// Outputs with every block fine-tuned: nothing is cached, images are decoded per batch.
+fn decoded_outputs(
     s: &EvalSettings,
     top: &TrainableTop,
-    head: &Head,
+    net: &EvalNet,
     preprocess: &crate::data::PreprocessConfig,
     paths: &[PathBuf],
     view: View,
     device: tch::Device,
-) -> Result<Vec<std::result::Result<Vec<f32>, String>>> {
-    let mut out: Vec<std::result::Result<Vec<f32>, String>> = vec![Err(String::new()); paths.len()];
+) -> Result<PerImage> {
+    let mut out: PerImage = (0..paths.len()).map(|_| Err(String::new())).collect();
     for (c, chunk) in paths.chunks(s.batch_size.max(1)).enumerate() {
         let batch = features::extract::decode_files(chunk, preprocess, view);
         for (i, why) in &batch.failures {
@@ -370,16 +656,9 @@ fn decoded_probabilities(
             continue;
         }
         let x = batch.tensor(preprocess).to_device(device);
-        let probs = tch::no_grad(|| -> Result<Tensor> {
-            Ok(head
-                .forward(&top.forward(&x)?)
-                .softmax(-1, tch::Kind::Float))
-        })?;
-        for (p, &i) in crate::util::tensors::rows(&probs)?
-            .into_iter()
-            .zip(&batch.indices)
-        {
-            out[c * s.batch_size + i] = Ok(p);
+        let features = tch::no_grad(|| top.forward(&x))?;
+        for (o, &i) in net.outputs(&features)?.into_iter().zip(&batch.indices) {
+            out[c * s.batch_size + i] = Ok(o);
         }
     }
     Ok(out)

@@ -2,6 +2,7 @@
 //! types), runs the stages above in order and returns a typed report.
 pub mod bench;
 pub mod cache;
+pub mod calibrate;
 pub mod compare;
 pub mod doctor;
 pub mod evaluate;

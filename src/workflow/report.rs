@@ -5,6 +5,7 @@ use super::SkippedFile;
 use crate::error::{Result, TlError};
 use crate::eval::{ClassCount, ClassificationReport, Report};
 use crate::head::EpochMetrics;
+use crate::html::charts::ScoreHistogram;
 use crate::html::{GalleryImage, ReportPage};
 use crate::run::{Run, RunConfig, METRICS, REPORT, REPORT_HTML};
 use crate::util::{refuse_overwrite, write_atomic, FilePath};
@@ -58,6 +59,10 @@ pub(crate) struct RunResults {
     pub best_epoch: usize,
     #[serde(default)]
     pub epochs_run: usize,
+    #[serde(default)]
+    pub calibration: Option<super::calibrate::CalibrationSummary>,
+    #[serde(default)]
+    pub unknown: Option<super::calibrate::UnknownSummary>,
 }
 
 pub fn report(s: &ReportSettings) -> Result<HtmlWritten> {
@@ -173,6 +178,28 @@ pub(crate) fn run_page(
         results_on: format!("validation ({val_images} images)"),
         gallery,
         config: crate::util::fs::to_json_pretty(config).ok(),
+        calibration: results
+            .calibration
+            .as_ref()
+            .map(|c| (&c.before, &c.after, c.temperature)),
+        unknown: results.unknown.as_ref().map(|u| {
+            let histogram = ScoreHistogram {
+                max: u.histogram_max,
+                threshold: u.threshold,
+                known: u.histogram.clone(),
+                known_label: format!("{} images", u.calibrated_on),
+                other: None,
+            };
+            let sentence = format!(
+                "An image is answered unknown when its features are further than {:.4} (1 − cosine similarity) from every one of {} training images' features: {:.1}% of the {} {} images are accepted.",
+                u.threshold,
+                u.references,
+                100.0 * (1.0 - u.calibration_rejected),
+                u.calibration_images,
+                u.calibrated_on
+            );
+            (histogram, sentence)
+        }),
     }
     .render()
 }
@@ -260,7 +287,48 @@ pub fn eval_page(e: &EvalReport, gallery: Vec<GalleryImage>) -> Result<String> {
         results: Some(r),
         results_on: format!("{} images evaluated", r.images),
         gallery,
+        calibration: e
+            .calibration
+            .as_ref()
+            .map(|c| (&c.before, &c.after, c.temperature)),
+        unknown: e.unknown.as_ref().map(eval_histogram),
         ..Default::default()
     }
     .render()
+}
+
+/// The evaluated images' unknown scores (and `--unknown-dir`'s) against the threshold.
+fn eval_histogram(u: &super::evaluate::EvalUnknown) -> (ScoreHistogram, String) {
+    let other = u.other.as_ref();
+    let top = u
+        .scores
+        .iter()
+        .chain(other.iter().flat_map(|o| o.scores.iter()))
+        .fold(0.0f32, |a, &b| a.max(b)) as f64;
+    let max = (top * 1.05).max(u.threshold * 1.5).clamp(1e-3, 2.0);
+    let bins = |scores: &[f32]| crate::eval::calibration::histogram(scores, 0.0, max, 30);
+    let mut sentence = format!(
+        "{:.1}% of the evaluated images are answered unknown (threshold {:.4})",
+        100.0 * u.rejected_share,
+        u.threshold
+    );
+    if let Some(o) = other {
+        sentence += &format!(
+            "; {:.1}% of the {} images in {}{}",
+            100.0 * o.rejected_share,
+            o.images,
+            o.dir,
+            o.auroc
+                .map(|a| format!(" (AUROC {a:.4})"))
+                .unwrap_or_default()
+        );
+    }
+    let histogram = ScoreHistogram {
+        max,
+        threshold: u.threshold,
+        known: bins(&u.scores),
+        known_label: "evaluated images".into(),
+        other: other.map(|o| (bins(&o.scores), format!("{}", o.dir))),
+    };
+    (histogram, sentence + ".")
 }

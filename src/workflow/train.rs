@@ -1,5 +1,6 @@
 //! `tl train`: dataset → features (cached) → head → evaluation → run folder, one function
 //! per step.
+pub use super::calibrate::{CalibrationSummary, UnknownSettings, UnknownSummary};
 pub use super::finetune::{FinetuneSettings, FinetuneSummary};
 use super::{gather, skipped_notes, tensor_2d, FeatureSet, Gathered, SkippedFile, Streamed};
 use crate::data::View;
@@ -66,6 +67,8 @@ pub struct TrainSettings {
     /// Train the head on rows read from the feature cache a mini-batch at a time instead of
     /// holding every feature in memory (for datasets whose features do not fit).
     pub stream: bool,
+    /// The "unknown" judge's acceptance on the validation images.
+    pub unknown: UnknownSettings,
 }
 
 impl TrainSettings {
@@ -77,6 +80,7 @@ impl TrainSettings {
             L2::Fixed(v) => v,
         };
         training.validate()?;
+        crate::head::unknown::check_accept(self.unknown.accept)?;
         if let ValidationChoice::Fraction(f) = self.validation {
             if !(f > 0.0 && f < 1.0) {
                 return Err(TlError::invalid(format!(
@@ -166,6 +170,9 @@ pub struct Timing {
     pub train: f64,
     /// Fine-tuning the top blocks (0 without `--finetune`).
     pub finetune: f64,
+    /// Temperature scaling and the unknown judge.
+    #[serde(default)]
+    pub calibrate: f64,
     pub total: f64,
 }
 
@@ -191,6 +198,10 @@ pub struct TrainReport {
     pub finetune: Option<FinetuneSummary>,
     /// Usable images per class on each side.
     pub classes: Vec<ClassCount>,
+    /// Temperature scaling on the validation images (None without any).
+    pub calibration: Option<CalibrationSummary>,
+    /// How "unknown" is judged.
+    pub unknown: Option<UnknownSummary>,
 }
 
 impl TrainReport {
@@ -215,11 +226,14 @@ impl TrainReport {
                 extract: 0.0,
                 train: 0.0,
                 finetune: 0.0,
+                calibrate: 0.0,
                 total: 0.0,
             },
             views: 1,
             finetune: None,
             classes: Vec::new(),
+            calibration: None,
+            unknown: None,
         }
     }
 }
@@ -260,8 +274,27 @@ impl Report for TrainReport {
         } else {
             String::new()
         };
+        let calibrated = match &self.calibration {
+            Some(c) => format!(
+                "calibration: temperature {:.3}, ECE {:.4} -> {:.4}, NLL {:.4} -> {:.4} on {} validation images\n",
+                c.temperature, c.before.ece, c.after.ece, c.before.nll, c.after.nll, c.images
+            ),
+            None => String::new(),
+        };
+        let unknown = match &self.unknown {
+            Some(u) => format!(
+                "unknown: above distance {:.4} (accepts {:.1}% of {} {} images; {} reference features, {})\n",
+                u.threshold,
+                100.0 * (1.0 - u.calibration_rejected),
+                u.calibration_images,
+                u.calibrated_on,
+                u.references,
+                crate::util::text::human_bytes(u.stored_bytes as u64)
+            ),
+            None => String::new(),
+        };
         format!(
-            "run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\n{tuned}time: {} total ({} features, {} head{tune_time})\n",
+            "run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\n{tuned}{calibrated}{unknown}time: {} total ({} features, {} head{tune_time})\n",
             self.run,
             self.best_epoch,
             self.epochs_run,
@@ -635,7 +668,7 @@ pub(super) fn validation_report(
     for idx in order.chunks(batch) {
         let (x, _) = val_rows.batch(idx, head.device())?;
         probs.extend(crate::util::tensors::rows(&tch::no_grad(|| {
-            head.forward(&x).softmax(-1, tch::Kind::Float)
+            head.probabilities(&x)
         }))?);
     }
     let labels: Vec<usize> = val.y.iter().map(|&y| y as usize).collect();
@@ -653,6 +686,7 @@ struct RunFacts<'a> {
     cache_dir: Option<PathBuf>,
     finetune: Option<run::FinetuneRecord>,
     engine: features::Engine,
+    calibrated: Option<&'a super::calibrate::Calibrated>,
 }
 
 fn run_config(
@@ -689,6 +723,8 @@ fn run_config(
         },
         views: s.views,
         finetune: facts.finetune,
+        calibration: facts.calibrated.map(|c| c.calibration.clone()),
+        unknown: facts.calibrated.map(|c| c.unknown.clone()),
     }
 }
 
@@ -746,6 +782,8 @@ struct Trained {
     train_seconds: f64,
     /// The second stage, and the head-only validation accuracy before it.
     tuned: Option<(super::finetune::Tuned, Option<f64>)>,
+    /// The temperature (set on the head) and the unknown judge.
+    calibrated: Option<super::calibrate::Calibrated>,
 }
 
 fn fit_and_tune(
@@ -760,7 +798,7 @@ fn fit_and_tune(
     let t_train = Instant::now();
     let (head_config, train_config, mut outcome) = fit(s, rt, f, classes.len())?;
     let train_seconds = t_train.elapsed().as_secs_f64();
-    let mut validation = validation_report(&outcome.head, &*f.val_source(), &f.val, classes)?;
+    let head_only_report = validation_report(&outcome.head, &*f.val_source(), &f.val, classes)?;
     let (_, mut train_accuracy) = evaluate(&outcome.head, &*f.train_source(), 4096)?;
     let mut tuned = None;
     if let (Some(fs), Some(sp), Some(top)) = (&s.finetune, split, inputs.top.take()) {
@@ -774,15 +812,34 @@ fn fit_and_tune(
             preprocess: spec.preprocess(),
         };
         let t = super::finetune::stage_two(&ctx, top, &mut outcome.head)?;
-        let head_only = validation.as_ref().map(|r| r.accuracy);
-        let tuned_val = Split {
-            x: &t.val_features,
-            y: &f.val_y,
-        };
-        validation = validation_report(&outcome.head, &tuned_val, &f.val, classes)?;
+        let head_only = head_only_report.as_ref().map(|r| r.accuracy);
         train_accuracy = t.train_accuracy().unwrap_or(train_accuracy);
         tuned = Some((t, head_only));
     }
+    let head_inputs = super::calibrate::HeadInputs {
+        features: f,
+        trunk_rows: inputs.rows.as_ref(),
+        tuned: tuned.as_ref().map(|(t, _)| t),
+        preprocess: spec.preprocess(),
+    };
+    let calibrated = super::calibrate::calibrate(
+        &s.unknown,
+        s.seed,
+        &mut outcome.head,
+        &head_inputs,
+        rt.device,
+    )?;
+    // The validation figures as the run will predict: with its temperature.
+    let validation = match &tuned {
+        Some((t, _)) => {
+            let tuned_val = Split {
+                x: &t.val_features,
+                y: &f.val_y,
+            };
+            validation_report(&outcome.head, &tuned_val, &f.val, classes)?
+        }
+        None => validation_report(&outcome.head, &*f.val_source(), &f.val, classes)?,
+    };
     Ok(Trained {
         head_config,
         train_config,
@@ -791,6 +848,7 @@ fn fit_and_tune(
         train_accuracy,
         train_seconds,
         tuned,
+        calibrated: Some(calibrated),
     })
 }
 
@@ -814,6 +872,11 @@ fn report(
         classes: class_counts(&dataset.classes, &inputs.features),
         ..TrainReport::from_outcome(&t.outcome, t.train_accuracy)
     };
+    if let Some(c) = &t.calibrated {
+        report.calibration = c.calibration_summary.clone();
+        report.unknown = Some(c.unknown_summary.clone());
+        report.timing_seconds.calibrate = c.seconds;
+    }
     if let Some((tuned, head_only)) = &t.tuned {
         report.finetune = Some(tuned.summary(*head_only));
         report.val_accuracy = report.validation.as_ref().map(|r| r.accuracy);
@@ -897,6 +960,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         cache_dir: inputs.views.cache_dir.clone(),
         finetune,
         engine: inputs.views.plain.stats.engine,
+        calibrated: trained.calibrated.as_ref(),
     };
     let config = run_config(
         rt,
@@ -926,6 +990,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         report: &report,
         top: trained.tuned.as_ref().map(|(t, _)| &t.top),
         html: html.as_deref(),
+        judge: trained.calibrated.as_ref().map(|c| &c.judge),
     };
     run::write(&dest, s.force, &contents)?;
     Ok(report)
