@@ -23,6 +23,15 @@ fn main() {
         if let Some(ort) = onnxruntime_lib(std::path::Path::new(&lib_dir)) {
             println!("cargo:rustc-env=TL_ONNXRUNTIME_LIB={}", ort.display());
         }
+        // The Python of that environment (VENV/lib/pythonX.Y/site-packages/torch/lib →
+        // VENV/bin/python): the default for `tl export`, which runs PyTorch's exporter.
+        let python = std::path::Path::new(&lib_dir)
+            .ancestors()
+            .nth(5)
+            .map(|venv| venv.join("bin").join("python"));
+        if let Some(python) = python.filter(|p| p.is_file()) {
+            println!("cargo:rustc-env=TL_BUILD_PYTHON={}", python.display());
+        }
     }
 }
 

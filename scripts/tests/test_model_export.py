@@ -1,6 +1,6 @@
 """`tl export`: the TorchScript file loaded in Python and the ONNX model in ONNX Runtime give
-the probabilities `tl predict` gives, on the very inputs tl fed its network
-(`tl predict --save-inputs`); class names survive the trip. Real photos and the real
+the probabilities, unknown scores and unknown decisions `tl predict` gives, on the very inputs
+tl fed its network (`tl predict --save-inputs`); class names survive the trip. Real photos and the real
 MobileNetV2 are used when ../shared has them (said clearly when skipped)."""
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ TINY = ROOT / "tests" / "fixtures" / "generated" / "backbones" / "tiny.json"
 SHARED = ROOT.parent / "shared"
 CATS_DOGS = SHARED / "data" / "cats_dogs"
 PETS = SHARED / "data" / "pets"
+OOD = SHARED / "data" / "ood"
 WEIGHTS = SHARED / "models" / "mobilenet_v2-imagenet.safetensors"
 TOL = 1e-4
 
@@ -43,8 +44,17 @@ def link_photos(dest: Path, per_class: int, source: Path, classes: list[str]) ->
     return files
 
 
+def split_outputs(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(probabilities, unknown_score or None) of a model's output(s)."""
+    if isinstance(out, (tuple, list)):
+        parts = [torch.as_tensor(o) for o in out]
+        return parts[0], (parts[1] if len(parts) > 1 else None)
+    return torch.as_tensor(out), None
+
+
 def export_and_compare(tmp: Path, run: Path, images: list[Path]) -> dict:
-    """Export both formats, predict through tl, and check Python and ONNX Runtime against it."""
+    """Export both formats, predict through tl, and check Python and ONNX Runtime against it:
+    probabilities and, for runs that judge unknown images, the scores and decisions."""
     pt, onnx = tmp / "model.pt", tmp / "model.onnx"
     tl("export", run, "-o", pt)
     tl("export", run, "-o", onnx, "--format", "onnx")
@@ -58,19 +68,30 @@ def export_and_compare(tmp: Path, run: Path, images: list[Path]) -> dict:
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-6
     model = torch.jit.load(str(pt))
     with torch.no_grad():
-        got_ts = model(x)
+        got_ts = split_outputs(model(x))
     session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    got_onnx = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
-    tl_top1 = [p["class"] for p in preds]
-    for name, got in [("torchscript", got_ts), ("onnx", got_onnx)]:
+    got_onnx = split_outputs(session.run(None, {"image": x.numpy()}))
+    tl_top1 = [p["top"][0]["class"] for p in preds]
+    judged = sidecar.get("unknown")
+    result = {}
+    for name, (got, scores) in [("torchscript", got_ts), ("onnx", got_onnx)]:
         diff = float((got - want).abs().max())
         assert diff <= TOL, f"{name}: probabilities differ from tl predict by {diff:.2e}"
         assert [sidecar["classes"][i] for i in got.argmax(1).tolist()] == tl_top1, name
+        result[name] = diff
+        assert (scores is None) == (judged is None), f"{name}: unknown output vs sidecar"
+        if scores is not None:
+            tl_scores = torch.tensor([p["unknown_score"] for p in preds])
+            sdiff = float((scores - tl_scores).abs().max())
+            assert sdiff <= TOL, f"{name}: unknown scores differ from tl predict by {sdiff:.2e}"
+            decisions = (scores > judged["threshold"]).tolist()
+            assert decisions == [p["unknown"] for p in preds], name
+            result[f"{name} unknown score"] = sdiff
     # tl predict with the exported file answers as with the run folder.
     again = json.loads(tl("predict", pt, *images, "--json", "-q", "-k", "1"))["predictions"]
-    assert [p["class"] for p in again] == tl_top1
+    assert [p["class"] for p in again] == [p["class"] for p in preds]
     assert max(abs(a["probability"] - b["probability"]) for a, b in zip(again, preds)) <= TOL
-    return {"torchscript": float((got_ts - want).abs().max()), "onnx": float((got_onnx - want).abs().max())}
+    return result
 
 
 def real_photos(tmp: Path) -> list[Path]:
@@ -133,3 +154,27 @@ def test_37_class_names_round_trip(tmp_path):
     assert sidecar["classes"] == folders and sidecar["model_format"] == "onnx"
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].shape[1] == 37
+
+
+def test_mobilenet_v2_unknown_answers_survive_export_on_20_known_and_20_ood_photos(tmp_path):
+    """A cats-vs-dogs run on 100 photos; 20 other cat/dog photos and 20 photos of neither:
+    TorchScript and ONNX give tl's unknown decisions, scores and probabilities (<= 1e-4)."""
+    if not (CATS_DOGS.is_dir() and OOD.is_dir() and WEIGHTS.is_file()):
+        pytest.skip(f"SKIPPED: needs {CATS_DOGS}, {OOD} and {WEIGHTS}")
+    backbones = tmp_path / "backbones"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "export_backbones.py"), "mobilenet_v2",
+                    "--weights", str(WEIGHTS), "--out", str(backbones), "--cuts", "none"],
+                   check=True, capture_output=True)
+    link_photos(tmp_path / "data", 50, CATS_DOGS, ["cat", "dog"])
+    run = tmp_path / "run"
+    tl("train", "-b", backbones / "mobilenet_v2.json", tmp_path / "data", "--out", run, "-q",
+       "--val-split", "0.5", "--no-cache")
+    known = [f for c in ("cat", "dog") for f in sorted((CATS_DOGS / c).iterdir())[-10:]]
+    ood = sorted(OOD.glob("*.JPEG"))[::7][:20]
+    assert len(known) == 20 and len(ood) == 20
+    result = export_and_compare(tmp_path, run, known + ood)
+    preds = json.loads(tl("predict", run, *known, *ood, "--json", "-q"))["predictions"]
+    unknown = [p["unknown"] for p in preds]
+    print("max |diff|", result, f"unknown: {sum(unknown[:20])}/20 known, {sum(unknown[20:])}/20 ood")
+    # Not the benchmark (100 training photos), but the judge must work at all.
+    assert sum(unknown[20:]) >= 15 and sum(unknown[:20]) <= 5

@@ -28,7 +28,8 @@ pub struct ExportArgs {
     pub force: bool,
     /// Python with torch (and onnx for --format onnx; onnxruntime there, if installed,
     /// checks the result), for ONNX and for models with an unknown score.
-    #[arg(long, env = "TL_PYTHON", default_value = "python3")]
+    /// [default: the Python of the environment tl was built against, else python3]
+    #[arg(long, env = "TL_PYTHON", default_value_os_t = values::default_python())]
     pub python: PathBuf,
     /// The unknown threshold to build in, as the share of the run's validation images
     /// accepted [default: the run's own].

@@ -102,7 +102,7 @@ pub enum Command {
     Attack(attack::AttackArgs),
     /// Write a trained run as one TorchScript (or ONNX) file with a JSON sidecar, for use without tl.
     #[command(
-        after_help = "Examples:\n  tl export runs/pets -o pets.pt\n  tl export runs/pets -o pets.onnx --format onnx --python .venv/bin/python\n\nThe model takes [N,3,H,W] float32 RGB in [0,1], resized and centre-cropped as the sidecar\nsays (normalisation is inside), and returns softmax probabilities in the sidecar's class order."
+        after_help = "Examples:\n  tl export runs/pets -o pets.pt\n  tl export runs/pets -o pets.onnx --format onnx --python .venv/bin/python\n\nThe model takes [N,3,H,W] float32 RGB in [0,1], resized and centre-cropped as the sidecar\nsays (normalisation is inside), and returns softmax probabilities in the sidecar's class order\nand, for runs that judge unknown images, a second output: the unknown score (unknown above\nthe sidecar's threshold)."
     )]
     Export(export::ExportArgs),
     /// Write a run's self-contained HTML report: learning curves, confusion matrix, worst images.

@@ -26,6 +26,15 @@ pub fn shard(s: &str) -> Result<tl::data::shard::Shard, String> {
     tl::data::shard::Shard::parse(s).map_err(|e| e.to_string())
 }
 
+/// The Python of the environment whose libtorch `tl` was built against (it has torch), or
+/// `python3`.
+pub fn default_python() -> std::path::PathBuf {
+    match option_env!("TL_BUILD_PYTHON") {
+        Some(p) if std::path::Path::new(p).is_file() => p.into(),
+        _ => "python3".into(),
+    }
+}
+
 /// A share of known images to accept: a finite number in (0, 1].
 pub fn accept(s: &str) -> Result<f64, String> {
     let v = parse_fraction(s)?;
