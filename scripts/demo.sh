@@ -69,6 +69,14 @@ step "4. predict"
 "$TL" predict "$OUT/run" "$CAT_IMG" "$DOG_IMG"
 "$TL" predict --backbone mobilenet_v2 "$CAT_IMG" --top-k 5
 
+step "4b. unknown images: photos that are neither are answered 'unknown' (calibrated probabilities otherwise)"
+if [ -d "$TL_DEMO_OOD" ]; then
+    "$TL" eval "$OUT/run" "$DATA" --split val --unknown-dir "$TL_DEMO_OOD" --top-losses 0
+    "$TL" predict "$OUT/run" $(find "$TL_DEMO_OOD" -type f | sort | sed -n '1p;60p;120p') "$CAT_IMG"
+else
+    echo "no photos at $TL_DEMO_OOD (TL_DEMO_OOD): skipped"
+fi
+
 step "5. dream: what does the network think a '$FIRST_CLASS' looks like?"
 "$TL" dream --run "$OUT/run" --class "$FIRST_CLASS" --steps "$TL_DEMO_DREAM_STEPS" --save-every 64 -o "$OUT/dream_${FIRST_CLASS}.png" --force
 "$TL" dream --backbone mobilenet_v2 --class "Siamese cat" --steps "$TL_DEMO_DREAM_STEPS" -o "$OUT/dream_siamese.png" --force

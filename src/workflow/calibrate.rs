@@ -106,8 +106,22 @@ pub(super) fn calibrate(
         )?,
         Some(t) => {
             let refs = tuned_references(inputs, t, seed, device)?;
-            let val_x = (!val.is_empty()).then(|| t.val_features.shallow_clone());
-            UnknownJudge::fit(&refs, val_x.as_ref(), s.k)?
+            let tuned_val = Split {
+                x: &t.val_features,
+                y: &f.val_y,
+            };
+            let refs_rows = Split {
+                x: &refs,
+                y: &f.train_y,
+            };
+            unknown::fit_on_rows(
+                &refs_rows,
+                refs.size()[0] as usize,
+                &tuned_val,
+                s.k,
+                seed,
+                device,
+            )?
         }
     };
     let threshold = judge.threshold(s.accept);
