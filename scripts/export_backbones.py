@@ -253,8 +253,8 @@ def build_model(arch: str, weights: str, num_classes: int | None):
         try:
             model = torchvision.models.get_model(arch, weights=weights_enum)
         except Exception as exc:  # network failures come in many types
-            raise ExportError(f"could not download {arch} {weights_enum}: {exc} "
-                              "(offline? use --weights FILE with a local state_dict)") from None
+            raise ExportError(f"could not download {weights_enum.url} ({arch} {weights_enum}): {exc}; "
+                              "offline, use --weights FILE with that file (a torchvision state_dict)") from None
         transform = weights_enum.transforms()
         resize = int(transform.resize_size[0])
         crop = int(transform.crop_size[0])

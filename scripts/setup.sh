@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a git-ignored .venv with the pinned PyTorch (whose libtorch `tl` links
-# against, and which the export script uses), then the release build of `tl`.
+# against, and which the export script uses), then the release build of `tl`, linked into
+# ~/.local/bin.
 # A second run checks a stamp and finishes in seconds.
 #
 # To build against an existing libtorch 2.13.0 instead, set LIBTORCH=/path/to/libtorch
@@ -30,3 +31,20 @@ source scripts/env.sh
 echo "setup: building tl (release; the first build of torch-sys takes several minutes)"
 cargo build --release --quiet
 echo "setup: ready: $ROOT/target/release/tl"
+
+# `tl` on the PATH: a link in ~/.local/bin (the binary finds libtorch, ONNX Runtime and the
+# Python it exports backbones with by absolute paths baked in at build, so the link works from
+# any folder). TL_NO_LINK=1 skips it; an existing `tl` there that is not our link is left alone.
+if [ "${TL_NO_LINK:-0}" != 1 ] && [ -n "${HOME:-}" ]; then
+    BIN="$HOME/.local/bin"
+    mkdir -p "$BIN"
+    if [ -e "$BIN/tl" ] && [ ! -L "$BIN/tl" ]; then
+        echo "setup: $BIN/tl exists and is not a link; left alone (run $ROOT/target/release/tl)"
+    else
+        ln -sfn "$ROOT/target/release/tl" "$BIN/tl"
+        case ":$PATH:" in
+            *":$BIN:"*) echo "setup: tl is on your PATH ($BIN/tl)" ;;
+            *) echo "setup: linked $BIN/tl; add $BIN to your PATH to run tl from any folder" ;;
+        esac
+    fi
+fi

@@ -3,6 +3,7 @@
 //! global flags) and handed to every stage.
 use crate::device::DeviceChoice;
 use crate::error::Result;
+use crate::features::store::BackboneStore;
 use std::path::PathBuf;
 use tch::Device;
 
@@ -26,7 +27,7 @@ pub struct RuntimeSettings {
     pub threads: Option<usize>,
     /// Decoder threads (None: half the threads on CPU, all of them with CUDA).
     pub decode_threads: Option<usize>,
-    pub backbones: PathBuf,
+    pub backbones: BackboneStore,
     pub progress: bool,
 }
 
@@ -46,7 +47,8 @@ pub struct Runtime {
     /// `TL_EXTRACT_WORKERS` overrides it (0: `None`; for benchmarks). Cold extraction of cats_dogs on 2 cores: 86.7 img/s with 2 workers
     /// against 83.8 with one session and 2 decoders (BENCHMARKS.md §13).
     pub onnx_workers: Option<usize>,
-    pub backbones: PathBuf,
+    /// Where backbones are looked up, and exported on first use.
+    pub backbones: BackboneStore,
     pub progress: bool,
 }
 
@@ -86,14 +88,15 @@ impl Runtime {
         })
     }
 
-    /// A CPU runtime for library users and tests: all cores, no progress bars.
+    /// A CPU runtime for library users and tests: all cores, no progress bars, backbones
+    /// from one folder (nothing exported on first use).
     pub fn cpu(backbones: impl Into<PathBuf>) -> Result<Runtime> {
         Runtime::new(&RuntimeSettings {
             device: DeviceChoice::Cpu,
             engine: EngineChoice::Auto,
             threads: None,
             decode_threads: None,
-            backbones: backbones.into(),
+            backbones: BackboneStore::folder(backbones),
             progress: false,
         })
     }

@@ -2,6 +2,7 @@
 //! settings the library takes (one file per subcommand). Errors are printed as one
 //! `tl: error:` line; clap's name the flag, the library's name the file or value.
 mod attack;
+mod backbones;
 mod bench;
 mod cache;
 mod compare;
@@ -17,6 +18,7 @@ mod values;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use tl::eval::Report;
+use tl::features::store::{BackboneStore, StoreSettings, Weights};
 use tl::runtime::{Runtime, RuntimeSettings};
 
 #[derive(Parser, Debug)]
@@ -46,9 +48,24 @@ pub struct GlobalArgs {
     /// the backbone has an ONNX export, else libtorch), torch or onnx.
     #[arg(long, global = true, env = "TL_ENGINE", value_enum, default_value_t = values::EngineArg::Auto)]
     pub engine: values::EngineArg,
-    /// Folder holding exported backbones (NAME.json + TorchScript files).
-    #[arg(long, global = true, env = "TL_BACKBONES", default_value = "backbones")]
-    pub backbones_dir: PathBuf,
+    /// Folder of exported backbones (NAME.json + TorchScript files), searched first; then
+    /// ./backbones when it exists, then the per-user store ($TL_HOME/backbones, default
+    /// ~/.local/share/tl/backbones), where torchvision classifiers are exported on first use.
+    #[arg(long, global = true, env = "TL_BACKBONES")]
+    pub backbones_dir: Option<PathBuf>,
+    /// Weights for a backbone exported on first use (and `tl backbones add`): `imagenet`
+    /// (a file for it in $TL_HOME/weights, else torchvision's download), `none` (random:
+    /// shapes and speed only) or a torchvision state_dict file.
+    #[arg(
+        long,
+        global = true,
+        env = "TL_WEIGHTS",
+        value_name = "imagenet|none|FILE"
+    )]
+    pub weights: Option<String>,
+    /// tl's per-user folder: exported backbones and handed-over weights [default: ~/.local/share/tl].
+    #[arg(long, global = true, env = "TL_HOME", hide_short_help = true)]
+    pub home: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -115,6 +132,11 @@ pub enum Command {
         after_help = "Example:\n  tl compare --backbones mobilenet_v2,resnet50,vgg16 data/PetImages --val-split 0.2 --out runs/compare"
     )]
     Compare(compare::CompareArgs),
+    /// The exported backbones: list, add (export a torchvision classifier), remove, verify.
+    #[command(
+        after_help = "Examples:\n  tl backbones list\n  tl backbones add vgg16                       # ImageNet weights, downloaded once (528 MB)\n  tl backbones add resnet50 --weights resnet50-11ad3fa6.pth\n  tl backbones verify"
+    )]
+    Backbones(backbones::BackbonesCommand),
 }
 
 #[derive(Args, Debug)]
@@ -189,7 +211,15 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
         engine: g.engine.setting(),
         threads: g.threads,
         decode_threads: g.decode_threads,
-        backbones: g.backbones_dir.clone(),
+        backbones: BackboneStore::new(&StoreSettings {
+            explicit: g.backbones_dir.clone(),
+            home: g.home.clone(),
+            python: std::env::var_os("TL_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(values::default_python),
+            weights: g.weights.as_deref().map(Weights::parse),
+            show_progress: !g.quiet,
+        }),
         progress: !g.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     })?)
 }
@@ -209,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => export::run(a),
         Command::Report(a) => report::run(a),
         Command::Compare(a) => compare::run(&rt, a),
+        Command::Backbones(a) => backbones::run(&rt, a),
     }
 }
 

@@ -3,6 +3,7 @@
 //! `--backbone NAME` looks for `NAME.json` in the backbones folder; a path may name the
 //! sidecar, the `.features.pt` file, or any TorchScript image model (then ImageNet
 //! preprocessing is assumed and the feature size is read off the first batch).
+use super::store::BackboneStore;
 use crate::data::PreprocessConfig;
 use crate::error::{IoContext, Result, TlError, TorchContext};
 use serde::{Deserialize, Serialize};
@@ -149,21 +150,7 @@ pub struct BackboneSpec {
     pub engine: Engine,
 }
 
-/// Names of the backbones exported in `dir` (their sidecars).
-pub fn list(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().to_string();
-                    name.strip_suffix(".json").map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
+pub use super::store::list;
 
 fn is_torchscript_name(path: &Path) -> bool {
     matches!(
@@ -173,8 +160,9 @@ fn is_torchscript_name(path: &Path) -> bool {
 }
 
 impl BackboneSpec {
-    /// Resolve `--backbone` against the backbones folder.
-    pub fn resolve(spec: &str, dir: &Path) -> Result<BackboneSpec> {
+    /// Resolve `--backbone`: a sidecar or TorchScript file, or a name in the store's folders
+    /// (a known torchvision classifier is exported into the store on first use).
+    pub fn resolve(spec: &str, store: &BackboneStore) -> Result<BackboneSpec> {
         let as_path = Path::new(spec);
         if as_path.extension().is_some_and(|e| e == "json") {
             return Self::from_sidecar(as_path);
@@ -204,19 +192,28 @@ impl BackboneSpec {
             }
             return Ok(BackboneSpec::raw(&stem, as_path));
         }
-        let sidecar = dir.join(format!("{spec}.json"));
-        if sidecar.is_file() {
+        if let Some(sidecar) = store.find(spec) {
             return Self::from_sidecar(&sidecar);
         }
-        let available = list(dir);
+        if store.can_export(spec) {
+            let weights = store.first_use_weights();
+            store.announce(spec, &weights);
+            let (sidecar, _) = store.export(spec, &weights, false)?;
+            return Self::from_sidecar(&sidecar);
+        }
+        let available: Vec<String> = store.all().into_iter().map(|(n, _)| n).collect();
+        let folders: Vec<String> = store
+            .search
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         let hint = if available.is_empty() {
-            format!("no backbones exported in {} yet", dir.display())
+            format!("nothing exported in {}", folders.join(", "))
         } else {
-            format!("available in {}: {}", dir.display(), available.join(", "))
+            format!("available: {}", available.join(", "))
         };
         Err(TlError::invalid(format!(
-            "backbone '{spec}' not found ({hint}); export it with: scripts/export_backbones.py {spec} --out {}",
-            dir.display()
+            "backbone '{spec}' not found ({hint}); torchvision classifiers (vgg16, resnet50, mobilenet_v2, …) are exported on first use, other TorchScript models are passed as a file"
         )))
     }
 

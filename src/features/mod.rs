@@ -10,6 +10,7 @@ pub mod extract;
 pub mod onnx;
 pub mod pack;
 pub mod split;
+pub mod store;
 
 pub use crate::data::View;
 pub use backbone::{BackboneSpec, Engine};

@@ -1,6 +1,6 @@
 //! `tl doctor`: what this installation can do — libtorch, CUDA, threads, backbones, cache.
 use crate::eval::Report;
-use crate::features::{backbone, onnx, BackboneSpec};
+use crate::features::{onnx, BackboneSpec};
 use crate::runtime::{EngineChoice, Runtime};
 use crate::util::FilePath;
 use serde::Serialize;
@@ -29,7 +29,12 @@ pub struct DoctorReport {
     pub torch_threads: i32,
     pub mkl: bool,
     pub mkldnn: bool,
-    pub backbones_dir: FilePath,
+    /// Folders searched for backbones, in order.
+    pub backbones_search: Vec<FilePath>,
+    /// The per-user store (first uses and `tl backbones add` export here).
+    pub backbones_store: FilePath,
+    /// Weights files handed over for exports.
+    pub weights_dir: FilePath,
     pub backbones: Vec<BackboneStatus>,
     pub cache_dir: FilePath,
 }
@@ -71,9 +76,19 @@ impl Report for DoctorReport {
             "threads: {} (libtorch intra-op {}), MKL: {}, mkldnn: {}\n",
             self.threads, self.torch_threads, self.mkl, self.mkldnn
         );
-        s += &format!("backbones folder: {}\n", self.backbones_dir);
+        let search: Vec<String> = self
+            .backbones_search
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        s += &format!(
+            "backbones: searched in {}; exported on first use into {} (weights handed over in {})\n",
+            search.join(", "),
+            self.backbones_store,
+            self.weights_dir
+        );
         if self.backbones.is_empty() {
-            s += "  (none exported; run scripts/export_backbones.py mobilenet_v2 --weights FILE)\n";
+            s += "  (none exported yet; `tl backbones add mobilenet_v2` or a first `tl train --backbone NAME` exports one)\n";
         }
         for b in &self.backbones {
             s += &format!("  {}: {}\n", b.name, b.status);
@@ -106,8 +121,8 @@ fn gpu_names(count: usize) -> Vec<String> {
         .collect()
 }
 
-fn backbone_status(dir: &std::path::Path, name: &str) -> String {
-    match BackboneSpec::from_sidecar(&dir.join(format!("{name}.json"))) {
+fn backbone_status(sidecar: &std::path::Path) -> String {
+    match BackboneSpec::from_sidecar(sidecar) {
         Ok(spec) => match &spec.sidecar {
             Some(s) => format!(
                 "{} features, {} classes, weights: {}, ONNX export: {}",
@@ -185,11 +200,15 @@ pub fn doctor(rt: &Runtime) -> DoctorReport {
         torch_threads: tch::get_num_threads(),
         mkl: tch::utils::has_mkl(),
         mkldnn: tch::utils::has_mkldnn(),
-        backbones_dir: FilePath(rt.backbones.clone()),
-        backbones: backbone::list(&rt.backbones)
+        backbones_search: rt.backbones.search.iter().cloned().map(FilePath).collect(),
+        backbones_store: FilePath(rt.backbones.store.clone()),
+        weights_dir: FilePath(rt.backbones.weights_dir.clone()),
+        backbones: rt
+            .backbones
+            .all()
             .into_iter()
-            .map(|name| BackboneStatus {
-                status: backbone_status(&rt.backbones, &name),
+            .map(|(name, sidecar)| BackboneStatus {
+                status: backbone_status(&sidecar),
                 name,
             })
             .collect(),

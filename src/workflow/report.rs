@@ -182,26 +182,29 @@ pub(crate) fn run_page(
             .calibration
             .as_ref()
             .map(|c| (&c.before, &c.after, c.temperature)),
-        unknown: results.unknown.as_ref().map(|u| {
-            let histogram = ScoreHistogram {
-                max: u.histogram_max,
-                threshold: u.threshold,
-                known: u.histogram.clone(),
-                known_label: format!("{} images", u.calibrated_on),
-                other: None,
-            };
-            let sentence = format!(
-                "An image is answered unknown when its features are further than {:.4} (1 − cosine similarity) from every one of {} training images' features: {:.1}% of the {} {} images are accepted.",
-                u.threshold,
-                u.references,
-                100.0 * (1.0 - u.calibration_rejected),
-                u.calibration_images,
-                u.calibrated_on
-            );
-            (histogram, sentence)
-        }),
+        unknown: results.unknown.as_ref().map(run_histogram),
     }
     .render()
+}
+
+/// The validation images' unknown scores as training recorded them.
+fn run_histogram(u: &super::calibrate::UnknownSummary) -> (ScoreHistogram, String) {
+    let histogram = ScoreHistogram {
+        max: u.histogram_max,
+        threshold: u.threshold,
+        known: u.histogram.clone(),
+        known_label: format!("{} images", u.calibrated_on),
+        other: None,
+    };
+    let sentence = format!(
+        "An image is answered unknown when its features are further than {:.4} (1 − cosine similarity) from every one of {} training images' features: {:.1}% of the {} {} images are accepted.",
+        u.threshold,
+        u.references,
+        100.0 * (1.0 - u.calibration_rejected),
+        u.calibration_images,
+        u.calibrated_on
+    );
+    (histogram, sentence)
 }
 
 fn backbone_fact(config: &RunConfig) -> String {
