@@ -3,7 +3,7 @@
 //! The modules follow the data path, and none imports from a later stage
 //! (`tests/architecture.rs` checks it):
 //!
-//! 0. `error`, `util`, `device`, `runtime`, `progress` — shared ground
+//! 0. `error`, `util`, `device`, `runtime`, `progress`, `backbone_store` — shared ground
 //! 1. `data` — dataset layouts and splits, decoding, preprocessing
 //! 2. `features` — backbone, feature cache, extraction
 //! 3. `head` — the trainable head and its training
@@ -17,6 +17,7 @@
 //! settings structs these modules take.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod backbone_store;
 pub mod device;
 pub mod error;
 pub mod progress;

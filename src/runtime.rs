@@ -1,9 +1,9 @@
 //! Where and how `tl` computes: the device, CPU threads, decoder threads, the backbones
 //! folder and whether progress bars are drawn. Made once from plain settings (the CLI's
 //! global flags) and handed to every stage.
+use crate::backbone_store::BackboneStore;
 use crate::device::DeviceChoice;
 use crate::error::Result;
-use crate::features::store::BackboneStore;
 use std::path::PathBuf;
 use tch::Device;
 

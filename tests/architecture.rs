@@ -7,7 +7,14 @@ use std::path::{Path, PathBuf};
 
 /// The stages in data-path order; a module may import from its own stage or earlier ones.
 const STAGES: &[&[&str]] = &[
-    &["error", "util", "device", "runtime", "progress"],
+    &[
+        "error",
+        "util",
+        "device",
+        "runtime",
+        "progress",
+        "backbone_store",
+    ],
     &["data"],
     &["features"],
     &["head"],

@@ -17,8 +17,8 @@ mod values;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use tl::backbone_store::{BackboneStore, StoreSettings, Weights};
 use tl::eval::Report;
-use tl::features::store::{BackboneStore, StoreSettings, Weights};
 use tl::runtime::{Runtime, RuntimeSettings};
 
 #[derive(Parser, Debug)]

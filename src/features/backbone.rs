@@ -3,7 +3,7 @@
 //! `--backbone NAME` looks for `NAME.json` in the backbones folder; a path may name the
 //! sidecar, the `.features.pt` file, or any TorchScript image model (then ImageNet
 //! preprocessing is assumed and the feature size is read off the first batch).
-use super::store::BackboneStore;
+use crate::backbone_store::BackboneStore;
 use crate::data::PreprocessConfig;
 use crate::error::{IoContext, Result, TlError, TorchContext};
 use serde::{Deserialize, Serialize};
@@ -150,7 +150,7 @@ pub struct BackboneSpec {
     pub engine: Engine,
 }
 
-pub use super::store::list;
+pub use crate::backbone_store::list;
 
 fn is_torchscript_name(path: &Path) -> bool {
     matches!(

@@ -10,7 +10,6 @@ pub mod extract;
 pub mod onnx;
 pub mod pack;
 pub mod split;
-pub mod store;
 
 pub use crate::data::View;
 pub use backbone::{BackboneSpec, Engine};

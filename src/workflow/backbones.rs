@@ -1,7 +1,7 @@
 //! `tl backbones list|add|remove|verify`: the exported backbones, wherever they are found.
+use crate::backbone_store::{sidecar_files, BackboneStore, Weights};
 use crate::error::{Result, TlError};
 use crate::eval::Report;
-use crate::features::store::{sidecar_files, BackboneStore, Weights};
 use crate::features::BackboneSpec;
 use crate::util::text::human_bytes;
 use crate::util::FilePath;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The export script, written to a temporary file and run with `python -I`.
-const EXPORT_SCRIPT: &str = include_str!("../../scripts/export_backbones.py");
+const EXPORT_SCRIPT: &str = include_str!("../scripts/export_backbones.py");
 
 /// torchvision 0.28's classification models (`torchvision.models.list_models`), the names
 /// exported on first use; scripts/tests/test_backbones.py checks the list.
