@@ -22,6 +22,7 @@
 //! folder beside the store and renames each file into place, the sidecar last: a reader sees
 //! the backbone whole or not at all.
 use crate::error::{IoContext, Result, TlError};
+use crate::util::fs::FileLock;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -292,7 +293,7 @@ impl BackboneStore {
             )));
         }
         std::fs::create_dir_all(&self.store).with_path(&self.store)?;
-        let _lock = Lock::exclusive(&self.store.join(format!(".{name}.lock")))?;
+        let _lock = FileLock::exclusive(&self.store.join(format!(".{name}.lock")))?;
         let sidecar = self.store.join(format!("{name}.json"));
         if sidecar.is_file() && !force {
             return Ok((sidecar, false));
@@ -482,30 +483,6 @@ fn remove_stale_staging(store: &Path, name: &str) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-    }
-}
-
-/// An exclusive advisory lock on a file, held until dropped (or the process ends).
-struct Lock(#[allow(dead_code)] std::fs::File);
-
-impl Lock {
-    fn exclusive(path: &Path) -> Result<Lock> {
-        use std::os::unix::io::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .with_path(path)?;
-        // SAFETY: flock on a descriptor this File owns; released when it is closed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(TlError::file(
-                path,
-                std::io::Error::last_os_error().to_string(),
-            ));
-        }
-        Ok(Lock(file))
     }
 }
 

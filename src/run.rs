@@ -431,17 +431,26 @@ impl Run {
     }
 }
 
-/// `runs/<timestamp>-<backbone>`, numbered if that exists.
-pub fn default_dir(backbone_name: &str) -> PathBuf {
+/// `runs/<timestamp>-<backbone>`, numbered if that exists, created empty now: creating a
+/// folder is atomic, so two runs started in the same second never get the same one (the
+/// run is later renamed over the empty folder).
+pub fn reserve_default_dir(backbone_name: &str) -> Result<PathBuf> {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    let base = PathBuf::from("runs").join(format!("{stamp}-{backbone_name}"));
-    let mut dir = base.clone();
-    let mut n = 1;
-    while dir.exists() {
-        n += 1;
-        dir = PathBuf::from(format!("{}-{n}", base.display()));
+    let runs = PathBuf::from("runs");
+    std::fs::create_dir_all(&runs).map_err(|e| TlError::file(&runs, e.to_string()))?;
+    let base = runs.join(format!("{stamp}-{backbone_name}"));
+    for n in 1..10_000 {
+        let dir = match n {
+            1 => base.clone(),
+            n => PathBuf::from(format!("{}-{n}", base.display())),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(TlError::file(&dir, e.to_string())),
+        }
     }
-    dir
+    Err(TlError::file(&base, "no free run folder name"))
 }
 
 /// Everything a finished training run writes.
@@ -460,8 +469,8 @@ pub struct RunContents<'a, R: Serialize> {
     pub judge: Option<&'a UnknownJudge>,
 }
 
-/// Check early (before any work) that `dest` may be written.
-pub use crate::util::fs::check_destination;
+/// Check early (before any work) that a run may be written at `dest`.
+pub use crate::util::fs::check_run_destination as check_destination;
 
 /// Write a run into `dest` (see the module comment): all files or none.
 pub fn write<R: Serialize>(dest: &Path, force: bool, c: &RunContents<R>) -> Result<PathBuf> {

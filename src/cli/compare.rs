@@ -21,10 +21,10 @@ pub struct CompareArgs {
 
 pub fn run(rt: &Runtime, args: &CompareArgs) -> anyhow::Result<()> {
     let mut train = args.options.settings(&args.data, "");
-    let out = train
-        .out
-        .take()
-        .unwrap_or_else(|| tl::run::default_dir("compare"));
+    let out = match train.out.take() {
+        Some(out) => out,
+        None => tl::run::reserve_default_dir("compare")?,
+    };
     let settings = CompareSettings {
         train,
         backbones: args.backbones.clone(),

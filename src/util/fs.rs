@@ -91,6 +91,21 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// The one "don't overwrite without asking" rule of every command that writes a file.
 pub fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
+    // Followed through links: a link to /dev/null is a device too.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(TlError::file(
+                path,
+                "is a folder; give a file name (tl writes only regular files, even with --force)",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(TlError::file(
+                path,
+                "exists and is not a regular file (a device or FIFO); tl writes only regular files, even with --force",
+            ));
+        }
+    }
     if path.exists() && !force {
         return Err(TlError::file(
             path,
@@ -140,18 +155,77 @@ pub fn check_destination(dest: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// A folder built under a temporary name next to its destination and moved into place by
-/// [`StagedDir::commit`]; dropped before that (an error, a panic), it is removed with its
+/// Is `dir` a run folder written by `tl train` (its config.json names tl's version, the
+/// backbone and the head, and classes.json is there)?
+pub fn is_tl_run(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    ["tl_version", "backbone", "head"]
+        .iter()
+        .all(|k| v.get(k).is_some())
+        && dir.join("classes.json").is_file()
+}
+
+/// Check early (before any work) that a run may be written at `dest`: absent, empty, or
+/// with `force` a tl run folder, which is then replaced completely.
+pub fn check_run_destination(dest: &Path, force: bool) -> Result<()> {
+    check_destination(dest, force)?;
+    if is_non_empty_dir(dest) && !is_tl_run(dest) {
+        return Err(TlError::file(
+            dest,
+            "is a folder but not a tl run (no config.json from tl train); --force replaces only a run folder, completely: choose another --out",
+        ));
+    }
+    Ok(())
+}
+
+/// An exclusive advisory lock (flock) on a file or folder, held until dropped or the
+/// process ends (a killed holder never blocks the next one).
+pub struct FileLock(#[allow(dead_code)] std::fs::File);
+
+impl FileLock {
+    /// Lock `path`: a folder as it is, a file created when missing.
+    pub fn exclusive(path: &Path) -> Result<FileLock> {
+        use std::os::unix::io::AsRawFd;
+        let file = if path.is_dir() {
+            std::fs::File::open(path)
+        } else {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+        }
+        .with_path(path)?;
+        // SAFETY: flock on a descriptor this File owns; released when it is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(TlError::file(
+                path,
+                std::io::Error::last_os_error().to_string(),
+            ));
+        }
+        Ok(FileLock(file))
+    }
+}
+
+/// A run folder built under a temporary name next to its destination and moved into place
+/// by [`StagedDir::commit`]; dropped before that (an error, a panic), it is removed with its
 /// contents, so an interrupted or failed write leaves nothing behind.
 pub struct StagedDir {
     tmp: Option<tempfile::TempDir>,
     dest: PathBuf,
+    force: bool,
 }
 
 impl StagedDir {
-    /// Stage a folder for `dest`. `dest` may exist only if it is empty or `force` is set.
+    /// Stage a folder for `dest`. `dest` may exist only if it is empty, or a tl run and
+    /// `force` is set.
     pub fn new(dest: &Path, force: bool) -> Result<StagedDir> {
-        check_destination(dest, force)?;
+        check_run_destination(dest, force)?;
         let parent = parent_dir(dest);
         std::fs::create_dir_all(parent).with_path(parent)?;
         remove_abandoned_staging(parent);
@@ -162,6 +236,7 @@ impl StagedDir {
         Ok(StagedDir {
             tmp: Some(tmp),
             dest: dest.to_path_buf(),
+            force,
         })
     }
 
@@ -188,8 +263,10 @@ impl StagedDir {
         &self.dest
     }
 
-    /// Move the staged folder into place: one rename when the destination does not exist
-    /// (or is empty), otherwise one rename per file into it (`--force`).
+    /// Move the staged folder into place, the destination checked again under a lock on its
+    /// parent folder (other `tl` processes may have written there since `new`): one rename
+    /// when it does not exist or is empty; with `force`, a tl run there is swapped out whole
+    /// (renamed aside, the new one renamed in, the old one deleted), never merged.
     pub fn commit(mut self) -> Result<PathBuf> {
         let Some(tmp) = self.tmp.take() else {
             return Ok(self.dest.clone());
@@ -210,24 +287,37 @@ impl StagedDir {
             let mode = 0o777 & !current_umask();
             let _ = std::fs::set_permissions(staged, std::fs::Permissions::from_mode(mode));
         }
+        let parent = parent_dir(&self.dest);
+        let _lock = FileLock::exclusive(parent)?;
         if !is_non_empty_dir(&self.dest) {
-            if self.dest.is_dir() {
-                std::fs::remove_dir(&self.dest).with_path(&self.dest)?;
-            }
+            // rename(2) replaces an empty folder atomically.
             return std::fs::rename(staged, &self.dest).with_path(&self.dest);
         }
-        for entry in std::fs::read_dir(staged).with_path(staged)? {
-            let entry = entry.with_path(staged)?;
-            let to = self.dest.join(entry.file_name());
-            if to.is_dir() {
-                return Err(TlError::file(
-                    &to,
-                    "is a folder; cannot replace it with a file",
-                ));
-            }
-            std::fs::rename(entry.path(), &to).with_path(&to)?;
+        if !self.force {
+            return Err(TlError::file(
+                &self.dest,
+                "was written by another process meanwhile; nothing written (pass --force to replace it)",
+            ));
         }
-        std::fs::remove_dir(staged).with_path(staged)
+        check_run_destination(&self.dest, true)?;
+        let name = self
+            .dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Named like a staging folder, so that a kill between the renames leaves nothing
+        // that the next run in this folder does not clean up.
+        let aside = parent.join(format!(
+            "{STAGING_PREFIX}{}-replaced-{name}",
+            std::process::id()
+        ));
+        std::fs::rename(&self.dest, &aside).with_path(&self.dest)?;
+        if let Err(e) = std::fs::rename(staged, &self.dest) {
+            let _ = std::fs::rename(&aside, &self.dest);
+            return Err(TlError::file(&self.dest, e.to_string()));
+        }
+        let _ = std::fs::remove_dir_all(&aside);
+        Ok(())
     }
 }
 
@@ -307,15 +397,25 @@ mod tests {
             std::fs::write(staged.path().join("a"), b"1").unwrap();
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let run_files = |dir: &Path| {
+            let config = r#"{"tl_version": "0", "backbone": {}, "head": {}}"#;
+            std::fs::write(dir.join("config.json"), config).unwrap();
+            std::fs::write(dir.join("classes.json"), "[]").unwrap();
+        };
         let staged = StagedDir::new(&dest, false).unwrap();
         std::fs::write(staged.path().join("a"), b"1").unwrap();
         staged.commit().unwrap();
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"1");
         assert!(StagedDir::new(&dest, false).is_err());
+        // Not a run: --force does not replace it.
+        assert!(StagedDir::new(&dest, true).is_err());
+        run_files(&dest);
+        // A run: --force replaces it whole (nothing of the old one is left).
         let staged = StagedDir::new(&dest, true).unwrap();
         std::fs::write(staged.path().join("b"), b"2").unwrap();
+        run_files(staged.path());
         staged.commit().unwrap();
-        assert!(dest.join("a").is_file() && dest.join("b").is_file());
+        assert!(!dest.join("a").exists() && dest.join("b").is_file());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // A staging folder of a killed process is removed by the next one; a live one's
         // (this process's) is not.

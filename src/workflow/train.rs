@@ -969,10 +969,11 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         trained.head_config.clone(),
         trained.train_config.clone(),
     );
-    let dest = s
-        .out
-        .clone()
-        .unwrap_or_else(|| run::default_dir(&spec.name));
+    let reserved = s.out.is_none();
+    let dest = match &s.out {
+        Some(out) => out.clone(),
+        None => run::reserve_default_dir(&spec.name)?,
+    };
     let mut report = report(&trained, &mut inputs, dataset, s, warnings);
     report.run = FilePath(dest.clone());
     report.timing_seconds.total = started.elapsed().as_secs_f64();
@@ -992,7 +993,12 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         html: html.as_deref(),
         judge: trained.calibrated.as_ref().map(|c| &c.judge),
     };
-    run::write(&dest, s.force, &contents)?;
+    if let Err(e) = run::write(&dest, s.force, &contents) {
+        if reserved {
+            let _ = std::fs::remove_dir(&dest);
+        }
+        return Err(e);
+    }
     Ok(report)
 }
 
