@@ -48,6 +48,10 @@ pub struct BackboneRecord {
     pub features_sha256: String,
     pub feature_dim: i64,
     pub pretrained: Option<bool>,
+    /// sha256 of the backbone's ONNX export (`NAME.features.onnx`) when it has one: ONNX
+    /// Runtime computes the features with that file, so it is pinned like the `.pt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -385,6 +389,33 @@ impl Run {
                 Ok(FeatureNet::Split { trunk, top })
             }
         }
+    }
+
+    /// The run's backbone (from [`Run::backbone`]) on the engine `choice` picks, its ONNX
+    /// export (when that is the engine) checked against the one recorded at training.
+    pub fn on_engine(
+        &self,
+        backbone: BackboneSpec,
+        choice: crate::runtime::EngineChoice,
+        device: tch::Device,
+    ) -> Result<BackboneSpec> {
+        let spec = backbone.for_engine(choice, device)?;
+        if let (crate::features::Engine::Onnx, Some(then)) =
+            (spec.engine, &self.config.backbone.onnx_sha256)
+        {
+            let now = spec.verified_features_hash()?;
+            if &now != then {
+                return Err(TlError::file(
+                    &spec.features_path,
+                    format!(
+                        "ONNX export changed since this run was trained (sha256 {}… now, {}… at training); restore it, re-train, or use --engine torch",
+                        &now[..12.min(now.len())],
+                        &then[..12.min(then.len())]
+                    ),
+                ));
+            }
+        }
+        Ok(spec)
     }
 
     /// The recorded training/validation files (runs of older versions have none).

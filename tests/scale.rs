@@ -250,16 +250,23 @@ fn cache_gc_drops_gone_backbones_and_stale_files_and_merges_small_segments() {
         .set_modified(two_hours_ago)
         .unwrap();
     std::fs::remove_dir_all(&gone).unwrap();
-    let dry = json(&tl.ok(&["cache", "gc", "--dry-run", "--json"]));
+    // Not found is not proof of gone (another machine's disk): kept unless asked.
+    let kept = json(&tl.ok(&["cache", "gc", "--dry-run", "--json"]));
+    assert_eq!(kept["removed"].as_array().unwrap().len(), 0, "{kept}");
+    assert_eq!(kept["kept"].as_array().unwrap().len(), 1, "{kept}");
+    let dry = json(&tl.ok(&[
+        "cache",
+        "gc",
+        "--dry-run",
+        "--drop-missing-backbones",
+        "--json",
+    ]));
     assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
     assert!(temp.exists(), "--dry-run must change nothing");
-    let gc = json(&tl.ok(&["cache", "gc", "--json"]));
+    let gc = json(&tl.ok(&["cache", "gc", "--drop-missing-backbones", "--json"]));
     let removed = gc["removed"].as_array().unwrap();
     assert_eq!(removed.len(), 1, "{gc}");
-    assert!(removed[0]["reason"]
-        .as_str()
-        .unwrap()
-        .contains("no longer exists"));
+    assert!(removed[0]["reason"].as_str().unwrap().contains("not found"));
     assert_eq!(gc["stale_temp_files"], 1);
     assert!(!temp.exists());
     assert_eq!(gc["compacted"][0]["files_merged"], 3, "{gc}");

@@ -49,6 +49,10 @@ pub struct GcArgs {
     /// Say what would be removed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also drop namespaces whose backbone file is not found on this machine (by default
+    /// they are kept and listed: the file may be on a disk not mounted here).
+    #[arg(long)]
+    pub drop_missing_backbones: bool,
 }
 
 pub fn run(cmd: &CacheCommand) -> anyhow::Result<()> {
@@ -71,6 +75,7 @@ pub fn run(cmd: &CacheCommand) -> anyhow::Result<()> {
                 root: a.root.root(),
                 unused_since: a.unused_since,
                 dry_run: a.dry_run,
+                drop_missing_backbones: a.drop_missing_backbones,
             };
             emit(&tl::workflow::cache::gc(&settings)?, a.root.json)
         }

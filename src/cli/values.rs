@@ -15,10 +15,16 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
 pub fn date(s: &str) -> Result<std::time::SystemTime, String> {
     let day = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
         .map_err(|_| format!("'{s}' is not a date like 2026-01-31"))?;
-    day.and_hms_opt(0, 0, 0)
+    let time = day
+        .and_hms_opt(0, 0, 0)
         .and_then(|t| t.and_local_timezone(chrono::Local).earliest())
         .map(std::time::SystemTime::from)
-        .ok_or_else(|| format!("'{s}' is not a valid local date"))
+        .ok_or_else(|| format!("'{s}' is not a valid local date"))?;
+    // A future date would count everything, a run in progress included, as unused.
+    if time > std::time::SystemTime::now() {
+        return Err(format!("'{s}' is in the future"));
+    }
+    Ok(time)
 }
 
 /// A shard `K/N` (0-based).

@@ -101,19 +101,90 @@ fn name_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Image files under `dir`, recursively, sorted; other files go to `ignored`.
+/// Image files under `dir`, recursively, sorted; other files go to `ignored`. Links are
+/// followed, but every folder and every file is taken once (by device and inode): a link
+/// back up the tree (`ln -s .. up`) or a second path to the same photos is reported, not
+/// walked. FIFOs, devices and sockets are never opened (reading one blocks or never ends).
 pub fn collect_images(dir: &Path, ignored: &mut Vec<IgnoredFile>) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+    let mut seen = Seen::default();
+    seen.dirs.extend(file_id(dir));
+    walk_images(dir, ignored, &mut seen)?;
+    Ok(seen.finish(ignored).into_iter().map(|(_, p)| p).collect())
+}
+
+/// A file found by the walk: its (device, inode), path, whether the path is a link to it,
+/// and the walk (class folder) it was found in.
+type Found = ((u64, u64), PathBuf, bool, usize);
+
+/// Folders already listed and image files found, by (device, inode).
+#[derive(Default)]
+struct Seen {
+    dirs: std::collections::HashSet<(u64, u64)>,
+    files: Vec<Found>,
+    walk: usize,
+}
+
+impl Seen {
+    /// Each file once, with the walk it belongs to: where it really is (a path that is not a
+    /// link to it) when there is one, else where it was first found.
+    fn finish(self, ignored: &mut Vec<IgnoredFile>) -> Vec<(usize, PathBuf)> {
+        let direct: std::collections::HashSet<(u64, u64)> =
+            self.files.iter().filter(|f| !f.2).map(|f| f.0).collect();
+        let mut taken = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (id, path, via_link, walk) in self.files {
+            let wanted = !via_link || !direct.contains(&id);
+            if wanted && taken.insert(id) {
+                out.push((walk, path));
+            } else {
+                ignored.push(IgnoredFile::new(
+                    path,
+                    "the same file as one already listed (a link)",
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn walk_images(dir: &Path, ignored: &mut Vec<IgnoredFile>, seen: &mut Seen) -> Result<()> {
     for entry in sorted_entries(dir, ignored)? {
-        if entry.is_dir() {
-            out.extend(collect_images(&entry, ignored)?);
-        } else if has_image_extension(&entry) {
-            out.push(entry);
-        } else {
+        let Ok(meta) = std::fs::metadata(&entry) else {
+            ignored.push(IgnoredFile::new(entry, "cannot be read (a dangling link?)"));
+            continue;
+        };
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        if meta.is_dir() {
+            if seen.dirs.insert(id) {
+                walk_images(&entry, ignored, seen)?;
+            } else {
+                ignored.push(IgnoredFile::new(
+                    entry,
+                    "a link to a folder already listed (a loop, or a second path to the same photos)",
+                ));
+            }
+        } else if !meta.is_file() {
+            ignored.push(IgnoredFile::new(
+                entry,
+                "not a regular file (a FIFO, device or socket)",
+            ));
+        } else if !has_image_extension(&entry) {
             ignored.push(IgnoredFile::new(entry, "not an image file extension"));
+        } else {
+            let via_link =
+                std::fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_symlink());
+            seen.files.push((id, entry, via_link, seen.walk));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The class of an Oxford-IIIT Pets file: the name before the last `_`.
@@ -133,6 +204,13 @@ fn image_folder(
     let found: Vec<String> = dirs.iter().map(|d| name_of(d)).collect();
     let classes: Vec<String> = classes.map(<[String]>::to_vec).unwrap_or(found.clone());
     let mut samples = Vec::new();
+    // One record for the whole tree: a link from one class folder into another (or up to
+    // the root) must not list the other class's photos under this class.
+    let mut seen = Seen::default();
+    for d in std::iter::once(root).chain(dirs.iter().map(PathBuf::as_path)) {
+        seen.dirs.extend(file_id(d));
+    }
+    let mut labels = Vec::new();
     for (dir, name) in dirs.iter().zip(&found) {
         let Some(label) = classes.iter().position(|c| c == name) else {
             return Err(TlError::file(
@@ -143,9 +221,15 @@ fn image_folder(
                 ),
             ));
         };
-        for path in collect_images(dir, ignored)? {
-            samples.push(Sample { path, label });
-        }
+        seen.walk = labels.len();
+        labels.push(label);
+        walk_images(dir, ignored, &mut seen)?;
+    }
+    for (walk, path) in seen.finish(ignored) {
+        samples.push(Sample {
+            path,
+            label: labels[walk],
+        });
     }
     for entry in sorted_entries(root, ignored)? {
         if entry.is_file() {
@@ -367,12 +451,16 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut ignored = Vec::new();
     for input in inputs {
-        if input.is_dir() {
-            out.extend(collect_images(input, &mut ignored)?);
-        } else if input.exists() {
-            out.push(input.clone());
-        } else {
-            return Err(TlError::file(input, "no such file or folder"));
+        match std::fs::metadata(input) {
+            Ok(m) if m.is_dir() => out.extend(collect_images(input, &mut ignored)?),
+            Ok(m) if m.is_file() => out.push(input.clone()),
+            Ok(_) => {
+                return Err(TlError::file(
+                    input,
+                    "is not a regular file (a FIFO, device or socket); give image files or folders",
+                ))
+            }
+            Err(_) => return Err(TlError::file(input, "no such file or folder")),
         }
     }
     if out.is_empty() {

@@ -197,27 +197,42 @@ fn check_loose(
     super::cache::decode_entry(&bytes, &key_hash, None)
 }
 
-/// Why a namespace can no longer be used, if it cannot: none of its backbone files is left
-/// unchanged. Namespaces without a record of their backbone are kept.
-pub fn backbone_gone(info: &NamespaceInfo) -> Option<String> {
+/// Whether a namespace's backbone is still there, as far as this machine can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackboneState {
+    /// A recorded file is there unchanged, or it cannot be told (no record, unreadable).
+    Usable,
+    /// Every recorded file that is visible has other bytes now: provably unusable.
+    Changed(String),
+    /// No recorded file is visible here: deleted, or on a disk this machine does not mount.
+    Missing(String),
+}
+
+/// The state of a namespace's backbone files (see [`BackboneState`]).
+pub fn backbone_state(info: &NamespaceInfo) -> BackboneState {
     if info.backbone_files.is_empty() {
-        return None;
+        return BackboneState::Usable;
     }
-    let mut why = Vec::new();
+    let (mut missing, mut changed) = (Vec::new(), Vec::new());
     for file in &info.backbone_files {
         if !file.is_file() {
-            why.push(format!("{} no longer exists", file.display()));
+            missing.push(format!("{} not found", file.display()));
             continue;
         }
         match crate::util::fs::sha256_file(file) {
             Ok(sha) if sha != info.backbone_sha256 => {
-                why.push(format!("{} has changed since", file.display()))
+                changed.push(format!("{} has changed since", file.display()))
             }
             // Still there (or unreadable now: kept, to be safe).
-            _ => return None,
+            _ => return BackboneState::Usable,
         }
     }
-    Some(format!("backbone file {}", why.join("; ")))
+    if changed.is_empty() {
+        BackboneState::Missing(format!("backbone file {}", missing.join("; ")))
+    } else {
+        changed.extend(missing);
+        BackboneState::Changed(format!("backbone file {}", changed.join("; ")))
+    }
 }
 
 /// Delete a namespace: renamed out of sight first, so no reader sees half of it.

@@ -170,7 +170,7 @@ impl Classifier {
         if run.config.finetune.is_some() {
             return Classifier::from_run(run, rt.device);
         }
-        let spec = run.backbone()?.for_engine(rt.engine, rt.device)?;
+        let spec = run.on_engine(run.backbone()?, rt.engine, rt.device)?;
         if spec.engine == crate::features::Engine::Torch {
             return Classifier::from_run(run, rt.device);
         }

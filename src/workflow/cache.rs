@@ -1,7 +1,7 @@
 //! `tl cache stats|verify|gc`: the feature cache as a whole.
 use crate::error::{Result, TlError};
 use crate::eval::Report;
-use crate::features::cache_admin::{self, NamespaceStats};
+use crate::features::cache_admin::{self, BackboneState, NamespaceStats};
 use crate::util::text::human_bytes;
 use crate::util::FilePath;
 use serde::Serialize;
@@ -108,6 +108,9 @@ pub struct GcSettings {
     /// Also drop namespaces not used since this time.
     pub unused_since: Option<std::time::SystemTime>,
     pub dry_run: bool,
+    /// Also drop namespaces whose backbone file is not found on this machine (otherwise
+    /// kept: it may be on a disk this machine does not mount).
+    pub drop_missing_backbones: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -135,6 +138,8 @@ pub struct GcReport {
     /// Segment files that could not be used (damaged, or another namespace's), removed.
     pub damaged_segments: usize,
     pub freed_bytes: u64,
+    /// Namespaces kept though their backbone was not found here, and why.
+    pub kept: Vec<Removed>,
 }
 
 impl Report for GcReport {
@@ -152,6 +157,15 @@ impl Report for GcReport {
                 r.entries,
                 human_bytes(r.bytes),
                 r.reason
+            );
+        }
+        for k in &self.kept {
+            out += &format!(
+                "kept {} ({} entries, {}): {} (not mounted here? --drop-missing-backbones removes it)\n",
+                folder_name(&k.dir.0),
+                k.entries,
+                human_bytes(k.bytes),
+                k.reason
             );
         }
         for c in &self.compacted {
@@ -192,11 +206,31 @@ impl Report for GcReport {
     }
 }
 
-/// Why `dir` should go, if it should.
-fn removal_reason(dir: &Path, s: &GcSettings, st: &NamespaceStats) -> Option<String> {
-    if let Some(reason) = st.info.as_ref().and_then(cache_admin::backbone_gone) {
-        return Some(reason);
+/// Why `dir` should go, if it should: `Err` names a namespace kept for a reason worth
+/// telling (its backbone is not visible here).
+fn removal_reason(
+    dir: &Path,
+    s: &GcSettings,
+    st: &NamespaceStats,
+) -> std::result::Result<Option<String>, String> {
+    match st.info.as_ref().map(cache_admin::backbone_state) {
+        Some(BackboneState::Changed(reason)) => return Ok(Some(reason)),
+        Some(BackboneState::Missing(reason)) if s.drop_missing_backbones => {
+            return Ok(Some(reason))
+        }
+        Some(BackboneState::Missing(reason)) => {
+            return match unused(dir, s) {
+                Some(unused) => Ok(Some(unused)),
+                None => Err(reason),
+            }
+        }
+        _ => {}
     }
+    Ok(unused(dir, s))
+}
+
+/// `not used since …` when the namespace was last used before `--unused-since`.
+fn unused(dir: &Path, s: &GcSettings) -> Option<String> {
     let since = s.unused_since?;
     let last = std::fs::metadata(dir.join(crate::features::cache::LAST_USED_FILE))
         .or_else(|_| std::fs::metadata(dir))
@@ -227,10 +261,23 @@ pub fn gc(s: &GcSettings) -> Result<GcReport> {
         stale_temp_files: 0,
         damaged_segments: 0,
         freed_bytes: 0,
+        kept: Vec::new(),
     };
     for dir in cache_admin::namespaces(&s.root) {
         let st = cache_admin::namespace_stats(&dir, false);
-        if let Some(reason) = removal_reason(&dir, s, &st) {
+        let reason = match removal_reason(&dir, s, &st) {
+            Ok(reason) => reason,
+            Err(kept) => {
+                report.kept.push(Removed {
+                    dir: FilePath(dir.clone()),
+                    reason: kept,
+                    bytes: st.bytes,
+                    entries: st.entries,
+                });
+                None
+            }
+        };
+        if let Some(reason) = reason {
             if !s.dry_run {
                 cache_admin::remove_namespace(&dir)?;
             }

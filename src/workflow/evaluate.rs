@@ -542,7 +542,7 @@ impl EvalNet {
         let judge = run.load_judge(accept, device)?;
         let kind = match run.split_spec()? {
             None => NetKind::Frozen {
-                spec: spec.for_engine(rt.engine, device)?,
+                spec: run.on_engine(spec, rt.engine, device)?,
             },
             Some(split) => {
                 let top = run.load_top(&split, device)?;

@@ -563,6 +563,11 @@ fn backbone_record(
         features_sha256: sha.to_string(),
         feature_dim: dim as i64,
         pretrained: spec.sidecar.as_ref().map(|x| x.pretrained()),
+        onnx_sha256: spec
+            .sidecar
+            .as_ref()
+            .and_then(|x| x.onnx.features.as_ref())
+            .map(|f| f.sha256.clone()),
     }
 }
 

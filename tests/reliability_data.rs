@@ -1,0 +1,205 @@
+//! Reliability, round 2 (issue #23): what is read — dataset folders with loops and special
+//! files, the pinned ONNX export — and what `tl cache gc` may delete. Each test reproduces a
+//! finding on the tiny fixture backbone and fails on the code before its fix.
+mod common;
+use common::{assert_clean_error, color_dataset, read_json, segments, tiny, Tl};
+use std::path::Path;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}
+
+/// #23.2 and #23.14: a link back up the tree is not walked (each photo once, under its own
+/// class); a FIFO named like an image and a link to /dev/zero are never opened.
+#[test]
+fn links_loops_and_special_files_in_the_data_are_listed_once_or_skipped() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["cat", "dog"], 10, 35);
+    std::os::unix::fs::symlink("..", data.join("cat/up")).unwrap();
+    std::os::unix::fs::symlink(data.join("dog"), data.join("cat/dogs-again")).unwrap();
+    std::os::unix::fs::symlink(data.join("dog/dog_1.jpg"), data.join("cat/alias.jpg")).unwrap();
+    let fifo = std::ffi::CString::new(s(&data.join("dog/x.jpg"))).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", data.join("dog/zero.png")).unwrap();
+    let run = tmp.path().join("run");
+    let tiny = tiny();
+    let mut cmd = tl.cmd();
+    cmd.args([
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+    ]);
+    // A hang (reading a FIFO) must fail the test rather than stall it.
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(watchdog);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = read_json(&run.join("report.json"));
+    let counts: Vec<(String, u64)> = report["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let n = c["train"].as_u64().unwrap() + c["val"].as_u64().unwrap();
+            (c["class"].as_str().unwrap().to_string(), n)
+        })
+        .collect();
+    assert_eq!(counts, vec![("cat".into(), 10), ("dog".into(), 10)]);
+    let ignored: Vec<String> = report["ignored_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {}",
+                i["path"].as_str().unwrap(),
+                i["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for (name, why) in [
+        ("cat/up", "already listed"),
+        ("cat/dogs-again", "already listed"),
+        ("cat/alias.jpg", "same file"),
+        ("dog/x.jpg", "not a regular file"),
+        ("dog/zero.png", "not a regular file"),
+    ] {
+        assert!(
+            ignored.iter().any(|l| l.contains(name) && l.contains(why)),
+            "{name}: {ignored:?}"
+        );
+    }
+    // Named on the command line, a FIFO is refused at once, not read.
+    let err = tl.fails(&["predict", s(&run), s(&data.join("dog/x.jpg"))]);
+    assert_clean_error(&err);
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+/// #23.4: the ONNX export that computed a run's features is pinned like the `.pt`.
+#[test]
+fn a_run_refuses_a_replaced_onnx_export() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let backbones = tmp.path().join("backbones");
+    std::fs::create_dir_all(&backbones).unwrap();
+    for e in std::fs::read_dir(tiny().parent().unwrap())
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("tiny.") {
+            std::fs::copy(e.path(), backbones.join(e.file_name())).unwrap();
+        }
+    }
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 6, 36);
+    let run = tmp.path().join("run");
+    let sidecar = backbones.join("tiny.json");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&sidecar),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+    ]);
+    let config = read_json(&run.join("config.json"));
+    assert_eq!(config["extract"]["engine"], "onnx");
+    assert!(config["backbone"]["onnx_sha256"].is_string());
+    tl.ok(&["eval", s(&run), s(&data)]);
+    // Another ONNX file in its place, the sidecar's sha256 updated to match it.
+    let onnx = backbones.join("tiny.features.onnx");
+    std::fs::copy(backbones.join("tiny.classifier.onnx"), &onnx).unwrap();
+    let mut side = read_json(&sidecar);
+    side["onnx"]["features"]["sha256"] = tl::util::sha256_file(&onnx).unwrap().into();
+    std::fs::write(&sidecar, serde_json::to_string_pretty(&side).unwrap()).unwrap();
+    for cmd in [
+        vec!["eval", s(&run), s(&data)],
+        vec!["predict", s(&run), s(&data.join("a/a_1.jpg"))],
+    ] {
+        let err = tl.fails(&cmd);
+        assert_clean_error(&err);
+        assert!(
+            err.contains("ONNX export changed since this run was trained"),
+            "{cmd:?}: {err}"
+        );
+    }
+    // libtorch does not use that file: the run still works there.
+    tl.ok(&["--engine", "torch", "eval", s(&run), s(&data)]);
+}
+
+/// #23.5 and #23.18: gc deletes only what is provably unusable; a backbone that is merely
+/// not visible here keeps its namespace; a future --unused-since is refused.
+#[test]
+fn gc_keeps_what_it_cannot_prove_unusable() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("mnt/backbones");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for e in std::fs::read_dir(tiny().parent().unwrap())
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("tiny.") {
+            std::fs::copy(e.path(), elsewhere.join(e.file_name())).unwrap();
+        }
+    }
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 6, 37);
+    tl.ok(&[
+        "extract",
+        "-q",
+        "--backbone",
+        s(&elsewhere.join("tiny.json")),
+        s(&data),
+    ]);
+    let ns = segments(tl.cache.path())[0].parent().unwrap().to_path_buf();
+    // The disk holding the backbone is not mounted on this node.
+    std::fs::rename(tmp.path().join("mnt"), tmp.path().join("unmounted")).unwrap();
+    let gc = json(&tl.ok(&["cache", "gc", "--json"]));
+    assert_eq!(gc["removed"].as_array().unwrap().len(), 0, "{gc}");
+    assert_eq!(gc["kept"].as_array().unwrap().len(), 1, "{gc}");
+    assert!(ns.is_dir());
+    let text = tl.ok(&["cache", "gc"]);
+    assert!(
+        text.contains("kept") && text.contains("--drop-missing-backbones"),
+        "{text}"
+    );
+    // Mounted again: everything is still there and used.
+    std::fs::rename(tmp.path().join("unmounted"), tmp.path().join("mnt")).unwrap();
+    let again = tl.ok(&[
+        "extract",
+        "--backbone",
+        s(&elsewhere.join("tiny.json")),
+        s(&data),
+        "--json",
+    ]);
+    assert_eq!(json(&again)["extraction"]["computed"], 0, "{again}");
+    // A date in the future would call a run in progress unused.
+    let err = tl.fails(&["cache", "gc", "--unused-since", "2099-01-01"]);
+    assert!(err.contains("in the future"), "{err}");
+    assert!(ns.is_dir());
+}
