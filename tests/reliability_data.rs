@@ -203,3 +203,148 @@ fn gc_keeps_what_it_cannot_prove_unusable() {
     assert!(err.contains("in the future"), "{err}");
     assert!(ns.is_dir());
 }
+
+/// #23.8: control characters and bidirectional overrides in class names are escaped in text
+/// output (train's notes, eval's tables, predict's lines), kept exact in JSON.
+#[test]
+fn hostile_class_names_are_escaped_in_text_output() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let hostile = "red\u{1b}[31m\u{7}\u{202e}gpj";
+    color_dataset(&data, &[hostile, "blue"], 6, 38);
+    let run = tmp.path().join("run");
+    let tiny = tiny();
+    let out = tl
+        .cmd()
+        .args(["train", "--backbone", s(&tiny), s(&data), "--out", s(&run)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let image = data.join(hostile).join(format!("{hostile}_1.jpg"));
+    for text in [
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        tl.ok(&["eval", s(&run), s(&data)]),
+        tl.ok(&["predict", s(&run), s(&image), "--no-unknown"]),
+    ] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+    }
+    let eval = tl.ok(&["eval", s(&run), s(&data)]);
+    assert!(eval.contains("red\\u{1b}[31m\\u{7}\\u{202e}gpj"), "{eval}");
+    let json: serde_json::Value =
+        serde_json::from_str(&tl.ok(&["predict", s(&run), s(&image), "--json", "--no-unknown"]))
+            .unwrap();
+    assert_eq!(json["predictions"][0]["class"], hostile);
+}
+
+/// #23.9, #23.12, #23.13: extraction that keeps nothing fails; out-of-range numbers are
+/// refused before any work; a file-size limit gives an error, not a killed process.
+#[test]
+fn extraction_that_keeps_nothing_fails_and_absurd_numbers_are_refused() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 4, 39);
+    let tiny = tiny();
+    // The cache folder is a file: nothing can be kept.
+    let not_a_dir = tmp.path().join("cache-file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let out = tl
+        .cmd()
+        .args([
+            "extract",
+            "--backbone",
+            s(&tiny),
+            s(&data),
+            "--cache-dir",
+            s(&not_a_dir),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_clean_error(&err);
+    assert!(err.contains("nothing was kept"), "{err}");
+
+    let run = tmp.path().join("run");
+    for args in [
+        vec!["train", "--lr", "3e38"],
+        vec!["train", "--finetune", "--finetune-lr", "1e39"],
+        vec!["train", "--l2", "1e39"],
+        vec!["--threads", "100000", "train"],
+        vec!["--decode-threads", "100000", "train"],
+    ] {
+        let mut full: Vec<&str> = args.clone();
+        full.extend(["--backbone", s(&tiny), s(&data), "--out", s(&run)]);
+        let out = tl.cmd().args(&full).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_clean_error(&String::from_utf8_lossy(&out.stderr));
+    }
+    for flag in ["--tv", "--l2", "--lr", "--diversity"] {
+        let out = tl
+            .cmd()
+            .args([
+                "dream",
+                "--backbone",
+                s(&tiny),
+                "--class",
+                "0",
+                flag,
+                "1e39",
+                "-o",
+                s(&tmp.path().join("d.png")),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!run.exists() && !tmp.path().join("d.png").exists());
+
+    // ulimit -f: the write fails with EFBIG (SIGXFSZ ignored by tl itself), one error line,
+    // nothing left in the output folder or the cache.
+    let outdir = tmp.path().join("limited");
+    std::fs::create_dir(&outdir).unwrap();
+    let mut cmd = tl.cmd();
+    cmd.args([
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&outdir.join("run")),
+        "--no-cache",
+    ]);
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1500,
+                rlim_max: 1500,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "killed? {:?}", out.status);
+    assert_clean_error(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 0);
+}

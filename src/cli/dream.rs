@@ -57,7 +57,7 @@ pub struct DreamArgs {
     pub batch: usize,
     /// Weight of the penalty on the images' similarity (the cosine between their Gram
     /// matrices at --diversity-layer) with --batch.
-    #[arg(long, default_value = "10", value_parser = values::non_negative)]
+    #[arg(long, default_value = "10", value_parser = values::weight)]
     pub diversity: f64,
     /// The layer whose Gram matrices the diversity term compares [default: the channel's
     /// layer, or the middle layer for a class].
@@ -71,14 +71,14 @@ pub struct DreamArgs {
     #[arg(long, default_value = "256", value_parser = values::at_least_one)]
     pub steps: usize,
     /// Adam learning rate on the image parameters.
-    #[arg(long, default_value = "0.1", value_parser = values::positive)]
+    #[arg(long, default_value = "0.1", value_parser = values::learning_rate)]
     pub lr: f64,
     /// Total-variation weight (TV is the mean absolute difference of neighbouring pixels).
-    #[arg(long, default_value = "10", value_parser = values::non_negative)]
+    #[arg(long, default_value = "10", value_parser = values::weight)]
     pub tv: f64,
     /// Penalty on the mean squared distance from mid-grey (0: none; it washes the colours
     /// out, and dreams transfer to other networks far better without it: BENCHMARKS §14).
-    #[arg(long, default_value = "0", value_parser = values::non_negative)]
+    #[arg(long, default_value = "0", value_parser = values::weight)]
     pub l2: f64,
     /// Image side in pixels, 16 to 2048 (default: the backbone's crop size).
     #[arg(long, value_parser = size)]

@@ -36,13 +36,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, default_value = "auto", env = "TL_DEVICE", value_parser = values::device)]
     pub device: tl::device::DeviceChoice,
     /// CPU threads for libtorch and for decoding (default: all cores).
-    #[arg(long, global = true, env = "TL_THREADS", value_parser = values::at_least_one)]
+    #[arg(long, global = true, env = "TL_THREADS", value_parser = values::threads)]
     pub threads: Option<usize>,
     /// Threads decoding and resizing images while the backbone runs (default: half the
     /// threads on CPU, at low priority; all of them with CUDA). With ONNX Runtime, setting
     /// it replaces the default layout (up to 4 workers that each decode and run their own
     /// batches) by one session fed by this many decoders.
-    #[arg(long, global = true, env = "TL_DECODE_THREADS", value_parser = values::at_least_one)]
+    #[arg(long, global = true, env = "TL_DECODE_THREADS", value_parser = values::threads)]
     pub decode_threads: Option<usize>,
     /// Engine for frozen feature extraction: auto (ONNX Runtime on the CPU when it loads and
     /// the backbone has an ONNX export, else libtorch), torch or onnx.
@@ -191,8 +191,11 @@ impl NetworkArgs {
 
 /// Print a report: its notes to stderr, then JSON or text to stdout.
 fn emit<R: Report>(report: &R, json: bool) -> anyhow::Result<()> {
+    // Class and file names come from the user's folders: shown as text, control characters
+    // and bidirectional overrides in them are escaped (JSON escapes them itself).
+    use tl::util::text::terminal_safe;
     for note in report.notes() {
-        eprintln!("{note}");
+        eprintln!("{}", terminal_safe(&note));
     }
     if json {
         println!(
@@ -200,7 +203,7 @@ fn emit<R: Report>(report: &R, json: bool) -> anyhow::Result<()> {
             tl::util::fs::to_json_pretty(report).map_err(anyhow::Error::msg)?
         );
     } else {
-        print!("{}", report.render_text());
+        print!("{}", terminal_safe(&report.render_text()));
     }
     Ok(())
 }

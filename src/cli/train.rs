@@ -53,7 +53,7 @@ pub struct TrainOptions {
     /// Mixed-precision feature extraction on CUDA (autocast); ignored on CPU.
     #[arg(long)]
     pub amp: bool,
-    #[arg(long, default_value = "0.01", value_parser = values::positive)]
+    #[arg(long, default_value = "0.01", value_parser = values::learning_rate)]
     pub lr: f64,
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
     pub optimizer: OptimizerArg,
@@ -104,7 +104,7 @@ pub struct TrainOptions {
     #[arg(long, value_parser = values::unfreeze, num_args = 0..=1, default_missing_value = "1", value_name = "N|all")]
     pub finetune: Option<tl::features::Unfreeze>,
     /// Learning rate of the fine-tuning stage (Adam, cosine schedule) [default: --lr / 100].
-    #[arg(long, value_parser = values::positive)]
+    #[arg(long, value_parser = values::learning_rate)]
     pub finetune_lr: Option<f64>,
     /// Epochs of the fine-tuning stage.
     #[arg(long, default_value = "10", value_parser = values::at_least_one)]

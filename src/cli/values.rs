@@ -49,6 +49,37 @@ pub fn accept(s: &str) -> Result<f64, String> {
         .map_err(|_| "must be a share in (0, 1], e.g. 0.95".into())
 }
 
+/// A learning rate: a number in (0, 1e30]. From about 3e38 a rate overflows float32 inside
+/// libtorch's optimiser (a crash, not an error); below that, a rate too large makes training
+/// diverge, which `tl` reports as such.
+pub fn learning_rate(s: &str) -> Result<f64, String> {
+    let v = positive(s)?;
+    if v <= 1e30 {
+        Ok(v)
+    } else {
+        Err("must be a learning rate in (0, 1e30] (float32 overflows beyond)".into())
+    }
+}
+
+/// A loss weight (total variation, L2, diversity): a number in [0, 1e6]. Beyond that the
+/// term swamps everything and overflows float32 (a black image, not an error).
+pub fn weight(s: &str) -> Result<f64, String> {
+    let v = non_negative(s)?;
+    if v <= 1e6 {
+        Ok(v)
+    } else {
+        Err("must be a weight in [0, 1e6]".into())
+    }
+}
+
+/// A thread count: 1 to 1024 (more would only exhaust memory and the process table).
+pub fn threads(s: &str) -> Result<usize, String> {
+    match at_least_one(s)? {
+        n if n <= 1024 => Ok(n),
+        _ => Err("must be between 1 and 1024".into()),
+    }
+}
+
 /// A finite number > 0.
 pub fn positive(s: &str) -> Result<f64, String> {
     let v = parse_fraction(s)?;
@@ -95,9 +126,9 @@ pub fn l2(s: &str) -> Result<tl::workflow::train::L2, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
         return Ok(L2::Auto);
     }
-    non_negative(s)
+    weight(s)
         .map(L2::Fixed)
-        .map_err(|_| "must be 'auto' or a number >= 0".into())
+        .map_err(|_| "must be 'auto' or a number in [0, 1e6]".into())
 }
 
 /// A device name: auto, cpu, cuda or cuda:N.

@@ -80,7 +80,19 @@ impl Shard {
             };
         if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
             let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            if id < min {
+                return Err(TlError::invalid(format!(
+                    "SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}: the Slurm environment is inconsistent"
+                )));
+            }
             let count = match (shards, number("SLURM_ARRAY_TASK_COUNT")?) {
+                (Some(n), Some(tasks)) if n != tasks => {
+                    return Err(TlError::invalid(format!(
+                        "--shards {n} disagrees with the Slurm array's {tasks} tasks (SLURM_ARRAY_TASK_COUNT): {} shard(s) would never be extracted; submit --array=0-{} or drop --shards",
+                        n.saturating_sub(tasks),
+                        n.saturating_sub(1)
+                    )))
+                }
                 (Some(n), _) => n,
                 (None, Some(n)) => n,
                 (None, None) => return Err(TlError::invalid(
@@ -180,5 +192,40 @@ mod tests {
             ShardSource::Whole
         );
         assert!(Shard::resolve(None, Some(4), env(&[])).is_err());
+    }
+
+    #[test]
+    fn inconsistent_slurm_environments_are_refused() {
+        // (task id, first task, task count, --shards, resolves to shard)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<usize>,
+            Option<(usize, usize)>,
+        );
+        let cases: &[Case] = &[
+            ("2", "0", "4", None, Some((2, 4))),
+            ("6", "4", "4", Some(4), Some((2, 4))),
+            // id below the first task: once silently shard 0.
+            ("2", "4", "4", None, None),
+            // --shards 8 for a 4-task array: once silently half the shards never extracted.
+            ("1", "0", "4", Some(8), None),
+            ("4", "0", "4", None, None),
+        ];
+        for &(id, min, count, shards, want) in cases {
+            let e = env(&[
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+            ]);
+            let got = Shard::resolve(None, shards, e)
+                .ok()
+                .map(|(s, _)| (s.index, s.count));
+            assert_eq!(
+                got, want,
+                "id {id} min {min} count {count} --shards {shards:?}"
+            );
+        }
     }
 }

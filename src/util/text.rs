@@ -86,6 +86,20 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// Lines of text safe to print on a terminal: as [`printable`], keeping newlines and tabs.
+pub fn terminal_safe(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| {
+            let (body, end) = match line.strip_suffix('\n') {
+                Some(b) => (b, "\n"),
+                None => (line, ""),
+            };
+            let fields: Vec<String> = body.split('\t').map(printable).collect();
+            fields.join("\t") + end
+        })
+        .collect()
+}
+
 /// `text` safe to print on a terminal: control characters and bidirectional overrides
 /// (which could recolour, hide or reorder what follows) are shown as `\u{…}` escapes.
 pub fn printable(text: &str) -> String {
@@ -110,6 +124,21 @@ pub fn printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_names_are_escaped_for_terminals() {
+        // (text, printed)
+        let cases = [
+            ("cat\tdog 0.9\n", "cat\tdog 0.9\n"),
+            ("\u{1b}[31mred\u{7}\n", "\\u{1b}[31mred\\u{7}\n"),
+            ("abc\u{202e}gpj.exe", "abc\\u{202e}gpj.exe"),
+            ("ünïcødé – ok", "ünïcødé – ok"),
+            ("a\rb", "a\\u{d}b"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(terminal_safe(text), want, "{text:?}");
+        }
+    }
 
     #[test]
     fn fractions_parse() {

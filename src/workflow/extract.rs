@@ -157,7 +157,13 @@ pub fn extract(rt: &Runtime, s: &ExtractSettings) -> Result<ExtractReport> {
         eprintln!("{}", extraction_line(&ex));
     }
     report.skipped = super::gather(&mine, &ex.features).skipped;
-    report.warnings.extend(ex.cache_warning.clone());
+    // `tl extract` exists to fill the cache: one that could not be written is a failure
+    // (a Slurm task must not be marked COMPLETED with nothing kept).
+    if let Some(why) = &ex.cache_warning {
+        return Err(TlError::invalid(format!(
+            "{why}; nothing was kept, so this extraction did not do its job"
+        )));
+    }
     report.damaged_cache_entries = ex.corrupt;
     report.cache_dir = cache.dir().map(|d| FilePath(d.to_path_buf()));
     report.dim = ex.dim;
