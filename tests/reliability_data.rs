@@ -348,3 +348,160 @@ fn extraction_that_keeps_nothing_fails_and_absurd_numbers_are_refused() {
     assert_clean_error(&String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 0);
 }
+
+/// #23.11, #23.14, #23.19, #23.20: a forged segment header, a FIFO named like a segment,
+/// two gcs at once and a gc killed half way through deleting a namespace.
+#[test]
+fn the_cache_survives_forged_headers_fifos_and_concurrent_or_killed_gcs() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 6, 40);
+    let tiny = tiny();
+    tl.ok(&["extract", "-q", "--backbone", s(&tiny), s(&data)]);
+    let seg = segments(tl.cache.path())[0].clone();
+    let ns = seg.parent().unwrap().to_path_buf();
+    // 64 bytes: the right magic and namespace hash, dim 0x7FFFFFF4 and count 0x80000000.
+    let mut header = std::fs::read(&seg).unwrap()[..64].to_vec();
+    header[4..8].copy_from_slice(&0x7FFF_FFF4u32.to_le_bytes());
+    header[8..12].copy_from_slice(&0x8000_0000u32.to_le_bytes());
+    let forged = ns.join("seg-forged.tlseg");
+    std::fs::write(&forged, &header).unwrap();
+    let fifo = std::ffi::CString::new(s(&ns.join("seg-fifo.tlseg"))).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Each command must finish (a FIFO opened for reading would block forever).
+    let run_bounded = |args: &[&str]| {
+        let child = tl
+            .cmd()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let guard = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let out = child.wait_with_output().unwrap();
+        drop(guard);
+        out
+    };
+    let stats = run_bounded(&["cache", "stats"]);
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    let verify = run_bounded(&["cache", "verify"]);
+    assert_eq!(verify.status.code(), Some(1), "{:?}", verify.status);
+    let text = String::from_utf8_lossy(&verify.stderr);
+    assert!(text.contains("seg-forged.tlseg") && text.contains("impossible sizes"), "{text}");
+    assert!(text.contains("seg-fifo.tlseg") && text.contains("not a regular file"), "{text}");
+    let run = tmp.path().join("run");
+    let train = run_bounded(&[
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+        "--json",
+    ]);
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&train.stdout).unwrap();
+    assert_eq!(report["extraction"]["computed"], 0);
+
+    // A gc killed after renaming a namespace away: the next gc removes the leftover.
+    let trash = ns.parent().unwrap().join(".trash-old-2147483646");
+    std::fs::create_dir(&trash).unwrap();
+    std::fs::write(trash.join("seg-x.tlseg"), vec![0u8; 4096]).unwrap();
+    // Two gcs at once: both succeed.
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            tl.cmd()
+                .args(["cache", "gc", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut trash_removed = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        trash_removed += v["abandoned_trash"].as_u64().unwrap();
+    }
+    assert_eq!(trash_removed, 1);
+    assert!(!trash.exists() && !forged.exists());
+    let verify = run_bounded(&["cache", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// #23.7: `tl export --format onnx` runs Python isolated: an onnx.py in the working folder
+/// is not imported.
+#[test]
+fn onnx_export_does_not_import_modules_from_the_working_folder() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 4, 41);
+    let run = tmp.path().join("run");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny()),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+    ]);
+    let cwd = tmp.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let marker = tmp.path().join("imported");
+    std::fs::write(
+        cwd.join("onnx.py"),
+        format!(
+            "open({:?}, 'w').write('x')\nraise ImportError('shadowed')\n",
+            s(&marker)
+        ),
+    )
+    .unwrap();
+    let out = tl
+        .cmd()
+        .current_dir(&cwd)
+        .args([
+            "export",
+            s(&run),
+            "-o",
+            s(&tmp.path().join("m.onnx")),
+            "--format",
+            "onnx",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !marker.exists(),
+        "a module of the working folder was executed"
+    );
+}

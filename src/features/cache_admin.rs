@@ -247,6 +247,46 @@ pub fn remove_namespace(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(&trash).with_path(&trash)
 }
 
+/// Namespaces a killed `tl cache gc` had renamed away (`.trash-NS-PID`) but not finished
+/// deleting: removed (their process is gone); returns (folders, bytes).
+pub fn remove_abandoned_trash(root: &Path, dry_run: bool) -> (usize, u64) {
+    let mut done = (0, 0);
+    for entry in std::fs::read_dir(root.join("features"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".trash-")
+            .and_then(|rest| rest.rsplit('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || crate::util::fs::process_alive(pid) {
+            continue;
+        }
+        let bytes = folder_bytes(&entry.path());
+        if dry_run || std::fs::remove_dir_all(entry.path()).is_ok() {
+            done = (done.0 + 1, done.1 + bytes);
+        }
+    }
+    done
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => folder_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
 /// Stale temporary files of a namespace, removed; returns how many.
 pub fn remove_stale_temp(dir: &Path, dry_run: bool) -> usize {
     let now = SystemTime::now();

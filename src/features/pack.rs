@@ -84,6 +84,11 @@ pub struct Segment {
 impl Segment {
     /// Open and check the header and size; the error says what is wrong.
     pub fn open(path: &Path, ns_hash: &[u8; 32]) -> std::result::Result<Segment, String> {
+        // Opening a FIFO would block until a writer comes; a folder cannot be read.
+        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
         let mut file = File::open(path).map_err(|e| e.to_string())?;
         let mut header = [0u8; HEADER as usize];
         file.read_exact(&mut header)
@@ -97,7 +102,14 @@ impl Segment {
         if &header[16..48] != ns_hash {
             return Err("belongs to another backbone or preprocessing (misplaced segment)".into());
         }
-        let expected = HEADER + (count * (KEY + SUM + dim * 4)) as u64;
+        // Sizes come from the file: checked, so that a forged header cannot wrap the
+        // arithmetic into a match and then a giant allocation.
+        let expected = (dim as u64)
+            .checked_mul(4)
+            .and_then(|d| d.checked_add((KEY + SUM) as u64))
+            .and_then(|per| per.checked_mul(count as u64))
+            .and_then(|body| body.checked_add(HEADER))
+            .ok_or_else(|| format!("impossible sizes in the header (dim {dim}, count {count})"))?;
         let len = file.metadata().map_err(|e| e.to_string())?.len();
         if len != expected {
             return Err(format!(

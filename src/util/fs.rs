@@ -344,15 +344,16 @@ fn remove_abandoned_staging(parent: &Path) {
     }
 }
 
+/// Does process `pid` exist (under any user)?
 #[cfg(unix)]
-fn process_alive(pid: i32) -> bool {
+pub fn process_alive(pid: i32) -> bool {
     // Signal 0 checks existence; EPERM means it exists under another user.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 #[cfg(not(unix))]
-fn process_alive(_pid: i32) -> bool {
+pub fn process_alive(_pid: i32) -> bool {
     true
 }
 

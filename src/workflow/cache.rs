@@ -140,6 +140,8 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Namespaces kept though their backbone was not found here, and why.
     pub kept: Vec<Removed>,
+    /// Folders a killed gc left half-deleted, removed.
+    pub abandoned_trash: usize,
 }
 
 impl Report for GcReport {
@@ -157,6 +159,12 @@ impl Report for GcReport {
                 r.entries,
                 human_bytes(r.bytes),
                 r.reason
+            );
+        }
+        if self.abandoned_trash > 0 {
+            out += &format!(
+                "{verb} {} folder(s) left half-deleted by a gc that was killed\n",
+                self.abandoned_trash
             );
         }
         for k in &self.kept {
@@ -262,7 +270,18 @@ pub fn gc(s: &GcSettings) -> Result<GcReport> {
         damaged_segments: 0,
         freed_bytes: 0,
         kept: Vec::new(),
+        abandoned_trash: 0,
     };
+    // One gc at a time per cache (a second waits, then finds the work done); extraction and
+    // training never take this lock.
+    let features = s.root.join("features");
+    let _lock = match features.is_dir() {
+        true => Some(crate::util::fs::FileLock::exclusive(&features)?),
+        false => None,
+    };
+    let (trash, trash_bytes) = cache_admin::remove_abandoned_trash(&s.root, s.dry_run);
+    report.abandoned_trash = trash;
+    report.freed_bytes += trash_bytes;
     for dir in cache_admin::namespaces(&s.root) {
         let st = cache_admin::namespace_stats(&dir, false);
         let reason = match removal_reason(&dir, s, &st) {
