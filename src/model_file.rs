@@ -169,6 +169,16 @@ impl ModelSidecar {
             ));
         }
         let s: ModelSidecar = crate::util::read_json(&path)?;
+        s.input
+            .preprocess()
+            .validate()
+            .map_err(|why| TlError::file(&path, format!("input: {why}")))?;
+        if !(s.temperature.is_finite() && s.temperature > 0.0) {
+            return Err(TlError::file(
+                &path,
+                "temperature must be a positive number",
+            ));
+        }
         if let Some(u) = &s.unknown {
             if !u.threshold.is_finite() {
                 return Err(TlError::file(

@@ -260,6 +260,18 @@ impl Run {
             return Err(TlError::file(dir, "not a tl run folder (no config.json)"));
         }
         let config: RunConfig = crate::util::read_json(&config_path)?;
+        config
+            .preprocess
+            .validate()
+            .map_err(|why| TlError::file(&config_path, format!("preprocess: {why}")))?;
+        if let Some(c) = &config.calibration {
+            if !(c.temperature.is_finite() && c.temperature > 0.0) {
+                return Err(TlError::file(
+                    &config_path,
+                    "calibration.temperature must be a positive number",
+                ));
+            }
+        }
         let classes: Vec<String> = crate::util::read_json(&dir.join(CLASSES))?;
         if classes.len() as i64 != config.head.num_classes {
             return Err(TlError::file(
@@ -458,6 +470,18 @@ impl Run {
             ));
         }
         let _ = spec.features_hash.set(hash);
+        // One source of preprocessing: what config.json records (and predict and export
+        // use) must be what the backbone's sidecar says (what extraction uses).
+        if spec.sidecar.is_some() && spec.preprocess() != self.config.preprocess {
+            return Err(TlError::file(
+                self.dir.join(CONFIG),
+                format!(
+                    "preprocess {:?} differs from the backbone sidecar's {:?} (edited since training?)",
+                    self.config.preprocess,
+                    spec.preprocess()
+                ),
+            ));
+        }
         Ok(spec)
     }
 }

@@ -396,8 +396,14 @@ fn the_cache_survives_forged_headers_fifos_and_concurrent_or_killed_gcs() {
     let verify = run_bounded(&["cache", "verify"]);
     assert_eq!(verify.status.code(), Some(1), "{:?}", verify.status);
     let text = String::from_utf8_lossy(&verify.stderr);
-    assert!(text.contains("seg-forged.tlseg") && text.contains("impossible sizes"), "{text}");
-    assert!(text.contains("seg-fifo.tlseg") && text.contains("not a regular file"), "{text}");
+    assert!(
+        text.contains("seg-forged.tlseg") && text.contains("impossible sizes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("seg-fifo.tlseg") && text.contains("not a regular file"),
+        "{text}"
+    );
     let run = tmp.path().join("run");
     let train = run_bounded(&[
         "train",
@@ -504,4 +510,68 @@ fn onnx_export_does_not_import_modules_from_the_working_folder() {
         !marker.exists(),
         "a module of the working folder was executed"
     );
+}
+
+/// #23.10: edited run and model metadata is validated on load: one clear line, never a
+/// panic, an unbounded allocation or NaN probabilities.
+#[test]
+fn edited_preprocessing_in_runs_and_exported_models_is_refused() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 4, 42);
+    let run = tmp.path().join("run");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny()),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+    ]);
+    let model = tmp.path().join("m.pt");
+    tl.ok(&["export", s(&run), "-o", s(&model)]);
+    let image = data.join("a/a_1.jpg");
+    let config_path = run.join("config.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let sidecar_path = tmp.path().join("m.pt.json");
+    let original_sidecar = std::fs::read_to_string(&sidecar_path).unwrap();
+    for (key, value, why) in [
+        ("crop", serde_json::json!(0), "crop 0"),
+        ("crop", serde_json::json!(100000), "crop 100000"),
+        ("std", serde_json::json!([0.0, 0.224, 0.225]), "std"),
+        ("std", serde_json::json!([-0.229, 0.224, 0.225]), "std"),
+    ] {
+        let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+        config["preprocess"][key] = value.clone();
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        for cmd in [
+            vec!["predict", s(&run), s(&image)],
+            vec!["eval", s(&run), s(&data)],
+            vec!["export", s(&run), "-o", s(&tmp.path().join("x.pt"))],
+        ] {
+            let err = tl.fails(&cmd);
+            assert_clean_error(&err);
+            assert!(
+                err.contains("config.json") && err.contains(why),
+                "{cmd:?}: {err}"
+            );
+        }
+        let mut side: serde_json::Value = serde_json::from_str(&original_sidecar).unwrap();
+        side["input"][key] = value;
+        std::fs::write(&sidecar_path, side.to_string()).unwrap();
+        let err = tl.fails(&["predict", s(&model), s(&image)]);
+        assert_clean_error(&err);
+        assert!(err.contains("m.pt.json") && err.contains(why), "{err}");
+    }
+    // config.json and the backbone's sidecar must agree (eval used one, predict the other).
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    config["preprocess"]["resize"] = serde_json::json!(40);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = tl.fails(&["eval", s(&run), s(&data)]);
+    assert_clean_error(&err);
+    assert!(err.contains("differs from the backbone sidecar"), "{err}");
+    std::fs::write(&config_path, &original).unwrap();
+    tl.ok(&["eval", s(&run), s(&data)]);
 }

@@ -43,7 +43,29 @@ impl Default for PreprocessConfig {
 /// Bumped whenever preprocessing changes numerically, so that cached features are not reused.
 pub const PREPROCESS_VERSION: u32 = 2;
 
+/// The largest resize and crop side accepted from a file (a 4096² crop is already 200 MB a
+/// batch of 1000; the networks here take 224).
+pub const MAX_SIDE: u32 = 4096;
+
 impl PreprocessConfig {
+    /// Sizes in 1..=4096 (crop ≤ resize is not required), finite means, positive finite
+    /// standard deviations: a file edited by hand (crop 0, std 0, a negative std) otherwise
+    /// panics, allocates without bound or answers NaN.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (name, v) in [("resize", self.resize), ("crop", self.crop)] {
+            if v == 0 || v > MAX_SIDE {
+                return Err(format!("{name} {v} must be between 1 and {MAX_SIDE}"));
+            }
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) {
+            return Err(format!("mean {:?} must be finite numbers", self.mean));
+        }
+        if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(format!("std {:?} must be positive numbers", self.std));
+        }
+        Ok(())
+    }
+
     /// A short stable identifier of everything that changes the numbers.
     pub fn fingerprint(&self) -> String {
         let text = format!(

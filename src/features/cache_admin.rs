@@ -320,7 +320,10 @@ fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
     for path in segment_files(dir).into_iter().rev() {
         let seg = match Segment::open(&path, &ns) {
             Ok(seg) => seg,
-            Err(_) if path.exists() => {
+            // A regular file this user cannot open (another user's, mode 600) is not proof
+            // of damage: kept.
+            Err(_) if is_unopenable_file(&path) => continue,
+            Err(_) if path.symlink_metadata().is_ok_and(|m| !m.is_dir()) => {
                 damaged.push(path);
                 continue;
             }
@@ -350,6 +353,11 @@ fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
         merged.push(path);
     }
     (entries, merged, damaged)
+}
+
+/// A regular file that cannot be opened for reading (permissions, I/O errors).
+fn is_unopenable_file(path: &Path) -> bool {
+    path.metadata().is_ok_and(|m| m.is_file()) && std::fs::File::open(path).is_err()
 }
 
 /// Merge the small segments and first-layout files of a namespace into one segment (valid,
