@@ -575,3 +575,71 @@ fn edited_preprocessing_in_runs_and_exported_models_is_refused() {
     std::fs::write(&config_path, &original).unwrap();
     tl.ok(&["eval", s(&run), s(&data)]);
 }
+
+/// #23.3: a cache of many segments under a low descriptor limit: every entry is found, and
+/// running out of descriptors is never called damage.
+#[test]
+fn many_segments_under_a_low_file_limit_are_all_read() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 150, 43);
+    let tiny = tiny();
+    let out = tl
+        .cmd()
+        .env("TL_CACHE_SEGMENT_ENTRIES", "1")
+        .args(["extract", "-q", "--backbone", s(&tiny), s(&data)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(segments(tl.cache.path()).len() >= 280);
+    let limited = |args: &[&str]| {
+        let mut cmd = tl.cmd();
+        cmd.args(args);
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 200,
+                    rlim_max: 200,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let run = tmp.path().join("run");
+    let out = limited(&[
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["extraction"]["cached"], 300,
+        "{}",
+        report["extraction"]
+    );
+    assert_eq!(report["extraction"]["failed"], 0);
+    let verify = limited(&["cache", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

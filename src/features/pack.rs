@@ -75,10 +75,49 @@ pub fn encode(ns_hash: &[u8; 32], dim: usize, entries: &[(RawKey, Vec<f32>)]) ->
 /// An opened segment: its keys, and where its records are.
 #[derive(Debug)]
 pub struct Segment {
-    pub file: File,
+    path: std::path::PathBuf,
+    /// Kept open while fewer than [`open_budget`] are (a million images make ~800 segments;
+    /// `ulimit -n` is often 1024); beyond, each read opens the file for itself.
+    file: Option<File>,
     pub dim: usize,
     pub keys: Vec<RawKey>,
     ns_hash: [u8; 32],
+}
+
+/// Segment files held open at once by this process: a quarter of the descriptor limit, at
+/// most 256 (the rest is for images, libraries, ONNX Runtime).
+pub fn open_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+        let soft = if ok { lim.rlim_cur as usize } else { 1024 };
+        (soft / 4).clamp(8, 256)
+    })
+}
+
+static OPEN_SEGMENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            OPEN_SEGMENTS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// An I/O error in words; running out of file descriptors says so (it is not damage).
+fn io_message(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "too many open files (raise `ulimit -n`); not damage".into()
+        }
+        _ => e.to_string(),
+    }
 }
 
 impl Segment {
@@ -89,7 +128,7 @@ impl Segment {
         if !meta.is_file() {
             return Err("not a regular file".into());
         }
-        let mut file = File::open(path).map_err(|e| e.to_string())?;
+        let mut file = File::open(path).map_err(|e| io_message(&e))?;
         let mut header = [0u8; HEADER as usize];
         file.read_exact(&mut header)
             .map_err(|_| "shorter than a segment header".to_string())?;
@@ -126,8 +165,14 @@ impl Segment {
                 k
             })
             .collect();
+        use std::sync::atomic::Ordering;
+        let keep = OPEN_SEGMENTS.fetch_add(1, Ordering::Relaxed) < open_budget();
+        if !keep {
+            OPEN_SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(Segment {
-            file,
+            path: path.to_path_buf(),
+            file: keep.then_some(file),
             dim,
             keys,
             ns_hash: *ns_hash,
@@ -144,16 +189,22 @@ impl Segment {
         if i >= n || out.len() != self.dim {
             return Err(format!("record {i} out of range"));
         }
+        let opened;
+        let file = match &self.file {
+            Some(f) => f,
+            None => {
+                opened = File::open(&self.path).map_err(|e| io_message(&e))?;
+                &opened
+            }
+        };
         let mut sum = [0u8; SUM];
         let sums_at = HEADER + (n * KEY + i * SUM) as u64;
-        self.file
-            .read_exact_at(&mut sum, sums_at)
-            .map_err(|e| e.to_string())?;
+        file.read_exact_at(&mut sum, sums_at)
+            .map_err(|e| io_message(&e))?;
         let mut payload = vec![0u8; self.dim * 4];
         let payload_at = HEADER + (n * (KEY + SUM) + i * self.dim * 4) as u64;
-        self.file
-            .read_exact_at(&mut payload, payload_at)
-            .map_err(|e| e.to_string())?;
+        file.read_exact_at(&mut payload, payload_at)
+            .map_err(|e| io_message(&e))?;
         if record_sum(&self.ns_hash, &self.keys[i], &payload) != sum {
             return Err("checksum mismatch".into());
         }
