@@ -643,3 +643,81 @@ fn many_segments_under_a_low_file_limit_are_all_read() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// Flip one byte of the last record's features in a segment file.
+fn damage_last_record(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// #23.15: a damaged copy in a segment named in the future (another host's clock) does not
+/// shadow the good copy: nothing is recomputed, run after run, and --stream reads it.
+#[test]
+fn the_newest_valid_copy_wins_over_a_damaged_future_one() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 6, 44);
+    let tiny = tiny();
+    tl.ok(&["extract", "-q", "--backbone", s(&tiny), s(&data)]);
+    let seg = segments(tl.cache.path())[0].clone();
+    let future = seg.with_file_name("seg-99999999999999999999-1-ffffffff.tlseg");
+    std::fs::copy(&seg, &future).unwrap();
+    damage_last_record(&future);
+    for round in 0..2 {
+        let run = tmp.path().join(format!("run{round}"));
+        let report: serde_json::Value = serde_json::from_str(&tl.ok(&[
+            "train",
+            "--backbone",
+            s(&tiny),
+            s(&data),
+            "--out",
+            s(&run),
+            "-q",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(
+            report["extraction"]["computed"], 0,
+            "round {round}: {}",
+            report["extraction"]
+        );
+    }
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&tmp.path().join("streamed")),
+        "-q",
+        "--stream",
+    ]);
+}
+
+/// #23.16: a damaged record in a large segment (≥ 1024 entries): gc rewrites the segment
+/// with its good records, after which verify is clean.
+#[test]
+fn gc_rewrites_a_large_segment_with_a_damaged_record() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 520, 45);
+    let tiny = tiny();
+    tl.ok(&["extract", "-q", "--backbone", s(&tiny), s(&data)]);
+    let segs = segments(tl.cache.path());
+    assert_eq!(segs.len(), 1);
+    damage_last_record(&segs[0]);
+    let out = tl.run(&["cache", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let gc: serde_json::Value = serde_json::from_str(&tl.ok(&["cache", "gc", "--json"])).unwrap();
+    assert_eq!(gc["compacted"][0]["entries"], 1039, "{gc}");
+    tl.ok(&["cache", "verify"]);
+    // The damaged entry is recomputed once, then found.
+    let again: serde_json::Value =
+        serde_json::from_str(&tl.ok(&["extract", "--backbone", s(&tiny), s(&data), "--json"]))
+            .unwrap();
+    assert_eq!(again["extraction"]["computed"], 1);
+}

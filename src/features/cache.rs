@@ -94,6 +94,10 @@ struct Store {
     segments: Vec<Segment>,
     segment_paths: Vec<PathBuf>,
     index: HashMap<RawKey, Location>,
+    /// Older copies of entries (newest first), read when the newest is damaged: a damaged
+    /// copy in a segment named in the future (another host's clock) must not shadow a good
+    /// one forever.
+    older: HashMap<RawKey, Vec<Location>>,
     /// Segments that could not be used, and why (reported once, then recomputed).
     problems: Vec<String>,
     pending: Mutex<Pending>,
@@ -193,6 +197,7 @@ impl Store {
             segments: Vec::new(),
             segment_paths: Vec::new(),
             index: HashMap::new(),
+            older: HashMap::new(),
             problems: Vec::new(),
             pending: Mutex::new(Pending::default()),
             flush_entries,
@@ -209,7 +214,9 @@ impl Store {
                         };
                         // Newest wins: an entry recomputed because an older copy was
                         // damaged supersedes it (names start with the publication time).
-                        store.index.insert(*key, loc);
+                        if let Some(previous) = store.index.insert(*key, loc) {
+                            store.older.entry(*key).or_default().insert(0, previous);
+                        }
                     }
                     store.segments.push(seg);
                     store.segment_paths.push(path);
@@ -316,13 +323,24 @@ impl FeatureCache {
             .segments
             .get(loc.segment as usize)
             .ok_or("no such segment")?;
-        seg.read_into(loc.record as usize, out).map_err(|why| {
-            format!(
-                "{}: entry {}: {why}",
-                store.segment_paths[loc.segment as usize].display(),
-                pack::key_hex(&seg.keys[loc.record as usize])
-            )
-        })
+        let first = seg.read_into(loc.record as usize, out);
+        let Err(why) = first else {
+            return Ok(());
+        };
+        // The newest valid copy wins: try the older ones before giving up.
+        let key = seg.keys[loc.record as usize];
+        for older in store.older.get(&key).into_iter().flatten() {
+            if let Some(s) = store.segments.get(older.segment as usize) {
+                if s.dim == out.len() && s.read_into(older.record as usize, out).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!(
+            "{}: entry {}: {why}",
+            store.segment_paths[loc.segment as usize].display(),
+            pack::key_hex(&key)
+        ))
     }
 
     /// The feature size of the entry at `loc`.

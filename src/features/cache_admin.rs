@@ -306,15 +306,18 @@ pub struct Compaction {
     pub entries: usize,
     /// Segments that cannot be used (damaged, truncated, or another namespace's), removed.
     pub damaged_removed: usize,
+    /// A segment with a damaged record was rewritten with its good ones.
+    pub repaired: bool,
 }
 
 /// Valid, distinct entries of the small segments and first-layout files of a namespace,
 /// and the files they came from; segment files that cannot be used are listed apart.
-type Gathered = (Vec<(RawKey, Vec<f32>)>, Vec<PathBuf>, Vec<PathBuf>);
+type Gathered = (Vec<(RawKey, Vec<f32>)>, Vec<PathBuf>, Vec<PathBuf>, bool);
 
 fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
     let ns = ns_hash_of(info);
     let (mut entries, mut merged, mut damaged) = (Vec::new(), Vec::new(), Vec::new());
+    let mut repair = false;
     let mut seen: HashSet<RawKey> = HashSet::new();
     // Newest first, so that a recomputed entry wins over an older copy.
     for path in segment_files(dir).into_iter().rev() {
@@ -329,14 +332,19 @@ fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
             }
             Err(_) => continue,
         };
-        if seg.keys.len() >= SMALL_SEGMENT {
+        // A large segment is left alone unless a record in it is damaged: then it is
+        // rewritten with its good records (which means reading it all: gc's price).
+        if seg.keys.len() >= SMALL_SEGMENT && (0..seg.keys.len()).all(|i| seg.read(i).is_ok()) {
             continue;
         }
         for (i, key) in seg.keys.iter().enumerate() {
-            if let Ok(v) = seg.read(i) {
-                if seen.insert(*key) {
-                    entries.push((*key, v));
+            match seg.read(i) {
+                Ok(v) => {
+                    if seen.insert(*key) {
+                        entries.push((*key, v));
+                    }
                 }
+                Err(_) => repair = true,
             }
         }
         merged.push(path);
@@ -352,7 +360,7 @@ fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
         }
         merged.push(path);
     }
-    (entries, merged, damaged)
+    (entries, merged, damaged, repair)
 }
 
 /// A regular file that cannot be opened for reading (permissions, I/O errors).
@@ -366,9 +374,10 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
     let Some(info) = info_of(dir) else {
         return Ok(Compaction::default());
     };
-    let (entries, merged, damaged) = gather_small(dir, &info);
+    let (entries, merged, damaged, repair) = gather_small(dir, &info);
     let mut out = Compaction {
         damaged_removed: damaged.len(),
+        repaired: repair,
         ..Default::default()
     };
     if !dry_run {
@@ -376,7 +385,7 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
             std::fs::remove_file(path).with_path(path)?;
         }
     }
-    if merged.len() < 2 {
+    if merged.len() < 2 && !repair {
         return Ok(out);
     }
     out.files_merged = merged.len();
