@@ -721,3 +721,41 @@ fn gc_rewrites_a_large_segment_with_a_damaged_record() {
             .unwrap();
     assert_eq!(again["extraction"]["computed"], 1);
 }
+
+/// #23.17: a namespace.json with a wrong preprocessing or sha256: verify and gc trust the
+/// segment headers (no valid segment flagged or deleted), and the next run repairs the file.
+#[test]
+fn an_edited_namespace_file_neither_condemns_its_segments_nor_stays_wrong() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 6, 46);
+    let tiny = tiny();
+    tl.ok(&["extract", "-q", "--backbone", s(&tiny), s(&data)]);
+    let seg = segments(tl.cache.path())[0].clone();
+    let ns_file = seg.parent().unwrap().join("namespace.json");
+    let original = read_json(&ns_file);
+    let mut edited = original.clone();
+    edited["preprocess"] = "tampered".into();
+    edited["backbone_sha256"] = "0000".into();
+    std::fs::write(&ns_file, edited.to_string()).unwrap();
+    tl.ok(&["cache", "verify"]);
+    let gc: serde_json::Value = serde_json::from_str(&tl.ok(&["cache", "gc", "--json"])).unwrap();
+    assert_eq!(gc["damaged_segments"], 0, "{gc}");
+    assert!(seg.exists());
+    let report: serde_json::Value = serde_json::from_str(&tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&tmp.path().join("run")),
+        "-q",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(report["extraction"]["computed"], 0);
+    let repaired = read_json(&ns_file);
+    assert_eq!(repaired["preprocess"], original["preprocess"]);
+    assert_eq!(repaired["backbone_sha256"], original["backbone_sha256"]);
+}

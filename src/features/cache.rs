@@ -428,6 +428,16 @@ fn record_use(dir: &Path, info: &NamespaceInfo) -> Result<()> {
     let known: Option<NamespaceInfo> = crate::util::fs::read_json(&meta).ok();
     let merged = match known {
         None => Some(info.clone()),
+        // Edited or damaged: this run knows what the namespace holds.
+        Some(k) if k.namespace() != info.namespace() => {
+            let mut fixed = info.clone();
+            fixed.backbone_files.extend(
+                k.backbone_files
+                    .into_iter()
+                    .filter(|f| !info.backbone_files.contains(f)),
+            );
+            Some(fixed)
+        }
         Some(mut k) => {
             let new: Vec<PathBuf> = info
                 .backbone_files

@@ -64,9 +64,19 @@ fn info_of(dir: &Path) -> Option<NamespaceInfo> {
     crate::util::fs::read_json(&dir.join(NAMESPACE_FILE)).ok()
 }
 
-/// The namespace's hash as segments record it (from `namespace.json`).
-fn ns_hash_of(info: &NamespaceInfo) -> [u8; 32] {
-    namespace_hash(&info.namespace())
+/// The namespace's hash as its segments record it: `namespace.json`'s, unless every
+/// segment header names one other hash, in which case namespace.json was edited or damaged
+/// (the next run repairs it) and the segments are trusted, not deleted as misplaced.
+fn ns_hash_of(dir: &Path, info: &NamespaceInfo) -> [u8; 32] {
+    let from_info = namespace_hash(&info.namespace());
+    let headers: HashSet<[u8; 32]> = segment_files(dir)
+        .iter()
+        .filter_map(|p| pack::header_hash(p))
+        .collect();
+    match headers.len() {
+        1 if !headers.contains(&from_info) => headers.into_iter().next().unwrap_or(from_info),
+        _ => from_info,
+    }
 }
 
 fn modified(p: &Path) -> Option<SystemTime> {
@@ -130,7 +140,7 @@ pub fn namespace_stats(dir: &Path, verify: bool) -> NamespaceStats {
             ));
             continue;
         };
-        match Segment::open(&path, &ns_hash_of(info)) {
+        match Segment::open(&path, &ns_hash_of(dir, info)) {
             Err(why) => st.problems.push(format!("{}: {why}", path.display())),
             Ok(seg) => {
                 st.segments += 1;
@@ -208,9 +218,11 @@ pub enum BackboneState {
     Missing(String),
 }
 
-/// The state of a namespace's backbone files (see [`BackboneState`]).
-pub fn backbone_state(info: &NamespaceInfo) -> BackboneState {
-    if info.backbone_files.is_empty() {
+/// The state of a namespace's backbone files (see [`BackboneState`]); a namespace.json
+/// that its own segments contradict proves nothing.
+pub fn backbone_state(dir: &Path, info: &NamespaceInfo) -> BackboneState {
+    if info.backbone_files.is_empty() || ns_hash_of(dir, info) != namespace_hash(&info.namespace())
+    {
         return BackboneState::Usable;
     }
     let (mut missing, mut changed) = (Vec::new(), Vec::new());
@@ -315,7 +327,7 @@ pub struct Compaction {
 type Gathered = (Vec<(RawKey, Vec<f32>)>, Vec<PathBuf>, Vec<PathBuf>, bool);
 
 fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
-    let ns = ns_hash_of(info);
+    let ns = ns_hash_of(dir, info);
     let (mut entries, mut merged, mut damaged) = (Vec::new(), Vec::new(), Vec::new());
     let mut repair = false;
     let mut seen: HashSet<RawKey> = HashSet::new();
@@ -393,7 +405,7 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
     if dry_run {
         return Ok(out);
     }
-    let ns = ns_hash_of(&info);
+    let ns = ns_hash_of(dir, &info);
     let dims: HashSet<usize> = entries.iter().map(|(_, v)| v.len()).collect();
     for dim in dims {
         let same: Vec<(RawKey, Vec<f32>)> = entries

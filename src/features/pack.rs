@@ -120,6 +120,21 @@ fn io_message(e: &std::io::Error) -> String {
     }
 }
 
+/// The namespace hash in a segment file's header (None: not a readable segment).
+pub fn header_hash(path: &Path) -> Option<[u8; 32]> {
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut header = [0u8; HEADER as usize];
+    File::open(path).ok()?.read_exact(&mut header).ok()?;
+    if &header[..4] != MAGIC {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&header[16..48]);
+    Some(hash)
+}
+
 impl Segment {
     /// Open and check the header and size; the error says what is wrong.
     pub fn open(path: &Path, ns_hash: &[u8; 32]) -> std::result::Result<Segment, String> {

@@ -221,7 +221,11 @@ fn removal_reason(
     s: &GcSettings,
     st: &NamespaceStats,
 ) -> std::result::Result<Option<String>, String> {
-    match st.info.as_ref().map(cache_admin::backbone_state) {
+    match st
+        .info
+        .as_ref()
+        .map(|i| cache_admin::backbone_state(dir, i))
+    {
         Some(BackboneState::Changed(reason)) => return Ok(Some(reason)),
         Some(BackboneState::Missing(reason)) if s.drop_missing_backbones => {
             return Ok(Some(reason))
