@@ -759,3 +759,53 @@ fn an_edited_namespace_file_neither_condemns_its_segments_nor_stays_wrong() {
     assert_eq!(repaired["preprocess"], original["preprocess"]);
     assert_eq!(repaired["backbone_sha256"], original["backbone_sha256"]);
 }
+
+/// #23.23: many classes: report.json and report.html list the most confused pairs instead
+/// of a classes × classes matrix (2,000 classes once made a 204 MB page).
+#[test]
+fn reports_of_many_classes_stay_small() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let names: Vec<String> = (0..300).map(|i| format!("class{i:03}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    color_dataset(&data, &refs, 2, 47);
+    let run = tmp.path().join("run");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny()),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+        "--val-split",
+        "0.5",
+        "--epochs",
+        "2",
+    ]);
+    let json_bytes = std::fs::metadata(run.join("report.json")).unwrap().len();
+    let html_bytes = std::fs::metadata(run.join("report.html")).unwrap().len();
+    assert!(json_bytes < 400_000, "report.json {json_bytes} bytes");
+    assert!(html_bytes < 1_500_000, "report.html {html_bytes} bytes");
+    let report = read_json(&run.join("report.json"));
+    assert!(report["validation"].get("confusion").is_none());
+    let pairs = report["validation"]["confused_pairs"].as_array().unwrap();
+    assert!(!pairs.is_empty());
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("Most confused pairs") && !html.contains("class=\"cm\""));
+    // Few classes: the whole matrix, as before.
+    let small = tmp.path().join("small");
+    color_dataset(&small, &["a", "b"], 4, 48);
+    let run2 = tmp.path().join("run2");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny()),
+        s(&small),
+        "--out",
+        s(&run2),
+        "-q",
+    ]);
+    assert!(read_json(&run2.join("report.json"))["validation"]["confusion"].is_array());
+}

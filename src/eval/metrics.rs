@@ -67,9 +67,53 @@ pub struct ClassificationReport {
     pub mean_class_accuracy: f64,
     pub loss: f64,
     pub per_class: Vec<ClassMetrics>,
-    /// `confusion[true][predicted]`
+    /// `confusion[true][predicted]`; left out of JSON above [`FULL_CONFUSION_CLASSES`]
+    /// classes (2,000 classes would be 4 million numbers: `confused_pairs` says it all).
+    #[serde(default, skip_serializing_if = "too_many_classes")]
     pub confusion: Vec<Vec<usize>>,
+    /// Every (true, predicted) pair with mistakes, most first (at most 1,000).
+    #[serde(default)]
+    pub confused_pairs: Vec<ConfusedPair>,
     pub top_losses: Vec<TopLoss>,
+}
+
+/// Above this many classes reports show the most confused pairs, not the whole matrix.
+pub const FULL_CONFUSION_CLASSES: usize = 50;
+
+fn too_many_classes(confusion: &[Vec<usize>]) -> bool {
+    confusion.len() > FULL_CONFUSION_CLASSES
+}
+
+/// Images of `true_class` predicted as `predicted`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfusedPair {
+    pub true_class: String,
+    pub predicted: String,
+    pub count: usize,
+}
+
+/// The off-diagonal cells with mistakes, most first (ties in class order).
+fn confused_pairs(confusion: &[Vec<usize>], per_class: &[ClassMetrics]) -> Vec<ConfusedPair> {
+    let mut pairs: Vec<(usize, usize, usize)> = confusion
+        .iter()
+        .enumerate()
+        .flat_map(|(t, row)| {
+            row.iter()
+                .enumerate()
+                .filter(move |&(p, &n)| p != t && n > 0)
+                .map(move |(p, &n)| (t, p, n))
+        })
+        .collect();
+    pairs.sort_by_key(|&(t, p, n)| (std::cmp::Reverse(n), t, p));
+    pairs
+        .into_iter()
+        .take(1000)
+        .map(|(t, p, count)| ConfusedPair {
+            true_class: per_class[t].class.clone(),
+            predicted: per_class[p].class.clone(),
+            count,
+        })
+        .collect()
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -150,6 +194,7 @@ impl ClassificationReport {
             } else {
                 total_loss / probs.len() as f64
             },
+            confused_pairs: confused_pairs(&confusion, &per_class),
             per_class,
             confusion,
             top_losses,

@@ -213,6 +213,9 @@ fn card(path: &std::path::Path, size: u32, caption: &str) -> String {
 
 /// Rows: true class; columns: predicted; each cell shaded by its share of the row.
 fn confusion(r: &ClassificationReport) -> String {
+    if r.per_class.len() > crate::eval::metrics::FULL_CONFUSION_CLASSES || r.confusion.is_empty() {
+        return confused_pairs(r);
+    }
     let names: Vec<&str> = r.per_class.iter().map(|c| c.class.as_str()).collect();
     let mut s = String::from("<h2>Confusion matrix</h2>\n<p>Rows: true class; columns: predicted class.</p>\n<table class=\"cm\"><tr><th></th>");
     for n in &names {
@@ -244,6 +247,25 @@ fn confusion(r: &ClassificationReport) -> String {
             );
         }
         s += "</tr>\n";
+    }
+    s + "</table>\n"
+}
+
+/// Many classes: the most confused pairs instead of a matrix no one can read.
+fn confused_pairs(r: &ClassificationReport) -> String {
+    let mut s = format!(
+        "<h2>Most confused pairs</h2>\n<p>{} classes: the pairs with the most mistakes (of {} with any).</p>\n<table><tr><th class=\"l\">true</th><th class=\"l\">predicted</th><th>images</th></tr>\n",
+        r.per_class.len(),
+        r.confused_pairs.len()
+    );
+    for p in r.confused_pairs.iter().take(100) {
+        let _ = writeln!(
+            s,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td></tr>",
+            escape(&p.true_class),
+            escape(&p.predicted),
+            p.count
+        );
     }
     s + "</table>\n"
 }
