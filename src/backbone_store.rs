@@ -323,7 +323,17 @@ impl BackboneStore {
             .map_err(|e| TlError::invalid(format!("a temporary folder: {e}")))?;
         let script = scratch.path().join("export_backbones.py");
         std::fs::write(&script, EXPORT_SCRIPT).with_path(&script)?;
-        let mut child = Command::new(&self.python)
+        let mut cmd = Command::new(&self.python);
+        // The exporter dies with tl: a killed first use leaves no process writing on.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .arg("-I")
             .arg(&script)
             .arg(name)

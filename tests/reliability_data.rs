@@ -809,3 +809,87 @@ fn reports_of_many_classes_stay_small() {
     ]);
     assert!(read_json(&run2.join("report.json"))["validation"]["confusion"].is_array());
 }
+
+/// The child processes of `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| st.rsplit(')').next().map(str::to_string))
+                .and_then(|rest| rest.split_whitespace().nth(1).map(str::to_string))
+                == Some(pid.to_string())
+        })
+        .collect()
+}
+
+/// #23.21: `tl export --format onnx` killed while Python converts: the Python child ends
+/// with it, and the next export cleans what the killed one left (temporary model file in
+/// the output folder, scratch folder in the temp folder).
+#[test]
+fn a_killed_onnx_export_leaves_no_process_and_its_files_are_cleaned_next_time() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 4, 49);
+    let run = tmp.path().join("run");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny()),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+    ]);
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let temp_root = tmp.path().join("tmp");
+    std::fs::create_dir(&temp_root).unwrap();
+    let model = out_dir.join("m.onnx");
+    let mut child = tl
+        .cmd()
+        .env("TMPDIR", &temp_root)
+        .args(["export", s(&run), "-o", s(&model), "--format", "onnx"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let python = loop {
+        let kids = children_of(child.id());
+        if let Some(&k) = kids.first() {
+            break k;
+        }
+        assert!(start.elapsed().as_secs() < 30, "no Python child appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Within a second: an orphan would still be importing torch then.
+    let gone = (0..20).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let dead = unsafe { libc::kill(python as i32, 0) != 0 };
+        let zombie = std::fs::read_to_string(format!("/proc/{python}/stat"))
+            .is_ok_and(|st| st.contains(") Z "));
+        dead || zombie
+    });
+    assert!(gone, "the Python child outlived tl");
+    tl.cmd()
+        .env("TMPDIR", &temp_root)
+        .args(["export", s(&run), "-o", s(&model), "--format", "onnx"])
+        .output()
+        .map(|o| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)))
+        .unwrap();
+    let left: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .chain(std::fs::read_dir(&temp_root).unwrap())
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tl-") || n.starts_with("tl-export-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

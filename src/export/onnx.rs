@@ -35,7 +35,17 @@ pub fn convert(
     judged_classes: Option<usize>,
     onnx: bool,
 ) -> Result<OnnxCheck> {
-    let out = Command::new(python)
+    let mut cmd = Command::new(python);
+    // The child dies with tl (a killed export must not go on writing its file).
+    #[cfg(target_os = "linux")]
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let out = cmd
         .arg("-I")
         .arg("-c")
         .arg(SCRIPT)

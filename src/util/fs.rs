@@ -52,11 +52,25 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()>
 
 /// Let `write` fill a temporary file (given its path) next to `path`, then rename it into
 /// place: for writers that take a path rather than bytes (libtorch, a child process).
+///
+/// The temporary file is named with this process's id (`.tl-PID-….tmp`), so that one left by
+/// a killed `tl` (whose writer could not clean up) is removed by the next call in that folder.
 pub fn write_atomic_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if path.is_dir() {
         return Err(TlError::file(path, "is a folder; expected a file name"));
     }
-    let tmp = temp_file_near(path)?;
+    let dir = parent_dir(path);
+    remove_dead_processes_files(dir, ".tl-", ".tmp");
+    std::fs::create_dir_all(dir).with_path(dir)?;
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!(".tl-{}-", std::process::id());
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let tmp = builder.tempfile_in(dir).with_path(dir)?;
     write(tmp.path())?;
     std::fs::File::open(tmp.path())
         .and_then(|f| f.sync_all())
@@ -70,6 +84,32 @@ pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Resul
     let mut text = to_json_pretty(value).map_err(|e| TlError::file(path, e))?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
+}
+
+/// Files and folders in `dir` named `PREFIX<pid>-…SUFFIX` whose process is gone: removed.
+pub fn remove_dead_processes_files(dir: &Path, prefix: &str, suffix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .filter(|rest| rest.ends_with(suffix))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && !process_alive(pid) {
+            let p = entry.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
 }
 
 /// An I/O error on `path`, without the temporary file's name that tempfile appends.

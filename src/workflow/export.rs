@@ -88,7 +88,13 @@ pub fn export(s: &ExportSettings) -> Result<ExportReport> {
             None
         }
         _ => {
-            let scratch = tempfile::tempdir().map_err(|e| TlError::invalid(e.to_string()))?;
+            // Named with the process id: one left by a killed export is removed next time.
+            let tmp_root = std::env::temp_dir();
+            crate::util::fs::remove_dead_processes_files(&tmp_root, "tl-export-", "");
+            let scratch = tempfile::Builder::new()
+                .prefix(&format!("tl-export-{}-", std::process::id()))
+                .tempdir_in(&tmp_root)
+                .map_err(|e| TlError::invalid(e.to_string()))?;
             let traced = scratch.path().join("model.pt");
             save(&traced)?;
             let mut check = None;
