@@ -193,13 +193,7 @@ impl ModelSidecar {
                 format!("format '{}' is not '{FORMAT}'", s.format),
             ));
         }
-        let named = model.file_name().map(|n| n.to_string_lossy().into_owned());
-        if named.as_deref() != Some(s.model_file.as_str()) {
-            return Err(TlError::file(
-                &path,
-                format!("describes '{}', not this model file", s.model_file),
-            ));
-        }
+        // The name may differ (the pair was renamed together); the bytes may not.
         let hash = crate::util::sha256_file(model)?;
         if hash != s.sha256 {
             return Err(TlError::file(

@@ -273,6 +273,13 @@ impl Run {
             }
         }
         let classes: Vec<String> = crate::util::read_json(&dir.join(CLASSES))?;
+        let distinct: std::collections::HashSet<&String> = classes.iter().collect();
+        if distinct.len() != classes.len() {
+            return Err(TlError::file(
+                dir.join(CLASSES),
+                "names a class twice (edited since training?)",
+            ));
+        }
         if classes.len() as i64 != config.head.num_classes {
             return Err(TlError::file(
                 dir.join(CLASSES),

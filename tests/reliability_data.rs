@@ -893,3 +893,72 @@ fn a_killed_onnx_export_leaves_no_process_and_its_files_are_cleaned_next_time() 
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// #23.24, the small ones: a renamed model pair still predicts; duplicate class names and
+/// duplicate compare backbones are refused; `--channel` with `--class` is refused; gc counts
+/// the bytes of the segments it removes.
+#[test]
+fn small_findings_of_round_two() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["a", "b"], 4, 50);
+    let tiny = tiny();
+    let run = tmp.path().join("run");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        s(&tiny),
+        s(&data),
+        "--out",
+        s(&run),
+        "-q",
+    ]);
+    let model = tmp.path().join("m.pt");
+    tl.ok(&["export", s(&run), "-o", s(&model), "--no-unknown"]);
+    let renamed = tmp.path().join("renamed.pt");
+    std::fs::rename(&model, &renamed).unwrap();
+    std::fs::rename(
+        tmp.path().join("m.pt.json"),
+        tmp.path().join("renamed.pt.json"),
+    )
+    .unwrap();
+    tl.ok(&["predict", s(&renamed), s(&data.join("a/a_1.jpg"))]);
+
+    let classes = run.join("classes.json");
+    std::fs::write(&classes, "[\"a\", \"a\"]").unwrap();
+    let err = tl.fails(&["predict", s(&run), s(&data.join("a/a_1.jpg"))]);
+    assert_clean_error(&err);
+    assert!(err.contains("names a class twice"), "{err}");
+
+    let err = tl.fails(&[
+        "compare",
+        "--backbones",
+        &format!("{0},{0}", s(&tiny)),
+        s(&data),
+        "--out",
+        s(&tmp.path().join("cmp")),
+    ]);
+    assert!(err.contains("twice"), "{err}");
+    let err = tl.fails(&[
+        "dream",
+        "--backbone",
+        s(&tiny),
+        "--class",
+        "0",
+        "--channel",
+        "1",
+        "-o",
+        s(&tmp.path().join("d.png")),
+    ]);
+    assert!(
+        err.contains("--channel") || err.contains("--layer"),
+        "{err}"
+    );
+
+    let seg = segments(tl.cache.path())[0].clone();
+    std::fs::write(seg.with_file_name("seg-junk.tlseg"), vec![7u8; 5000]).unwrap();
+    let gc: serde_json::Value = serde_json::from_str(&tl.ok(&["cache", "gc", "--json"])).unwrap();
+    assert_eq!(gc["damaged_segments"], 1);
+    assert!(gc["freed_bytes"].as_u64().unwrap() >= 5000, "{gc}");
+}

@@ -46,7 +46,7 @@ pub struct DreamArgs {
     #[arg(long, requires = "channel")]
     pub layer: Option<String>,
     /// The channel of --layer whose mean activation is maximised.
-    #[arg(long, requires = "layer")]
+    #[arg(long, requires = "layer", conflicts_with = "class")]
     pub channel: Option<i64>,
     /// List the layers (and their channels) that --layer can name, then stop.
     #[arg(long)]

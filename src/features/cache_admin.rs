@@ -320,6 +320,8 @@ pub struct Compaction {
     pub damaged_removed: usize,
     /// A segment with a damaged record was rewritten with its good ones.
     pub repaired: bool,
+    /// Bytes no longer on disk (removed files less the new segment).
+    pub freed_bytes: u64,
 }
 
 /// Valid, distinct entries of the small segments and first-layout files of a namespace,
@@ -392,6 +394,8 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
         repaired: repair,
         ..Default::default()
     };
+    let size = |p: &PathBuf| std::fs::symlink_metadata(p).map(|m| m.len()).unwrap_or(0);
+    out.freed_bytes = damaged.iter().map(size).sum();
     if !dry_run {
         for path in &damaged {
             std::fs::remove_file(path).with_path(path)?;
@@ -406,6 +410,7 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
         return Ok(out);
     }
     let ns = ns_hash_of(dir, &info);
+    let mut written = 0u64;
     let dims: HashSet<usize> = entries.iter().map(|(_, v)| v.len()).collect();
     for dim in dims {
         let same: Vec<(RawKey, Vec<f32>)> = entries
@@ -414,11 +419,14 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
             .cloned()
             .collect();
         let bytes = pack::encode(&ns, dim, &same);
+        written += bytes.len() as u64;
         crate::util::fs::write_atomic(&dir.join(super::cache::segment_name()), &bytes)?;
     }
+    let merged_bytes: u64 = merged.iter().map(size).sum();
     for path in &merged {
         std::fs::remove_file(path).with_path(path)?;
     }
+    out.freed_bytes += merged_bytes.saturating_sub(written);
     Ok(out)
 }
 

@@ -316,6 +316,7 @@ pub fn gc(s: &GcSettings) -> Result<GcReport> {
         report.stale_temp_files += cache_admin::remove_stale_temp(&dir, s.dry_run);
         let c = cache_admin::compact(&dir, s.dry_run)?;
         report.damaged_segments += c.damaged_removed;
+        report.freed_bytes += c.freed_bytes;
         if c.files_merged > 1 || c.repaired {
             report.compacted.push(Compacted {
                 dir: FilePath(dir),

@@ -147,6 +147,12 @@ pub fn compare(rt: &Runtime, s: &CompareSettings) -> Result<CompareReport> {
     if s.backbones.is_empty() {
         return Err(TlError::invalid("--backbones: name at least one backbone"));
     }
+    let distinct: std::collections::HashSet<&String> = s.backbones.iter().collect();
+    if distinct.len() != s.backbones.len() {
+        return Err(TlError::invalid(
+            "--backbones names a backbone twice (its rows could not be told apart)",
+        ));
+    }
     if s.train.save_features.is_some() || s.train.out.is_some() {
         return Err(TlError::invalid(
             "compare writes one run per backbone under --out; --save-features is not available",

@@ -86,7 +86,11 @@ impl Report for ExtractReport {
     }
 
     fn notes(&self) -> Vec<String> {
-        let mut notes = super::skipped_notes(&self.skipped, 0);
+        // extract writes no report.json: the list is in its --json output.
+        let mut notes: Vec<String> = super::skipped_notes(&self.skipped, 0)
+            .into_iter()
+            .map(|l| l.replace("listed in report.json", "listed by --json"))
+            .collect();
         notes.extend(
             self.damaged_cache_entries
                 .iter()
