@@ -452,6 +452,19 @@ impl Run {
         let spec = match &rec.sidecar {
             Some(sidecar) if sidecar.is_file() => {
                 let mut s = BackboneSpec::from_sidecar(sidecar)?;
+                // The file config.json names must be the sidecar's feature extractor (not,
+                // say, its classifier with the sha256 edited to match).
+                if let Some(sha) = s.sidecar.as_ref().and_then(|x| x.features_sha256.as_ref()) {
+                    if sha != &rec.features_sha256 {
+                        return Err(TlError::file(
+                            self.dir.join(CONFIG),
+                            format!(
+                                "backbone.features_sha256 is not the feature extractor's in {} (edited since training?)",
+                                sidecar
+                            ),
+                        ));
+                    }
+                }
                 s.features_path = rec.features_file.0.clone();
                 s
             }
