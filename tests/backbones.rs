@@ -151,14 +151,7 @@ fn list_add_verify_remove_in_a_fresh_home() {
 fn backbones_outside_the_store_are_found_but_never_removed() {
     let home = Home::new();
     let mine = home.path().join("my-backbones");
-    let fixtures = common::fixtures().join("backbones");
-    std::fs::create_dir_all(&mine).unwrap();
-    for e in std::fs::read_dir(&fixtures).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("tiny.") {
-            std::fs::copy(e.path(), mine.join(&name)).unwrap();
-        }
-    }
+    common::copy_tiny_backbone(&mine);
     let before = std::fs::read_dir(&mine).unwrap().count();
     let list = home.json(&["--backbones-dir", s(&mine), "backbones", "list", "--json"]);
     assert_eq!(list["backbones"][0]["name"], "tiny");

@@ -40,18 +40,7 @@ fn links_loops_and_special_files_in_the_data_are_listed_once_or_skipped() {
         "-q",
     ]);
     // A hang (reading a FIFO) must fail the test rather than stall it.
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(watchdog);
+    let out = common::output_within(&mut cmd, 60);
     assert!(
         out.status.success(),
         "{}",
@@ -104,15 +93,7 @@ fn a_run_refuses_a_replaced_onnx_export() {
     let tl = Tl::new();
     let tmp = tempfile::tempdir().unwrap();
     let backbones = tmp.path().join("backbones");
-    std::fs::create_dir_all(&backbones).unwrap();
-    for e in std::fs::read_dir(tiny().parent().unwrap())
-        .unwrap()
-        .flatten()
-    {
-        if e.file_name().to_string_lossy().starts_with("tiny.") {
-            std::fs::copy(e.path(), backbones.join(e.file_name())).unwrap();
-        }
-    }
+    common::copy_tiny_backbone(&backbones);
     let data = tmp.path().join("data");
     color_dataset(&data, &["a", "b"], 6, 36);
     let run = tmp.path().join("run");
@@ -158,15 +139,7 @@ fn gc_keeps_what_it_cannot_prove_unusable() {
     let tl = Tl::new();
     let tmp = tempfile::tempdir().unwrap();
     let elsewhere = tmp.path().join("mnt/backbones");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    for e in std::fs::read_dir(tiny().parent().unwrap())
-        .unwrap()
-        .flatten()
-    {
-        if e.file_name().to_string_lossy().starts_with("tiny.") {
-            std::fs::copy(e.path(), elsewhere.join(e.file_name())).unwrap();
-        }
-    }
+    common::copy_tiny_backbone(&elsewhere);
     let data = tmp.path().join("data");
     color_dataset(&data, &["a", "b"], 6, 37);
     tl.ok(&[
@@ -370,23 +343,7 @@ fn the_cache_survives_forged_headers_fifos_and_concurrent_or_killed_gcs() {
     let fifo = std::ffi::CString::new(s(&ns.join("seg-fifo.tlseg"))).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     // Each command must finish (a FIFO opened for reading would block forever).
-    let run_bounded = |args: &[&str]| {
-        let child = tl
-            .cmd()
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let guard = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_secs(60));
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        });
-        let out = child.wait_with_output().unwrap();
-        drop(guard);
-        out
-    };
+    let run_bounded = |args: &[&str]| common::output_within(tl.cmd().args(args), 60);
     let stats = run_bounded(&["cache", "stats"]);
     assert!(
         stats.status.success(),

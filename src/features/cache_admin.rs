@@ -328,14 +328,13 @@ pub struct Compaction {
 /// and the files they came from; segment files that cannot be used are listed apart.
 type Gathered = (Vec<(RawKey, Vec<f32>)>, Vec<PathBuf>, Vec<PathBuf>, bool);
 
-fn gather_small(dir: &Path, info: &NamespaceInfo) -> Gathered {
-    let ns = ns_hash_of(dir, info);
+fn gather_small(dir: &Path, info: &NamespaceInfo, ns: &[u8; 32]) -> Gathered {
     let (mut entries, mut merged, mut damaged) = (Vec::new(), Vec::new(), Vec::new());
     let mut repair = false;
     let mut seen: HashSet<RawKey> = HashSet::new();
     // Newest first, so that a recomputed entry wins over an older copy.
     for path in segment_files(dir).into_iter().rev() {
-        let seg = match Segment::open(&path, &ns) {
+        let seg = match Segment::open(&path, ns) {
             Ok(seg) => seg,
             // A regular file this user cannot open (another user's, mode 600) is not proof
             // of damage: kept.
@@ -388,7 +387,9 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
     let Some(info) = info_of(dir) else {
         return Ok(Compaction::default());
     };
-    let (entries, merged, damaged, repair) = gather_small(dir, &info);
+    // Read from every segment header once: gathering and writing use the same hash.
+    let ns = ns_hash_of(dir, &info);
+    let (entries, merged, damaged, repair) = gather_small(dir, &info, &ns);
     let mut out = Compaction {
         damaged_removed: damaged.len(),
         repaired: repair,
@@ -409,7 +410,6 @@ pub fn compact(dir: &Path, dry_run: bool) -> Result<Compaction> {
     if dry_run {
         return Ok(out);
     }
-    let ns = ns_hash_of(dir, &info);
     let mut written = 0u64;
     let dims: HashSet<usize> = entries.iter().map(|(_, v)| v.len()).collect();
     for dim in dims {

@@ -13,13 +13,14 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// A temporary file next to `path`, created with mode 0666 minus the umask (tempfile's
-/// default, 0600, would survive the rename and hide the output from the user's group).
-fn temp_file_near(path: &Path) -> Result<tempfile::NamedTempFile> {
+/// A temporary file next to `path`, named `PREFIX….tmp`, created with mode 0666 minus the
+/// umask (tempfile's default, 0600, would survive the rename and hide the output from the
+/// user's group).
+fn temp_file_near(path: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
     let dir = parent_dir(path);
     std::fs::create_dir_all(dir).with_path(dir)?;
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".tl-").suffix(".tmp");
+    builder.prefix(prefix).suffix(".tmp");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -40,7 +41,7 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()>
     if path.is_dir() {
         return Err(TlError::file(path, "is a folder; expected a file name"));
     }
-    let mut tmp = temp_file_near(path)?;
+    let mut tmp = temp_file_near(path, ".tl-")?;
     tmp.write_all(bytes).map_err(|e| io_error(path, e))?;
     if durable {
         tmp.as_file().sync_data().map_err(|e| io_error(path, e))?;
@@ -59,18 +60,8 @@ pub fn write_atomic_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     if path.is_dir() {
         return Err(TlError::file(path, "is a folder; expected a file name"));
     }
-    let dir = parent_dir(path);
-    remove_dead_processes_files(dir, ".tl-", ".tmp");
-    std::fs::create_dir_all(dir).with_path(dir)?;
-    let mut builder = tempfile::Builder::new();
-    let prefix = format!(".tl-{}-", std::process::id());
-    builder.prefix(&prefix).suffix(".tmp");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let tmp = builder.tempfile_in(dir).with_path(dir)?;
+    remove_dead_processes_files(parent_dir(path), ".tl-", ".tmp");
+    let tmp = temp_file_near(path, &format!(".tl-{}-", std::process::id()))?;
     write(tmp.path())?;
     std::fs::File::open(tmp.path())
         .and_then(|f| f.sync_all())

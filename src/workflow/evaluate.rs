@@ -291,11 +291,7 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
     });
     let unknown = match &net.judge {
         Some((_, threshold)) => {
-            // The plain view's score, as the threshold was set.
-            let scores = match views.len() {
-                1 => rows.iter().map(|r| r[2 * c]).collect(),
-                _ => first_view_scores(rt, s, &net, &g.paths, &mut warnings)?,
-            };
+            let scores = rows.iter().map(|r| r[2 * c]).collect();
             let judged = Judged {
                 threshold: *threshold,
                 scores,
@@ -338,8 +334,9 @@ fn nothing_selected(run: &Run, s: &EvalSettings) -> TlError {
 /// Per image: a flat row of numbers, or why it could not be used.
 type Rows = Vec<std::result::Result<Vec<f32>, String>>;
 
-/// Per image, summed over the views: probabilities at T = 1, then at the run's T, then the
-/// unknown score; and the plain view's extraction figures.
+/// Per image, summed over the views: probabilities at T = 1, then at the run's T; then the
+/// plain view's unknown score (as the threshold was set); and the plain view's extraction
+/// figures.
 fn summed_views(
     rt: &Runtime,
     s: &EvalSettings,
@@ -352,9 +349,21 @@ fn summed_views(
     let mut stats = ExtractStats::default();
     for view in s.tta.views() {
         let (outs, st) = view_outputs(rt, s, net, paths, view, warnings)?;
+        let first = per_image.is_empty();
         let outs: Vec<_> = outs
             .into_iter()
-            .map(|r| r.map(|o| o.flat(temperature)))
+            .map(|r| {
+                r.map(|o| {
+                    let mut row = o.flat(temperature);
+                    if !first {
+                        // Only the first (plain) view's score counts.
+                        if let Some(score) = row.last_mut() {
+                            *score = 0.0;
+                        }
+                    }
+                    row
+                })
+            })
             .collect();
         if view == View::Center {
             stats = st;
@@ -383,24 +392,6 @@ fn add(
 
 fn mean(sum: &[f32], n: f32) -> Vec<f32> {
     sum.iter().map(|v| v / n).collect()
-}
-
-/// Unknown scores of the plain view of `paths` (all readable before).
-fn first_view_scores(
-    rt: &Runtime,
-    s: &EvalSettings,
-    net: &EvalNet,
-    paths: &[PathBuf],
-    warnings: &mut Vec<String>,
-) -> Result<Vec<f32>> {
-    let (outs, _) = view_outputs(rt, s, net, paths, View::Center, warnings)?;
-    outs.into_iter()
-        .map(|o| {
-            o.map(|o| o.score).map_err(|why| {
-                TlError::invalid(format!("an image changed during evaluation: {why}"))
-            })
-        })
-        .collect()
 }
 
 /// The evaluated images' unknown scores against the threshold.

@@ -65,13 +65,13 @@ impl Report for PredictReport {
     fn render_text(&self) -> String {
         let mut s = String::new();
         for p in &self.predictions {
-            let path = crate::util::text::printable(&p.path.to_string());
-            let class = |c: &str| crate::util::text::printable(c);
+            // Control characters are escaped where every report is printed (the CLI).
+            let path = &p.path;
             if p.unknown == Some(true) {
                 let best = p.top.first();
                 s += &format!(
                     "{path}\t{UNKNOWN_CLASS} (nearest: {} {:.3}, distance {:.3} > {:.3})\n",
-                    class(best.map_or("?", |b| b.class.as_str())),
+                    best.map_or("?", |b| b.class.as_str()),
                     p.probability,
                     p.unknown_score.unwrap_or(f64::NAN),
                     p.unknown_threshold.unwrap_or(f64::NAN)
@@ -82,9 +82,9 @@ impl Report for PredictReport {
                 .top
                 .iter()
                 .skip(1)
-                .map(|c| format!("{} {:.3}", class(&c.class), c.probability))
+                .map(|c| format!("{} {:.3}", c.class, c.probability))
                 .collect();
-            s += &format!("{path}\t{} {:.3}", class(&p.class), p.probability);
+            s += &format!("{path}\t{} {:.3}", p.class, p.probability);
             if !rest.is_empty() {
                 s += &format!("\t({})", rest.join(", "));
             }

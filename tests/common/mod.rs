@@ -183,3 +183,41 @@ pub fn normalized_png(path: &Path) -> tch::Tensor {
     let std = tch::Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([3, 1, 1]);
     ((x - mean) / std).unsqueeze(0)
 }
+
+/// Copy the tiny fixture backbone's files (`tiny.*`) into `dest` (created).
+pub fn copy_tiny_backbone(dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(tiny().parent().unwrap())
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("tiny.") {
+            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Run `cmd` (stdout and stderr captured), killing it if it is still running after `secs`:
+/// a hang fails the test instead of stalling it. The watchdog stands down as soon as the
+/// process ends, so it never signals a reused process id.
+pub fn output_within(cmd: &mut Command, secs: u64) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running tl");
+    let pid = child.id() as i32;
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if wait
+            .recv_timeout(std::time::Duration::from_secs(secs))
+            .is_err()
+        {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().expect("waiting for tl");
+    let _ = done.send(());
+    let _ = watchdog.join();
+    out
+}
