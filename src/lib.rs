@@ -9,14 +9,15 @@
 //! 3. `head` — the trainable head and its training
 //! 4. `eval` — metrics and the report trait
 //! 5. `run`, `model_file` — the run folder; an exported model and its sidecar
-//! 6. `inspect`, `export`, `html` — the network as one function: dreams and attacks;
-//!    exporting it; HTML reports with charts
+//! 6. `inspect`, `export`, `html`, `audit` — the network as one function: dreams and attacks;
+//!    exporting it; HTML reports with charts; what is wrong in a dataset
 //! 7. `workflow` — the commands as library calls with typed reports
 //!
 //! Command-line parsing lives in the binary (`src/cli/`), which turns flags into the plain
 //! settings structs these modules take.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod audit;
 pub mod backbone_store;
 pub mod device;
 pub mod error;

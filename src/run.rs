@@ -63,6 +63,17 @@ pub struct DataRecord {
     pub val_dir: Option<FilePath>,
     pub train_images: usize,
     pub val_images: usize,
+    /// The review file whose decisions were applied (`tl train --review`), and its sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    pub file: FilePath,
+    pub sha256: String,
+    pub excluded: usize,
+    pub relabelled: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

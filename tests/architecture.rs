@@ -20,7 +20,7 @@ const STAGES: &[&[&str]] = &[
     &["head"],
     &["eval"],
     &["run", "model_file"],
-    &["inspect", "export", "html"],
+    &["inspect", "export", "html", "audit"],
     &["workflow"],
 ];
 

@@ -2,6 +2,7 @@
 //! settings the library takes (one file per subcommand). Errors are printed as one
 //! `tl: error:` line; clap's name the flag, the library's name the file or value.
 mod attack;
+mod audit;
 mod backbones;
 mod bench;
 mod cache;
@@ -81,6 +82,12 @@ pub enum Command {
         after_help = "Examples:\n  tl train --backbone mobilenet_v2 data/PetImages --val-split 0.2\n  tl train --backbone vgg16 data/oxford-pets --epochs 50 --hidden 512 --out runs/pets"
     )]
     Train(train::TrainArgs),
+    /// Find what is wrong in a dataset before training: unreadable files, exact and near
+    /// duplicates, train/validation leaks, likely label errors, outliers, imbalance.
+    #[command(
+        after_help = "Examples:\n  tl audit --backbone mobilenet_v2 data/PetImages --html audit.html --review review.csv\n  tl audit data/PetImages --run runs/pets --json      # leaks across the run's split\n  tl train --backbone mobilenet_v2 data/PetImages --review review.csv   # apply the decisions"
+    )]
+    Audit(audit::AuditArgs),
     /// Fill the feature cache without training: the whole dataset, or one shard of it on each
     /// of many workers (Slurm array, Kubernetes Indexed Job); then `tl train` finds it cached.
     #[command(
@@ -232,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Doctor(a) => emit(&tl::workflow::doctor::doctor(&rt), a.json),
         Command::Train(a) => train::run(&rt, a),
+        Command::Audit(a) => audit::run(&rt, a),
         Command::Extract(a) => extract::run(&rt, a),
         Command::Cache(a) => cache::run(a),
         Command::Eval(a) => eval::run(&rt, a),

@@ -130,6 +130,11 @@ pub struct TrainOptions {
     /// images; its threshold is set there (`tl predict --accept` changes it later).
     #[arg(long, default_value = "0.95", value_parser = values::accept)]
     pub accept: f64,
+    /// Apply the decisions of a `tl audit --review` file: `exclude` leaves a file out,
+    /// `relabel:<class>` trains it under that class (report.json lists both; no file is
+    /// touched).
+    #[arg(long, value_name = "FILE.csv")]
+    pub review: Option<PathBuf>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -188,6 +193,7 @@ impl TrainOptions {
                 accept: self.accept,
                 ..Default::default()
             },
+            review: self.review.clone(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod decode;
 pub mod preprocess;
 pub mod resample;
+pub mod review;
 pub mod shard;
 
 pub use augment::View;

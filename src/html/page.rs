@@ -200,7 +200,7 @@ impl ReportPage<'_> {
 }
 
 /// An image (or why it could not be shown) with a caption.
-fn card(path: &std::path::Path, size: u32, caption: &str) -> String {
+pub(super) fn card(path: &std::path::Path, size: u32, caption: &str) -> String {
     let picture = match thumbnail(path, size) {
         Ok(uri) => format!(
             "<img src=\"{uri}\" alt=\"{}\">",
@@ -360,7 +360,7 @@ impl TablePage {
     }
 }
 
-fn document(title: &str, body: &str) -> String {
+pub(super) fn document(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\

@@ -1,5 +1,6 @@
 //! Stage 7: the commands as library calls. Each takes plain settings (no command-line
 //! types), runs the stages above in order and returns a typed report.
+pub mod audit;
 pub mod backbones;
 pub mod bench;
 pub mod cache;

@@ -69,6 +69,8 @@ pub struct TrainSettings {
     pub stream: bool,
     /// The "unknown" judge's acceptance on the validation images.
     pub unknown: UnknownSettings,
+    /// A review file from `tl audit --review`: its decisions (exclude, relabel) applied.
+    pub review: Option<PathBuf>,
 }
 
 impl TrainSettings {
@@ -202,6 +204,9 @@ pub struct TrainReport {
     pub calibration: Option<CalibrationSummary>,
     /// How "unknown" is judged.
     pub unknown: Option<UnknownSummary>,
+    /// What the review file changed (files excluded, relabelled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<crate::data::review::Applied>,
 }
 
 impl TrainReport {
@@ -234,6 +239,7 @@ impl TrainReport {
             classes: Vec::new(),
             calibration: None,
             unknown: None,
+            review: None,
         }
     }
 }
@@ -293,8 +299,17 @@ impl Report for TrainReport {
             ),
             None => String::new(),
         };
+        let review = match &self.review {
+            Some(r) => format!(
+                "review: {} excluded, {} relabelled by {}\n",
+                r.excluded.len(),
+                r.relabelled.len(),
+                r.file
+            ),
+            None => String::new(),
+        };
         format!(
-            "run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\n{tuned}{calibrated}{unknown}time: {} total ({} features, {} head{tune_time})\n",
+            "run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\n{review}{tuned}{calibrated}{unknown}time: {} total ({} features, {} head{tune_time})\n",
             self.run,
             self.best_epoch,
             self.epochs_run,
@@ -313,6 +328,33 @@ struct Prepared {
     /// The fraction drawn by `tl`, when it drew one.
     val_split: Option<f64>,
     val_dir: Option<PathBuf>,
+    /// The review's decisions, applied before the split.
+    review: Option<(crate::data::review::Applied, String)>,
+}
+
+/// Apply the review file's decisions to the listed files (before any split).
+fn apply_review(
+    s: &TrainSettings,
+    dataset: &mut Dataset,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(crate::data::review::Applied, String)>> {
+    let Some(file) = &s.review else {
+        return Ok(None);
+    };
+    let sha256 = crate::util::fs::sha256_file(file)?;
+    let review = crate::data::review::Review::read(file)?;
+    let applied = crate::data::review::apply(dataset, &s.data, &review, file)?;
+    if !applied.not_found.is_empty() {
+        let w = format!(
+            "{} decided file(s) in {} are not in the dataset (moved or deleted?), e.g. {}",
+            applied.not_found.len(),
+            file.display(),
+            applied.not_found[0]
+        );
+        eprintln!("warning: {w}");
+        warnings.push(w);
+    }
+    Ok(Some((applied, sha256)))
 }
 
 fn prepare_dataset(s: &TrainSettings, warnings: &mut Vec<String>) -> Result<Prepared> {
@@ -326,11 +368,15 @@ fn prepare_dataset(s: &TrainSettings, warnings: &mut Vec<String>) -> Result<Prep
             dataset.ignored.extend(val.ignored);
             val_dir = Some(dir.clone());
         }
+        ValidationChoice::Fraction(_) => {}
+    }
+    let review = apply_review(s, &mut dataset, warnings)?;
+    match &s.validation {
         ValidationChoice::Fraction(f) if dataset.val.is_empty() => {
             dataset.split(*f, s.seed)?;
             val_split = Some(*f);
         }
-        ValidationChoice::Fraction(_) => {}
+        _ => {}
     }
     let n_classes = dataset.classes.len();
     if n_classes < 2 {
@@ -362,6 +408,7 @@ fn prepare_dataset(s: &TrainSettings, warnings: &mut Vec<String>) -> Result<Prep
         dataset,
         val_split,
         val_dir,
+        review,
     })
 }
 
@@ -715,6 +762,16 @@ fn run_config(
             val_dir: facts.prepared.val_dir.clone().map(FilePath),
             train_images: f.train.y.len(),
             val_images: f.val.y.len(),
+            review: facts
+                .prepared
+                .review
+                .as_ref()
+                .map(|(a, sha)| run::ReviewRecord {
+                    file: FilePath(std::fs::canonicalize(&a.file.0).unwrap_or(a.file.0.clone())),
+                    sha256: sha.clone(),
+                    excluded: a.excluded.len(),
+                    relabelled: a.relabelled.len(),
+                }),
         },
         head,
         train,
@@ -980,6 +1037,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         None => run::reserve_default_dir(&spec.name)?,
     };
     let mut report = report(&trained, &mut inputs, dataset, s, warnings);
+    report.review = prepared.review.as_ref().map(|(a, _)| a.clone());
     report.run = FilePath(dest.clone());
     report.timing_seconds.total = started.elapsed().as_secs_f64();
     let mut metrics = trained.outcome.history.clone();
