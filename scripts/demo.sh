@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end: export MobileNetV2 with real ImageNet weights, train a
-# Cats-vs-Dogs head on frozen features, evaluate it, fine-tune the top blocks, predict, dream an "ideal cat", and
+# Cats-vs-Dogs head on frozen features, audit the photos, evaluate it, fine-tune the top blocks, predict, dream an "ideal cat", and
 # fool the network with an imperceptible perturbation of a dog photo; then export the model
 # (TorchScript, ONNX), write the HTML report and a backbone comparison.
 # Settings: configs/demo.env (each can be overridden from the environment).
@@ -52,6 +52,9 @@ step "2. train a linear head on frozen features ($DATA, ${TL_DEMO_VAL_SPLIT} hel
 "$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/run" --force
 step "   ... again with other head settings: every feature now comes from the cache"
 "$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/run-hidden" --force --hidden 256 -q
+
+step "2b. audit the photos: duplicates, leaks across the run's split, likely label errors, outliers"
+"$TL" audit "$DATA" --run "$OUT/run" --html "$OUT/audit.html" --review "$OUT/review.csv" --force --show 3
 
 step "3. evaluate on the held-out half"
 "$TL" eval "$OUT/run" "$DATA" --split val --top-losses 5

@@ -651,3 +651,27 @@ fn the_page_and_the_text_show_each_finding() {
         "one offline file"
     );
 }
+
+#[test]
+fn features_read_back_from_the_cache_give_the_same_findings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    planted_dataset(&data);
+    let tl = Tl::new();
+    let kept = audit(&tl, &data, &[]);
+    let streamed = audit(&tl, &data, &["--stream-above", "0"]);
+    for list in [
+        "unreadable",
+        "exact_duplicates",
+        "near_duplicates",
+        "label_issues",
+        "outliers",
+        "class_counts",
+    ] {
+        assert_eq!(kept[list], streamed[list], "{list}");
+    }
+    // Without a cache there is nothing to read back: extraction's copy is used.
+    let uncached = audit(&tl, &data, &["--stream-above", "0", "--no-cache"]);
+    assert_eq!(kept["label_issues"], uncached["label_issues"]);
+    assert_eq!(uncached["extraction"]["cached"], 0);
+}

@@ -48,6 +48,10 @@ pub struct AuditArgs {
     /// Findings of each kind in the text summary.
     #[arg(long, default_value_t = 10)]
     pub show: usize,
+    /// Above this many images, read the features back from the cache into one tensor rather
+    /// than keep extraction's copy as well (bounded memory; 100,000 × 1,280 floats = 0.5 GB).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub stream_above: usize,
     /// Feature-extraction batch size.
     #[arg(long, default_value = "32", value_parser = values::at_least_one)]
     pub batch_size: usize,
@@ -96,6 +100,7 @@ impl AuditArgs {
             html: self.html.clone(),
             force: self.force,
             show: self.show,
+            stream_above: self.stream_above,
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct AuditSettings {
     pub force: bool,
     /// Findings per list shown by the text summary.
     pub show: usize,
+    /// Above this many images the features are read back from the cache into one tensor
+    /// instead of being kept by extraction too (so never held twice).
+    pub stream_above: usize,
 }
 
 impl AuditSettings {
@@ -165,10 +168,6 @@ struct Readable {
     unreadable: Vec<Unreadable>,
 }
 
-/// Above this many images the features are not kept by extraction but read back from the
-/// cache into one tensor (as `tl train --stream` reads them): never twice in memory.
-pub const KEEP_FEATURES_UP_TO: usize = 20_000;
-
 fn readable(
     listed: &Listed,
     ex: &mut features::Extracted,
@@ -241,7 +240,7 @@ fn extract(
     let spec = spec.for_engine(rt.engine, rt.device)?;
     let cache = s.cache.open_view(&spec, View::Center)?;
     let mut opts = ExtractOptions::new(rt, &spec, s.batch_size, s.amp, View::Center);
-    opts.keep_features = !s.cache.enabled || listed.samples.len() <= KEEP_FEATURES_UP_TO;
+    opts.keep_features = !s.cache.enabled || listed.samples.len() <= s.stream_above;
     let paths: Vec<PathBuf> = listed.samples.iter().map(|x| x.path.clone()).collect();
     let ex = features::extract(&paths, &spec, &cache, &opts)?;
     // Reopened: it sees what extraction published.
