@@ -207,11 +207,16 @@ fn render(r: &AuditReport) -> String {
 }
 
 fn headline(r: &AuditReport) -> String {
-    let counts: Vec<String> = r
+    // The images per class, up to 8 classes (--json lists them all).
+    let mut counts: Vec<String> = r
         .class_counts
         .iter()
+        .take(8)
         .map(|(c, n)| format!("{c} {n}"))
         .collect();
+    if r.class_counts.len() > 8 {
+        counts.push(format!("… {} more", r.class_counts.len() - 8));
+    }
     let mut s = format!(
         "audit of {} ({}): {} images, {} classes ({})\n",
         r.data,
