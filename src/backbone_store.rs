@@ -275,10 +275,10 @@ impl BackboneStore {
                 None => "ImageNet weights, downloaded once by torchvision".to_string(),
             },
         };
-        eprintln!(
+        crate::progress::say(&format!(
             "backbone '{name}' is not exported yet: exporting it into {} ({source}; once)",
             self.store.display()
-        );
+        ));
     }
 
     /// Export `name` with `weights` into the store; `force` replaces an existing export.

@@ -21,3 +21,21 @@ pub fn bar(len: u64, label: &str, show: bool) -> ProgressBar {
     bar.set_prefix(label.to_string());
     bar
 }
+
+/// Where the library's running commentary goes (what it is about to do, what it fell back
+/// to): the library never prints, it hands each line to the sink the binary installs (`tl`
+/// writes them to stderr); without one they go nowhere. Warnings that matter after the run
+/// also travel in the reports.
+static SINK: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Install the sink (once; later calls are ignored).
+pub fn set_sink(sink: fn(&str)) {
+    let _ = SINK.set(sink);
+}
+
+/// Hand one line to the sink.
+pub fn say(line: &str) {
+    if let Some(sink) = SINK.get() {
+        sink(line);
+    }
+}

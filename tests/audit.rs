@@ -325,6 +325,25 @@ fn a_near_copy_across_a_runs_split_is_a_leak() {
     assert_eq!(r["used"]["split"], "val-dir");
 }
 
+#[test]
+fn a_near_copy_across_train_and_test_folders_is_a_leak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let p = planted_dataset(&data.join("train"));
+    for class in ["red", "blue"] {
+        std::fs::create_dir_all(data.join("test").join(class)).unwrap();
+    }
+    let copy = data.join("test/red/near.jpg");
+    std::fs::rename(&p.near.1, &copy).unwrap();
+    let r = audit(&Tl::new(), &data, &[]);
+    assert_eq!(r["used"]["split"], "layout");
+    let near = r["near_duplicates"].as_array().unwrap();
+    assert_eq!(near.len(), 1, "{near:?}");
+    assert_eq!(near[0]["leak"], true);
+    assert_eq!(near[0]["a"], s(&p.near.0));
+    assert_eq!(near[0]["b"], s(&copy));
+}
+
 fn review_rows(path: &Path) -> Vec<Vec<String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
     r.records()

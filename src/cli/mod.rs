@@ -235,6 +235,8 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // The library's running commentary, on stderr (file and class names escaped).
+    tl::progress::set_sink(|line| eprintln!("{}", tl::util::text::terminal_safe(line)));
     let rt = runtime(&cli.global)?;
     match &cli.command {
         Command::Doctor(a) => emit(&tl::workflow::doctor::doctor(&rt), a.json),

@@ -291,7 +291,9 @@ impl Dataset {
                 .position(|d| names.contains(&name_of(d).to_lowercase().as_str()))
         };
         let train_i = position(&["train"]);
-        let val_i = position(&["val", "valid", "validation"]);
+        // A test/ folder is the held-out side when there is no val/ (train/ + test/ is a common
+        // layout; read as one folder, it would be a "train vs test" classifier).
+        let val_i = position(&["val", "valid", "validation"]).or_else(|| position(&["test"]));
         if let (Some(t), Some(v)) = (train_i, val_i) {
             let (classes, train) = image_folder(&dirs[t], classes, &mut ignored)?;
             let (_, val) = image_folder(&dirs[v], Some(&classes), &mut ignored)?;

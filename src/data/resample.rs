@@ -415,7 +415,10 @@ mod tests {
     fn vector_kernels_equal_portable_ones_bit_for_bit() {
         let best = Kernels::best();
         if best == Kernels::Portable {
-            eprintln!("skipped: this CPU has no vector kernels");
+            {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "skipped: this CPU has no vector kernels");
+            };
             return;
         }
         let mut cases = 0;

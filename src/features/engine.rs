@@ -49,7 +49,7 @@ impl BackboneSpec {
                     Ok(()) => Ok(self.as_onnx(path)),
                     Err(why) if choice == EngineChoice::Auto => {
                         if !FALLBACK_SAID.swap(true, Ordering::Relaxed) {
-                            eprintln!("note: {why}; extracting with libtorch");
+                            crate::progress::say(&format!("note: {why}; extracting with libtorch"));
                         }
                         Ok(self.clone())
                     }

@@ -462,7 +462,9 @@ fn pipeline(
         Ok::<(), TlError>(())
     })?;
     if std::env::var_os("TL_DEBUG_TIMING").is_some() {
-        eprintln!("extract timing: waiting for decoded batches {wait:.2}s, backbone {fwd:.2}s");
+        crate::progress::say(&format!(
+            "extract timing: waiting for decoded batches {wait:.2}s, backbone {fwd:.2}s"
+        ));
     }
     Ok(first_compute)
 }
@@ -529,7 +531,9 @@ fn workers(
         Ok::<(), TlError>(())
     })?;
     if std::env::var_os("TL_DEBUG_TIMING").is_some() {
-        eprintln!("extract timing: {count} workers, backbone {fwd:.2}s");
+        crate::progress::say(&format!(
+            "extract timing: {count} workers, backbone {fwd:.2}s"
+        ));
     }
     Ok(shared.first_compute.into_inner())
 }

@@ -140,11 +140,11 @@ impl Trainer<'_> {
 fn print_epoch(m: &EpochMetrics, show: bool) {
     if show {
         let rate = m.images_per_second.unwrap_or(0.0);
-        eprintln!(
+        crate::progress::say(&format!(
             "fine-tune epoch {}: {} ({rate:.1} img/s)",
             m.epoch,
             m.summary()
-        );
+        ));
     }
 }
 

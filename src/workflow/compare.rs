@@ -168,7 +168,7 @@ pub fn compare(rt: &Runtime, s: &CompareSettings) -> Result<CompareReport> {
     let mut rows = Vec::new();
     let mut splits = Vec::new();
     for (name, backbone) in run_names(&specs).iter().zip(&s.backbones) {
-        eprintln!("== {backbone}");
+        crate::progress::say(&format!("== {backbone}"));
         let mut settings = s.train.clone();
         settings.backbone = backbone.clone();
         settings.out = Some(s.out.join(name));

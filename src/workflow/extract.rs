@@ -158,7 +158,7 @@ pub fn extract(rt: &Runtime, s: &ExtractSettings) -> Result<ExtractReport> {
     let paths: Vec<PathBuf> = mine.iter().map(|s| s.path.clone()).collect();
     let ex = features::extract(&paths, &spec, &cache, &opts)?;
     if rt.progress {
-        eprintln!("{}", extraction_line(&ex));
+        crate::progress::say(&extraction_line(&ex));
     }
     report.skipped = super::gather(&mine, &ex.features).skipped;
     // `tl extract` exists to fill the cache: one that could not be written is a failure

@@ -143,10 +143,10 @@ pub(super) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -
         rows: val_rows.as_ref(),
         y: &f.val_y,
     };
-    eprintln!(
+    crate::progress::say(&format!(
         "fine-tuning the top {} block(s) of {} (from {}), learning rate {}",
         ctx.split.cut.blocks, ctx.split.total_blocks, ctx.split.cut.first_block, cfg.lr
-    );
+    ));
     let t0 = Instant::now();
     let outcome = head::finetune(
         &mut top,

@@ -351,7 +351,7 @@ fn apply_review(
             file.display(),
             applied.not_found[0]
         );
-        eprintln!("warning: {w}");
+        crate::progress::say(&format!("warning: {w}"));
         warnings.push(w);
     }
     Ok(Some((applied, sha256)))
@@ -396,14 +396,14 @@ fn prepare_dataset(s: &TrainSettings, warnings: &mut Vec<String>) -> Result<Prep
         s.allow_empty_classes,
         warnings,
     )?;
-    eprintln!(
+    crate::progress::say(&format!(
         "dataset {} ({:?}): {} classes, {} train / {} val images",
         s.data.display(),
         dataset.layout,
         dataset.classes.len(),
         dataset.train.len(),
         dataset.val.len()
-    );
+    ));
     Ok(Prepared {
         dataset,
         val_split,
@@ -425,7 +425,7 @@ fn check_empty_classes(
     let msg = format!("class(es) with {what}: {}", empty.join(", "));
     if allow {
         let warning = format!("{msg} (kept: --allow-empty-classes)");
-        eprintln!("warning: {warning}");
+        crate::progress::say(&format!("warning: {warning}"));
         warnings.push(warning);
         Ok(())
     } else {
@@ -655,13 +655,13 @@ fn extract_view(
         View::Center => String::new(),
         other => format!("view {} ", other.cache_tag()),
     };
-    eprintln!("{label}{}", extraction_line(&ex));
+    crate::progress::say(&format!("{label}{}", extraction_line(&ex)));
     for c in &ex.corrupt {
-        eprintln!("warning: damaged cache entry recomputed: {c}");
+        crate::progress::say(&format!("warning: damaged cache entry recomputed: {c}"));
     }
     if let Some(w) = &ex.cache_warning {
         if !warnings.contains(w) {
-            eprintln!("warning: {w}");
+            crate::progress::say(&format!("warning: {w}"));
             warnings.push(w.clone());
         }
     }
@@ -970,7 +970,7 @@ fn run_html(
     match page {
         Ok(html) => Some(html),
         Err(e) => {
-            eprintln!("warning: report.html not written: {e}");
+            crate::progress::say(&format!("warning: report.html not written: {e}"));
             None
         }
     }
@@ -995,7 +995,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
     let mut warnings = Vec::new();
     let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
     if let Some(w) = spec.weights_warning() {
-        eprintln!("warning: {w}");
+        crate::progress::say(&format!("warning: {w}"));
         warnings.push(w);
     }
     let split = match &s.finetune {
@@ -1075,7 +1075,7 @@ fn check_readable(
     let mut skipped = f.train.skipped.clone();
     skipped.extend(f.val.skipped.iter().cloned());
     for line in skipped_notes(&skipped, dataset.ignored.len()) {
-        eprintln!("{line}");
+        crate::progress::say(&line);
     }
     if f.train.y.is_empty() {
         return Err(TlError::file(&s.data, "no readable training images"));
