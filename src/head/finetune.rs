@@ -3,14 +3,13 @@
 //! and the head's L2 penalty as in the first stage, early stopping on validation loss with
 //! the best epoch's weights of both kept — where "epoch 0", the head alone, competes too. The top stays in eval mode throughout, so
 //! BatchNorm uses (and keeps) its running statistics.
+use super::epochs::{run_epochs, EpochPlan, EpochRunner};
 use super::model::Head;
-use super::train::{check_finite, correct_count, EarlyStopping, EpochMetrics};
+use super::train::{correct_count, EpochMetrics, Schedule};
 use crate::error::{Result, TlError};
 use crate::features::split::{RowSource, TrainableTop};
 use crate::progress;
-use crate::util::SplitMix64;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Reduction, Tensor};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,11 +40,6 @@ impl FinetuneConfig {
             )));
         }
         Ok(())
-    }
-
-    fn lr_at(&self, epoch: usize) -> f64 {
-        let t = (epoch - 1) as f64 / self.epochs as f64;
-        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
     }
 }
 
@@ -97,6 +91,46 @@ struct Trainer<'a> {
     cfg: &'a FinetuneConfig,
     opt_top: nn::Optimizer,
     opt_head: nn::Optimizer,
+    train: &'a RowSplit<'a>,
+    val: Option<&'a RowSplit<'a>>,
+    show_progress: bool,
+}
+
+impl EpochRunner for Trainer<'_> {
+    fn train(&mut self, epoch: usize, order: &[i64], lr: f64) -> Result<(f64, f64)> {
+        self.opt_top.set_lr(lr);
+        self.opt_head.set_lr(lr);
+        let label = format!("tune {epoch}/{}", self.cfg.epochs);
+        let bar = progress::bar(order.len() as u64, &label, self.show_progress);
+        let out = self.epoch(self.train, order, &bar);
+        bar.finish_and_clear();
+        out
+    }
+
+    fn validate(&mut self) -> Result<Option<(f64, f64)>> {
+        match self.val {
+            Some(v) if !v.rows.is_empty() => {
+                evaluate_rows(self.top, self.head, v, self.cfg.batch_size.max(64)).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn stores(&self) -> Vec<&nn::VarStore> {
+        vec![&self.top.vs, &self.head.vs]
+    }
+
+    /// One line per epoch (the progress bar is gone by then).
+    fn finished(&mut self, m: &EpochMetrics) {
+        if self.show_progress {
+            let rate = m.images_per_second.unwrap_or(0.0);
+            progress::say(&format!(
+                "fine-tune epoch {}: {} ({rate:.1} img/s)",
+                m.epoch,
+                m.summary()
+            ));
+        }
+    }
 }
 
 impl Trainer<'_> {
@@ -136,33 +170,6 @@ impl Trainer<'_> {
     }
 }
 
-/// One line per fine-tuning epoch on stderr (the progress bar is gone by then).
-fn print_epoch(m: &EpochMetrics, show: bool) {
-    if show {
-        let rate = m.images_per_second.unwrap_or(0.0);
-        crate::progress::say(&format!(
-            "fine-tune epoch {}: {} ({rate:.1} img/s)",
-            m.epoch,
-            m.summary()
-        ));
-    }
-}
-
-/// Validation loss and accuracy, when there are validation images.
-fn validation(
-    t: &Trainer,
-    val: Option<&RowSplit>,
-    cfg: &FinetuneConfig,
-) -> Result<(Option<f64>, Option<f64>)> {
-    match val {
-        Some(v) if !v.rows.is_empty() => {
-            let (l, a) = evaluate_rows(t.top, t.head, v, cfg.batch_size.max(64))?;
-            Ok((Some(l), Some(a)))
-        }
-        _ => Ok((None, None)),
-    }
-}
-
 /// Train `top` and `head` together; both end with the best epoch's weights, frozen.
 pub fn finetune(
     top: &mut TrainableTop,
@@ -179,54 +186,29 @@ pub fn finetune(
     tch::manual_seed(cfg.seed as i64);
     top.vs.unfreeze();
     head.vs.unfreeze();
+    let plan = EpochPlan {
+        stage: "finetune",
+        epochs: cfg.epochs,
+        rows: train.rows.len(),
+        lr: cfg.lr,
+        schedule: Schedule::Cosine,
+        patience: cfg.patience,
+        shuffle_seed: cfg.seed ^ 0x5EED_F1E7,
+        epoch_zero: true,
+        rate: true,
+    };
     let mut trainer = Trainer {
         opt_top: adam(&top.vs, cfg.lr)?,
         opt_head: adam(&head.vs, cfg.lr)?,
         top,
         head,
         cfg,
+        train,
+        val,
+        show_progress,
     };
-    let mut rng = SplitMix64::new(cfg.seed ^ 0x5EED_F1E7);
-    let mut order: Vec<i64> = (0..train.rows.len() as i64).collect();
-    let (mut history, mut stopped_early) = (Vec::new(), false);
-    let mut stopper = EarlyStopping::new(cfg.patience);
-    // Epoch 0 is the head alone: if no fine-tuning epoch beats its validation loss, the
-    // network is left as it was.
-    if let (Some(loss), _) = validation(&trainer, val, cfg)? {
-        stopper.update(&[&trainer.top.vs, &trainer.head.vs], 0, Some(loss));
-    }
-    for epoch in 1..=cfg.epochs {
-        let t0 = Instant::now();
-        let lr = cfg.lr_at(epoch);
-        trainer.opt_top.set_lr(lr);
-        trainer.opt_head.set_lr(lr);
-        rng.shuffle(&mut order);
-        let label = format!("tune {epoch}/{}", cfg.epochs);
-        let bar = progress::bar(order.len() as u64, &label, show_progress);
-        let (train_loss, train_accuracy) = trainer.epoch(train, &order, &bar)?;
-        let train_seconds = t0.elapsed().as_secs_f64();
-        let (val_loss, val_accuracy) = validation(&trainer, val, cfg)?;
-        bar.finish_and_clear();
-        check_finite(epoch, train_loss, val_loss, cfg.lr)?;
-        let m = EpochMetrics {
-            stage: "finetune".into(),
-            epoch,
-            lr,
-            train_loss,
-            train_accuracy,
-            val_loss,
-            val_accuracy,
-            seconds: t0.elapsed().as_secs_f64(),
-            images_per_second: Some(order.len() as f64 / train_seconds.max(1e-9)),
-        };
-        print_epoch(&m, show_progress);
-        history.push(m);
-        if stopper.update(&[&trainer.top.vs, &trainer.head.vs], epoch, val_loss) {
-            stopped_early = true;
-            break;
-        }
-    }
-    let best_epoch = stopper.restore(&[&top.vs, &head.vs]);
+    let ran = run_epochs(&mut trainer, &plan)?;
+    drop(trainer);
     top.vs.freeze();
     head.vs.freeze();
     if !head.is_finite() {
@@ -236,8 +218,8 @@ pub fn finetune(
         )));
     }
     Ok(FinetuneOutcome {
-        history,
-        best_epoch,
-        stopped_early,
+        history: ran.history,
+        best_epoch: ran.best_epoch,
+        stopped_early: ran.stopped_early,
     })
 }

@@ -1,6 +1,7 @@
 //! Stage 3: the trainable head on top of frozen features (`model`) and its training on
 //! cached features (`train`); its temperature (`temperature`) and the judge of images unlike
 //! the training ones (`unknown`).
+pub mod epochs;
 pub mod finetune;
 pub mod model;
 pub mod rows;

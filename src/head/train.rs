@@ -2,13 +2,12 @@
 //! Adam/AdamW/SGD, label smoothing, cosine or constant learning rate, early stopping on
 //! validation loss (the best epoch's weights are kept). A diverging run (a loss or weight
 //! that is not a finite number) stops with an error instead of saving garbage.
+use super::epochs::{run_epochs, EpochPlan, EpochRunner};
 use super::model::{Head, HeadConfig};
 use super::rows::Rows;
 use crate::error::{Result, TlError};
 use crate::progress;
-use crate::util::SplitMix64;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,17 +73,6 @@ impl TrainConfig {
             }
         }
         Ok(())
-    }
-
-    /// The learning rate of an epoch (1-based).
-    pub fn lr_at(&self, epoch: usize) -> f64 {
-        match self.schedule {
-            Schedule::Constant => self.lr,
-            Schedule::Cosine => {
-                let t = (epoch - 1) as f64 / self.epochs as f64;
-                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-        }
     }
 }
 
@@ -211,84 +199,37 @@ fn run_epoch(
     Ok((loss_sum / n as f64, correct as f64 / n as f64))
 }
 
-/// (score, epoch, weights of each var store) of the best epoch so far.
-type Snapshot = (f64, usize, Vec<Vec<(String, Tensor)>>);
-
-/// Keeps the weights of the best epoch (lowest validation loss; without validation data,
-/// the last epoch) and says when to stop.
-pub(crate) struct EarlyStopping {
-    patience: usize,
-    best: Option<Snapshot>,
-    since_best: usize,
+/// The head's epochs: its optimiser over in-memory or streamed rows.
+struct HeadEpochs<'a> {
+    head: &'a Head,
+    opt: nn::Optimizer,
+    cfg: &'a TrainConfig,
+    train: &'a dyn Rows,
+    val: Option<&'a dyn Rows>,
+    bar: indicatif::ProgressBar,
 }
 
-impl EarlyStopping {
-    pub(crate) fn new(patience: usize) -> Self {
-        EarlyStopping {
-            patience,
-            best: None,
-            since_best: 0,
+impl EpochRunner for HeadEpochs<'_> {
+    fn train(&mut self, _epoch: usize, order: &[i64], lr: f64) -> Result<(f64, f64)> {
+        self.opt.set_lr(lr);
+        run_epoch(self.head, &mut self.opt, self.cfg, self.train, order)
+    }
+
+    fn validate(&mut self) -> Result<Option<(f64, f64)>> {
+        match self.val {
+            Some(v) if !v.is_empty() => evaluate(self.head, v, 4096).map(Some),
+            _ => Ok(None),
         }
     }
 
-    /// Record an epoch; true when training should stop.
-    pub(crate) fn update(
-        &mut self,
-        stores: &[&nn::VarStore],
-        epoch: usize,
-        val_loss: Option<f64>,
-    ) -> bool {
-        let score = val_loss.unwrap_or(-(epoch as f64));
-        if self.best.as_ref().is_none_or(|(b, _, _)| score < *b - 1e-7) {
-            let snapshot = stores
-                .iter()
-                .map(|vs| {
-                    vs.variables()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.detach().copy()))
-                        .collect()
-                })
-                .collect();
-            self.best = Some((score, epoch, snapshot));
-            self.since_best = 0;
-            return false;
-        }
-        self.since_best += 1;
-        self.patience > 0 && val_loss.is_some() && self.since_best >= self.patience
+    fn stores(&self) -> Vec<&nn::VarStore> {
+        vec![&self.head.vs]
     }
 
-    /// Put the best epoch's weights back; returns that epoch.
-    pub(crate) fn restore(self, stores: &[&nn::VarStore]) -> usize {
-        let Some((_, best_epoch, snapshots)) = self.best else {
-            return 0;
-        };
-        tch::no_grad(|| {
-            for (vs, snapshot) in stores.iter().zip(&snapshots) {
-                let vars = vs.variables();
-                for (name, value) in snapshot {
-                    if let Some(var) = vars.get(name) {
-                        let mut var = var.shallow_clone();
-                        var.copy_(value);
-                    }
-                }
-            }
-        });
-        best_epoch
+    fn finished(&mut self, m: &EpochMetrics) {
+        self.bar.set_message(m.summary());
+        self.bar.inc(1);
     }
-}
-
-pub(crate) fn check_finite(
-    epoch: usize,
-    train_loss: f64,
-    val_loss: Option<f64>,
-    lr: f64,
-) -> Result<()> {
-    if !train_loss.is_finite() || val_loss.is_some_and(|l| !l.is_finite()) {
-        return Err(TlError::invalid(format!(
-            "training diverged at epoch {epoch} (loss {train_loss}) with learning rate {lr}; try a smaller one"
-        )));
-    }
-    Ok(())
 }
 
 pub fn train_head(
@@ -300,7 +241,7 @@ pub fn train_head(
     show_progress: bool,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
-    let n = train.len() as i64;
+    let n = train.len();
     if n == 0 {
         return Err(TlError::invalid("no training images left"));
     }
@@ -310,53 +251,28 @@ pub fn train_head(
         let (mean, std) = train.moments(device)?;
         head.set_moments(&mean, &std);
     }
-    let mut opt = build_optimizer(&head, cfg)?;
-    let mut rng = SplitMix64::new(cfg.seed);
-    let mut order: Vec<i64> = (0..n).collect();
-    let mut history = Vec::new();
-    let mut stopper = EarlyStopping::new(cfg.patience);
-    let mut stopped_early = false;
-    let bar = progress::bar(cfg.epochs as u64, "train", show_progress);
-    for epoch in 1..=cfg.epochs {
-        let t0 = Instant::now();
-        let lr = cfg.lr_at(epoch);
-        opt.set_lr(lr);
-        rng.shuffle(&mut order);
-        let (train_loss, train_accuracy) = run_epoch(&head, &mut opt, cfg, train, &order)?;
-        let (val_loss, val_accuracy) = match val {
-            Some(v) if !v.is_empty() => {
-                let (l, a) = evaluate(&head, v, 4096)?;
-                (Some(l), Some(a))
-            }
-            _ => (None, None),
-        };
-        check_finite(epoch, train_loss, val_loss, cfg.lr)?;
-        let m = EpochMetrics {
-            stage: head_stage(),
-            epoch,
-            lr,
-            train_loss,
-            train_accuracy,
-            val_loss,
-            val_accuracy,
-            seconds: t0.elapsed().as_secs_f64(),
-            images_per_second: None,
-        };
-        bar.set_message(match (val_loss, val_accuracy) {
-            (Some(l), Some(a)) => {
-                format!("loss {train_loss:.4} acc {train_accuracy:.3} | val loss {l:.4} acc {a:.3}")
-            }
-            _ => format!("loss {train_loss:.4} acc {train_accuracy:.3}"),
-        });
-        bar.inc(1);
-        history.push(m);
-        if stopper.update(&[&head.vs], epoch, val_loss) {
-            stopped_early = true;
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    let best_epoch = stopper.restore(&[&head.vs]);
+    let plan = EpochPlan {
+        stage: "head",
+        epochs: cfg.epochs,
+        rows: n,
+        lr: cfg.lr,
+        schedule: cfg.schedule,
+        patience: cfg.patience,
+        shuffle_seed: cfg.seed,
+        epoch_zero: false,
+        rate: false,
+    };
+    let mut runner = HeadEpochs {
+        opt: build_optimizer(&head, cfg)?,
+        head: &head,
+        cfg,
+        train,
+        val,
+        bar: progress::bar(cfg.epochs as u64, "train", show_progress),
+    };
+    let ran = run_epochs(&mut runner, &plan)?;
+    runner.bar.finish_and_clear();
+    drop(runner);
     if !head.is_finite() {
         return Err(TlError::invalid(format!(
             "training diverged: the head's weights are not finite (learning rate {}); try a smaller one",
@@ -366,8 +282,8 @@ pub fn train_head(
     head.vs.freeze();
     Ok(TrainOutcome {
         head,
-        history,
-        best_epoch,
-        stopped_early,
+        history: ran.history,
+        best_epoch: ran.best_epoch,
+        stopped_early: ran.stopped_early,
     })
 }
