@@ -29,6 +29,13 @@ pub struct RuntimeSettings {
     pub decode_threads: Option<usize>,
     pub backbones: BackboneStore,
     pub progress: bool,
+    /// ONNX Runtime extraction workers (`TL_EXTRACT_WORKERS`; None: the default layout;
+    /// Some(0): one session fed by decoder threads). For benchmarks.
+    pub extract_workers: Option<usize>,
+    /// Nice level of the decoder threads (`TL_DECODE_NICE`; None: 5 on CPU, 0 with CUDA).
+    pub decode_nice: Option<i32>,
+    /// Report where extraction's time goes (`TL_DEBUG_TIMING`).
+    pub debug_timing: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +57,10 @@ pub struct Runtime {
     /// Where backbones are looked up, and exported on first use.
     pub backbones: BackboneStore,
     pub progress: bool,
+    /// [`RuntimeSettings::decode_nice`]
+    pub decode_nice: Option<i32>,
+    /// [`RuntimeSettings::debug_timing`]
+    pub debug_timing: bool,
 }
 
 impl Runtime {
@@ -77,14 +88,16 @@ impl Runtime {
             threads,
             decode_threads: s.decode_threads.unwrap_or(default_decoders).max(1),
             onnx_decode_threads: s.decode_threads.unwrap_or(threads).max(1),
-            onnx_workers: match std::env::var("TL_EXTRACT_WORKERS").map(|v| v.parse::<usize>()) {
-                Ok(Ok(0)) => None,
-                Ok(Ok(n)) => Some(n.min(threads)),
-                _ if s.decode_threads.is_some() => None,
-                _ => Some(threads.min(4)),
+            onnx_workers: match s.extract_workers {
+                Some(0) => None,
+                Some(n) => Some(n.min(threads)),
+                None if s.decode_threads.is_some() => None,
+                None => Some(threads.min(4)),
             },
             backbones: s.backbones.clone(),
             progress: s.progress,
+            decode_nice: s.decode_nice,
+            debug_timing: s.debug_timing,
         })
     }
 
@@ -98,6 +111,9 @@ impl Runtime {
             decode_threads: None,
             backbones: BackboneStore::folder(backbones),
             progress: false,
+            extract_workers: None,
+            decode_nice: None,
+            debug_timing: false,
         })
     }
 }

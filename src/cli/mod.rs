@@ -70,6 +70,22 @@ pub struct GlobalArgs {
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// ONNX Runtime extraction workers (0: one session fed by the decoder threads); for
+    /// benchmarks.
+    #[arg(long, global = true, env = "TL_EXTRACT_WORKERS", hide = true)]
+    pub extract_workers: Option<usize>,
+    /// Nice level of the decoder threads [default: 5 on CPU, 0 with CUDA]; for benchmarks.
+    #[arg(
+        long,
+        global = true,
+        env = "TL_DECODE_NICE",
+        hide = true,
+        allow_hyphen_values = true
+    )]
+    pub decode_nice: Option<i32>,
+    /// Say where extraction's time goes; for benchmarks.
+    #[arg(long, global = true, env = "TL_DEBUG_TIMING", hide = true)]
+    pub debug_timing: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,6 +247,9 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
             show_progress: !g.quiet,
         }),
         progress: !g.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        extract_workers: g.extract_workers,
+        decode_nice: g.decode_nice,
+        debug_timing: g.debug_timing,
     })?)
 }
 

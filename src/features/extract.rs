@@ -40,6 +40,10 @@ pub struct ExtractOptions {
     /// session of `threads / n` threads (ONNX Runtime; see `workers` in this file). `None`: one
     /// backbone on the calling thread, fed by `decode_threads` decoders.
     pub workers: Option<usize>,
+    /// [`crate::runtime::RuntimeSettings::decode_nice`]
+    pub decode_nice: Option<i32>,
+    /// [`crate::runtime::RuntimeSettings::debug_timing`]
+    pub debug_timing: bool,
 }
 
 impl ExtractOptions {
@@ -69,6 +73,8 @@ impl ExtractOptions {
                 Engine::Torch => None,
                 Engine::Onnx => rt.onnx_workers,
             },
+            decode_nice: rt.decode_nice,
+            debug_timing: rt.debug_timing,
         }
     }
 }
@@ -461,7 +467,7 @@ fn pipeline(
         }
         Ok::<(), TlError>(())
     })?;
-    if std::env::var_os("TL_DEBUG_TIMING").is_some() {
+    if opts.debug_timing {
         crate::progress::say(&format!(
             "extract timing: waiting for decoded batches {wait:.2}s, backbone {fwd:.2}s"
         ));
@@ -530,7 +536,7 @@ fn workers(
         }
         Ok::<(), TlError>(())
     })?;
-    if std::env::var_os("TL_DEBUG_TIMING").is_some() {
+    if opts.debug_timing {
         crate::progress::say(&format!(
             "extract timing: {count} workers, backbone {fwd:.2}s"
         ));
@@ -664,10 +670,7 @@ fn check_dim(module: &FrozenModel, d: usize, expected: Option<usize>) -> Result<
 /// yet keeps up.
 fn decode_pool(opts: &ExtractOptions) -> Result<rayon::ThreadPool> {
     let default_nice = if opts.device == Device::Cpu { 5 } else { 0 };
-    let nice = std::env::var("TL_DECODE_NICE")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(default_nice);
+    let nice = opts.decode_nice.unwrap_or(default_nice);
     rayon::ThreadPoolBuilder::new()
         .num_threads(opts.decode_threads.max(1))
         .start_handler(move |_| lower_priority(nice))

@@ -2,11 +2,50 @@
 //! shuffling, the finite check, each epoch's metrics and early stopping on validation loss
 //! with the best epoch's weights put back. What an epoch trains is the caller's
 //! ([`EpochRunner`]).
-use super::train::{EpochMetrics, Schedule};
 use crate::error::{Result, TlError};
 use crate::util::SplitMix64;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use tch::{nn, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Cosine,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// "head" (the head on frozen features) or "finetune" (top blocks and head).
+    #[serde(default = "head_stage")]
+    pub stage: String,
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub seconds: f64,
+    /// Training images (views) per second, for fine-tuning epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_second: Option<f64>,
+}
+
+fn head_stage() -> String {
+    "head".into()
+}
+
+impl EpochMetrics {
+    /// `loss 0.1234 acc 0.950 | val loss 0.2345 acc 0.900`
+    pub fn summary(&self) -> String {
+        let train = format!("loss {:.4} acc {:.3}", self.train_loss, self.train_accuracy);
+        match (self.val_loss, self.val_accuracy) {
+            (Some(l), Some(a)) => format!("{train} | val loss {l:.4} acc {a:.3}"),
+            _ => train,
+        }
+    }
+}
 
 /// The learning rate of `epoch` (1-based) of `epochs`: constant, or cosine from `lr` down
 /// towards 0 (the last epoch still learns).

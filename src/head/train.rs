@@ -3,6 +3,7 @@
 //! validation loss (the best epoch's weights are kept). A diverging run (a loss or weight
 //! that is not a finite number) stops with an error instead of saving garbage.
 use super::epochs::{run_epochs, EpochPlan, EpochRunner};
+pub use super::epochs::{EpochMetrics, Schedule};
 use super::model::{Head, HeadConfig};
 use super::rows::Rows;
 use crate::error::{Result, TlError};
@@ -16,13 +17,6 @@ pub enum OptimizerKind {
     Adam,
     Adamw,
     Sgd,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    Constant,
-    Cosine,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,38 +67,6 @@ impl TrainConfig {
             }
         }
         Ok(())
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// "head" (the head on frozen features) or "finetune" (top blocks and head).
-    #[serde(default = "head_stage")]
-    pub stage: String,
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-    pub seconds: f64,
-    /// Training images (views) per second, for fine-tuning epochs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub images_per_second: Option<f64>,
-}
-
-fn head_stage() -> String {
-    "head".into()
-}
-
-impl EpochMetrics {
-    /// `loss 0.1234 acc 0.950 | val loss 0.2345 acc 0.900`
-    pub fn summary(&self) -> String {
-        let train = format!("loss {:.4} acc {:.3}", self.train_loss, self.train_accuracy);
-        match (self.val_loss, self.val_accuracy) {
-            (Some(l), Some(a)) => format!("{train} | val loss {l:.4} acc {a:.3}"),
-            _ => train,
-        }
     }
 }
 
