@@ -2,8 +2,9 @@
 use super::{emit, values, NetworkArgs};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use tl::inspect::attack::{AttackSettings, Goal, Norm};
+use tl::inspect::attack::{Goal, Norm};
 use tl::runtime::Runtime;
+use tl::workflow::attack::AttackSettings;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum NormArg {
@@ -93,5 +94,5 @@ pub fn run(rt: &Runtime, args: &AttackArgs) -> anyhow::Result<()> {
         force: args.force,
         max_pixels: args.max_pixels,
     };
-    emit(&tl::inspect::attack::run(rt, &settings)?, args.json)
+    emit(&tl::workflow::attack::run(rt, &settings)?, args.json)
 }

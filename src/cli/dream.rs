@@ -2,11 +2,10 @@
 use super::{emit, values, NetworkArgs};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use tl::inspect::dream::{
-    DreamConfig, DreamSettings, Objective, Parametrization, Target, MAX_DREAM_SIZE,
-};
+use tl::inspect::dream::{DreamConfig, Objective, Parametrization, MAX_DREAM_SIZE};
 use tl::runtime::Runtime;
 use tl::util::FilePath;
+use tl::workflow::dream::{DreamSettings, Target};
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum ParamArg {
@@ -113,7 +112,7 @@ pub struct DreamArgs {
 
 pub fn run(rt: &Runtime, args: &DreamArgs) -> anyhow::Result<()> {
     if args.list_layers {
-        let report = tl::inspect::dream::list_layers(rt, &args.network.choice()?)?;
+        let report = tl::workflow::dream::list_layers(rt, &args.network.choice()?)?;
         return emit(&report, args.json);
     }
     let target = match (&args.class, &args.layer, args.channel) {
@@ -155,5 +154,5 @@ pub fn run(rt: &Runtime, args: &DreamArgs) -> anyhow::Result<()> {
             diversity: args.diversity,
         },
     };
-    emit(&tl::inspect::dream::run(rt, &settings)?, args.json)
+    emit(&tl::workflow::dream::run(rt, &settings)?, args.json)
 }

@@ -1,5 +1,6 @@
 //! Stage 7: the commands as library calls. Each takes plain settings (no command-line
 //! types), runs the stages above in order and returns a typed report.
+pub mod attack;
 pub mod audit;
 pub mod backbones;
 pub mod bench;
@@ -7,6 +8,7 @@ pub mod cache;
 pub mod calibrate;
 pub mod compare;
 pub mod doctor;
+pub mod dream;
 pub mod evaluate;
 pub mod export;
 pub mod extract;
