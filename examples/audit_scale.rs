@@ -12,6 +12,8 @@
 //! label. The audit
 //! phase prints one JSON line: seconds per step, peak RSS (VmHWM), and how many planted
 //! near-copies and flips were found.
+mod common;
+use common::peak_rss_mib;
 use std::path::Path;
 use std::time::Instant;
 use tl::audit::{AuditConfig, Images};
@@ -86,15 +88,6 @@ fn row(i: usize, dim: usize) -> Vec<f32> {
 
 fn open(root: &Path) -> FeatureCache {
     FeatureCache::open(root, SHA, &PreprocessConfig::default(), "", None).expect("open cache")
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn write(root: &Path, n: usize, dim: usize) {

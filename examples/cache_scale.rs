@@ -8,6 +8,8 @@
 //! Each phase is its own process and prints one JSON line with its time and peak RSS.
 //! The rows are two classes whose mean differs in a few features (plus noise), so the
 //! epoch has something to learn and its accuracy says the rows arrived intact.
+mod common;
+use common::peak_rss_mib;
 use std::path::Path;
 use std::time::Instant;
 use tl::data::PreprocessConfig;
@@ -45,16 +47,6 @@ fn row(i: usize, dim: usize) -> Vec<f32> {
 
 fn open(root: &Path) -> FeatureCache {
     FeatureCache::open(root, SHA, &PreprocessConfig::default(), "", None).expect("open cache")
-}
-
-/// Peak resident memory of this process (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn write(root: &Path, n: usize, dim: usize) {

@@ -498,52 +498,40 @@ fn bad_review_files_fail_naming_the_file_and_line() {
             .to_vec()
     };
 
-    write_rows(
-        &review,
-        &[
-            row("red/red_1.jpg", "keep"),
-            row("red/red_2.jpg", "relabel:horse"),
-        ],
-    );
-    let err = train(&review);
-    assert!(
-        err.contains("review.csv") && err.contains("line 3") && err.contains("horse"),
-        "{err}"
-    );
-    assert!(err.contains("classes: blue, red"), "{err}");
-
-    write_rows(&review, &[row("red/red_1.jpg", "delete")]);
-    let err = train(&review);
-    assert!(
-        err.contains("line 2") && err.contains("\"delete\""),
-        "{err}"
-    );
-
-    write_rows(
-        &review,
-        &[
-            row("red/red_1.jpg", "exclude"),
-            row("red/red_1.jpg", "relabel:blue"),
-        ],
-    );
-    let err = train(&review);
-    assert!(
-        err.contains("lines 2 and 3") && err.contains("red/red_1.jpg"),
-        "{err}"
-    );
-
-    write_rows(
-        &review,
-        &[
-            row("cats/cat.1.jpg", "exclude"),
-            row("dogs/dog.2.jpg", "relabel:red"),
-        ],
-    );
-    let err = train(&review);
-    assert!(
-        err.contains("another dataset") && err.contains("review.csv"),
-        "{err}"
-    );
+    // (decisions, what the error must name)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("red/red_1.jpg", "keep"),
+                ("red/red_2.jpg", "relabel:horse"),
+            ],
+            &["review.csv", "line 3", "horse", "classes: blue, red"],
+        ),
+        (vec![("red/red_1.jpg", "delete")], &["line 2", "\"delete\""]),
+        (
+            vec![
+                ("red/red_1.jpg", "exclude"),
+                ("red/red_1.jpg", "relabel:blue"),
+            ],
+            &["lines 2 and 3", "red/red_1.jpg"],
+        ),
+        (
+            vec![
+                ("cats/cat.1.jpg", "exclude"),
+                ("dogs/dog.2.jpg", "relabel:red"),
+            ],
+            &["another dataset", "review.csv"],
+        ),
+    ];
+    for (decisions, needles) in cases {
+        let rows: Vec<Vec<String>> = decisions.iter().map(|(p, d)| row(p, d)).collect();
+        write_rows(&review, &rows);
+        let err = train(&review);
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} missing: {err}");
+        }
+    }
 
     std::fs::write(&review, "file,verdict\na.jpg,keep\n").unwrap();
     let err = train(&review);

@@ -3,7 +3,8 @@
 of ../shared/data/cats_dogs, the audit runs once, and each finding list is scored against what
 was planted.
 
-Recipe (seeded, --seed): from the 1,300 photos (650 cat, 650 dog),
+Recipe (seeded, --seed): from the 1,300 photos (650 cat, 650 dog; or any class-per-folder
+set given by --src, flips and cross-class copies then going to a seeded other class),
   - 20 near-duplicates: a photo resized to 90 % (Lanczos) and re-saved at JPEG quality 60; half
     of them first cropped by 3-8 pixels on each side; same class, a new file name;
   - 5 exact copies: the bytes of a photo under a new name (2 of them in the other class);
@@ -55,16 +56,22 @@ def non_photos(rng):
 
 def build(src, data, seed):
     rng = random.Random(seed)
-    photos = {c: sorted((src / c).glob("*.jpg")) for c in ("cat", "dog")}
-    pool = [(c, p) for c in ("cat", "dog") for p in photos[c]]
+    classes = sorted(d.name for d in src.iterdir() if d.is_dir())
+    photos = {c: sorted((src / c).glob("*.jpg")) for c in classes}
+    pool = [(c, p) for c in classes for p in photos[c]]
+    # Another class: with two classes the other one, else a seeded choice.
+    other = lambda c: ([k for k in classes if k != c][0] if len(classes) == 2
+                       else rng.choice([k for k in classes if k != c]))
     rng.shuffle(pool)
     flips, pool = pool[:0], pool
-    flips = [x for x in pool if x[0] == "cat"][:15] + [x for x in pool if x[0] == "dog"][:15]
+    # 30 flips: 15 from each of the first two classes with two classes, else the first 30.
+    flips = ([x for x in pool if x[0] == classes[0]][:15] + [x for x in pool if x[0] == classes[1]][:15]
+             if len(classes) == 2 else pool[:30])
     flipped = {p for _, p in flips}
     rest = [x for x in pool if x[1] not in flipped]
     near_src, exact_src, trunc_src = rest[:20], rest[20:25], rest[25:30]
     names = iter(rng.sample(range(10000), 3000))
-    for c in ("cat", "dog"):
+    for c in classes:
         (data / c).mkdir(parents=True)
     def new(cls):
         return data / cls / f"p{next(names):04d}.jpg"
@@ -85,16 +92,16 @@ def build(src, data, seed):
         im.save(dst, quality=60)
         truth["near"].append([truth["paths"][str(p)], str(dst)])
     for i, (c, p) in enumerate(exact_src):
-        cls = c if i < 3 else ("dog" if c == "cat" else "cat")
+        cls = c if i < 3 else other(c)
         dst = new(cls)
         shutil.copyfile(p, dst)
         truth["exact"].append([truth["paths"][str(p)], str(dst)])
     for c, p in flips:
-        dst = new("dog" if c == "cat" else "cat")
+        dst = new(other(c))
         place(p, dst)
         truth["flips"].append(str(dst))
     for i in range(5):
-        dst = new(rng.choice(["cat", "dog"]))
+        dst = new(rng.choice(classes))
         dst.write_bytes(b"")
         truth["broken"].append(str(dst))
     for c, p in trunc_src:
@@ -103,7 +110,7 @@ def build(src, data, seed):
         dst.write_bytes(b[: int(len(b) * 0.4)])
         truth["broken"].append(str(dst))
     for i, (kind, im) in enumerate(non_photos(rng).items()):
-        dst = new("cat" if i % 2 else "dog")
+        dst = new(classes[(i + 1) % len(classes)])
         im.save(dst, quality=90)
         truth["non_photo"].append(str(dst))
     return truth

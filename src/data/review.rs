@@ -96,11 +96,15 @@ pub fn review_path(data: &Path, path: &Path) -> String {
 impl Review {
     /// The rows of an existing review file.
     pub fn read(path: &Path) -> Result<Review> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| TlError::file(path, format!("cannot be read as a review file: {e}")))?;
+        Review::parse(path, &bytes)
+    }
+
+    /// The rows of a review file's bytes (`path` names it in errors).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Review> {
         let bad = |why: String| TlError::file(path, why);
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_path(path)
-            .map_err(|e| bad(format!("cannot be read as a review file: {e}")))?;
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
         let header = reader
             .headers()
             .map_err(|e| bad(format!("has no CSV header: {e}")))?

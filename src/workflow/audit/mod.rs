@@ -254,7 +254,8 @@ pub fn audit(rt: &Runtime, s: &AuditSettings) -> Result<AuditReport> {
     let spec = match (&s.backbone, &run) {
         (Some(name), _) => BackboneSpec::resolve(name, &rt.backbones)?,
         (None, Some(run)) => run.backbone()?,
-        (None, None) => unreachable_backbone()?,
+        // validate() refuses this; kept as an error, not a panic.
+        (None, None) => return Err(TlError::invalid("tl audit needs --backbone or --run")),
     };
     let mut warnings: Vec<String> = spec.weights_warning().into_iter().collect();
     let mut listed = list(s, run.as_ref())?;
@@ -301,10 +302,6 @@ pub fn audit(rt: &Runtime, s: &AuditSettings) -> Result<AuditReport> {
     }
     report.timing_seconds.total = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-fn unreachable_backbone() -> Result<BackboneSpec> {
-    Err(TlError::invalid("tl audit needs --backbone or --run"))
 }
 
 /// The ranked lists with paths in place of rows.

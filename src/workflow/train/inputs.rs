@@ -32,8 +32,13 @@ fn apply_review(
     let Some(file) = &s.review else {
         return Ok(None);
     };
-    let sha256 = crate::util::fs::sha256_file(file)?;
-    let review = crate::data::review::Review::read(file)?;
+    // Read once: the decisions applied are the bytes the recorded sha256 is of.
+    let bytes = std::fs::read(file).map_err(|e| TlError::file(file, e.to_string()))?;
+    let sha256 = {
+        use sha2::{Digest, Sha256};
+        crate::util::text::hex(&Sha256::digest(&bytes))
+    };
+    let review = crate::data::review::Review::parse(file, &bytes)?;
     let applied = crate::data::review::apply(dataset, &s.data, &review, file)?;
     if !applied.not_found.is_empty() {
         let w = format!(
