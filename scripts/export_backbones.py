@@ -68,6 +68,17 @@ class ExportError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
+DOWNLOAD_FAILED = 3
+
+
+class DownloadError(ExportError):
+    """The weights could not be downloaded (exit status 3; tl then says which file to hand over)."""
+
+    def __init__(self, message: str, url: str):
+        super().__init__(message)
+        self.url = url
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -253,8 +264,9 @@ def build_model(arch: str, weights: str, num_classes: int | None):
         try:
             model = torchvision.models.get_model(arch, weights=weights_enum)
         except Exception as exc:  # network failures come in many types
-            raise ExportError(f"could not download {weights_enum.url} ({arch} {weights_enum}): {exc}; "
-                              "offline, use --weights FILE with that file (a torchvision state_dict)") from None
+            raise DownloadError(f"could not download {weights_enum.url} ({arch} {weights_enum}): {exc}; "
+                                "offline, use --weights FILE with that file (a torchvision state_dict)",
+                                weights_enum.url) from None
         transform = weights_enum.transforms()
         resize = int(transform.resize_size[0])
         crop = int(transform.crop_size[0])
@@ -567,6 +579,10 @@ def main(argv=None) -> int:
         try:
             path = export(arch, args.weights, Path(args.out), args.name, args.force,
                           cuts=None if args.cuts is None else parse_cuts(args.cuts), onnx=not args.no_onnx)
+        except DownloadError as exc:
+            print(f"export_backbones: error: {exc}", file=sys.stderr)
+            print(f"export_backbones: url: {exc.url}", file=sys.stderr)
+            return DOWNLOAD_FAILED
         except ExportError as exc:
             print(f"export_backbones: error: {exc}", file=sys.stderr)
             return 1

@@ -361,36 +361,40 @@ impl BackboneStore {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&stderr);
-        let why = text
-            .lines()
-            .rev()
-            .find_map(|l| l.trim().strip_prefix("export_backbones: error: "))
+        let tagged = |tag: &str| {
+            text.lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix(tag))
+                .map(str::trim)
+        };
+        // The script's exit status says what failed; its tagged lines say the details.
+        if status.code() == Some(DOWNLOAD_FAILED) && *weights == Weights::ImageNet {
+            return Err(self.download_error(name, tagged("export_backbones: url: ")));
+        }
+        let why = tagged("export_backbones: error: ")
             .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
             .unwrap_or("no message")
-            .trim()
-            .to_string();
-        Err(self.export_error(name, weights, &why))
+            .trim();
+        Err(TlError::invalid(format!(
+            "exporting backbone '{name}' failed: {why}"
+        )))
     }
 
-    /// One line: what failed and, for a download, which file to hand over and where.
-    fn export_error(&self, name: &str, weights: &Weights, why: &str) -> TlError {
-        if *weights == Weights::ImageNet && why.contains("could not download") {
-            let url = why
-                .split_whitespace()
-                .find(|w| w.starts_with("https://"))
-                .map(|u| u.trim_end_matches([',', ';', ')']));
-            let file = url
-                .and_then(|u| u.rsplit('/').next())
-                .unwrap_or("its weights file");
-            return TlError::invalid(format!(
-                "backbone '{name}' is not exported and its ImageNet weights could not be downloaded (offline?): put {file}{} in {}, or pass --weights FILE (a torchvision state_dict)",
-                url.map(|u| format!(" (from {u})")).unwrap_or_default(),
-                self.weights_dir.display(),
-            ));
-        }
-        TlError::invalid(format!("exporting backbone '{name}' failed: {why}"))
+    /// One line: the weights could not be downloaded; which file to hand over, and where.
+    fn download_error(&self, name: &str, url: Option<&str>) -> TlError {
+        let file = url
+            .and_then(|u| u.rsplit('/').next())
+            .unwrap_or("its weights file");
+        TlError::invalid(format!(
+            "backbone '{name}' is not exported and its ImageNet weights could not be downloaded (offline?): put {file}{} in {}, or pass --weights FILE (a torchvision state_dict)",
+            url.map(|u| format!(" (from {u})")).unwrap_or_default(),
+            self.weights_dir.display(),
+        ))
     }
 }
+
+/// scripts/export_backbones.py's exit status when the weights could not be downloaded.
+const DOWNLOAD_FAILED: i32 = 3;
 
 /// Names of the backbones exported in `dir` (their sidecars).
 pub fn list(dir: &Path) -> Vec<String> {
@@ -474,7 +478,7 @@ fn collect_files(v: &serde_json::Value, dir: &Path, out: &mut Vec<(PathBuf, Opti
 fn publish(staging: &Path, store: &Path, name: &str) -> Result<()> {
     let sidecar = staging.join(format!("{name}.json"));
     if !sidecar.is_file() {
-        return Err(TlError::file(staging, "the export wrote no sidecar"));
+        return Err(TlError::corrupt(staging, "the export wrote no sidecar"));
     }
     for (file, _) in sidecar_files(&sidecar)? {
         if let Some(base) = file.file_name() {

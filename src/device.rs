@@ -10,8 +10,8 @@ pub enum DeviceChoice {
 }
 
 impl std::str::FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = TlError;
+    fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
@@ -20,7 +20,9 @@ impl std::str::FromStr for DeviceChoice {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| format!("'{s}' is not a device (auto, cpu, cuda or cuda:N)")),
+                .ok_or_else(|| {
+                    TlError::invalid(format!("'{s}' is not a device (auto, cpu, cuda or cuda:N)"))
+                }),
         }
     }
 }

@@ -163,7 +163,7 @@ impl ModelSidecar {
     pub fn load(model: &Path) -> Result<ModelSidecar> {
         let path = sidecar_path(model);
         if !path.is_file() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &path,
                 "no sidecar beside the model (`tl export` writes NAME.pt and NAME.pt.json)",
             ));
@@ -172,23 +172,23 @@ impl ModelSidecar {
         s.input
             .preprocess()
             .validate()
-            .map_err(|why| TlError::file(&path, format!("input: {why}")))?;
+            .map_err(|why| TlError::corrupt(&path, format!("input: {why}")))?;
         if !(s.temperature.is_finite() && s.temperature > 0.0) {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &path,
                 "temperature must be a positive number",
             ));
         }
         if let Some(u) = &s.unknown {
             if !u.threshold.is_finite() {
-                return Err(TlError::file(
+                return Err(TlError::corrupt(
                     &path,
                     "the unknown threshold is not a number",
                 ));
             }
         }
         if s.format != FORMAT {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &path,
                 format!("format '{}' is not '{FORMAT}'", s.format),
             ));
@@ -196,7 +196,7 @@ impl ModelSidecar {
         // The name may differ (the pair was renamed together); the bytes may not.
         let hash = crate::util::sha256_file(model)?;
         if hash != s.sha256 {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 model,
                 "differs from the sha256 in its sidecar (changed or damaged since export)",
             ));

@@ -264,20 +264,23 @@ pub struct Run {
 impl Run {
     pub fn open(dir: &Path) -> Result<Run> {
         if !dir.is_dir() {
-            return Err(TlError::file(dir, "run folder not found"));
+            return Err(TlError::not_found(dir, "run folder not found"));
         }
         let config_path = dir.join(CONFIG);
         if !config_path.is_file() {
-            return Err(TlError::file(dir, "not a tl run folder (no config.json)"));
+            return Err(TlError::corrupt(
+                dir,
+                "not a tl run folder (no config.json)",
+            ));
         }
         let config: RunConfig = crate::util::read_json(&config_path)?;
         config
             .preprocess
             .validate()
-            .map_err(|why| TlError::file(&config_path, format!("preprocess: {why}")))?;
+            .map_err(|why| TlError::corrupt(&config_path, format!("preprocess: {why}")))?;
         if let Some(c) = &config.calibration {
             if !(c.temperature.is_finite() && c.temperature > 0.0) {
-                return Err(TlError::file(
+                return Err(TlError::corrupt(
                     &config_path,
                     "calibration.temperature must be a positive number",
                 ));
@@ -286,13 +289,13 @@ impl Run {
         let classes: Vec<String> = crate::util::read_json(&dir.join(CLASSES))?;
         let distinct: std::collections::HashSet<&String> = classes.iter().collect();
         if distinct.len() != classes.len() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 dir.join(CLASSES),
                 "names a class twice (edited since training?)",
             ));
         }
         if classes.len() as i64 != config.head.num_classes {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 dir.join(CLASSES),
                 format!(
                     "{} classes but the head has {}",
@@ -302,13 +305,13 @@ impl Run {
             ));
         }
         if config.finetune.is_some() && !dir.join(FINETUNED).is_file() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 dir.join(FINETUNED),
                 "fine-tuned weights missing (training did not finish?)",
             ));
         }
         if !dir.join(HEAD).is_file() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 dir.join(HEAD),
                 "head weights missing (training did not finish?)",
             ));
@@ -329,7 +332,7 @@ impl Run {
         let mut head = Head::load(self.config.head.clone(), &self.head_path(), device)?;
         if let Some(c) = &self.config.calibration {
             head.set_temperature(c.temperature)
-                .map_err(|e| TlError::file(self.dir.join(CONFIG), e.to_string()))?;
+                .map_err(|e| TlError::context(self.dir.join(CONFIG).display().to_string(), e))?;
         }
         Ok(head)
     }
@@ -346,10 +349,10 @@ impl Run {
         };
         let config = self.dir.join(CONFIG);
         crate::head::unknown::check_accept(rec.accept)
-            .map_err(|e| TlError::file(&config, e.to_string()))?;
+            .map_err(|e| TlError::context(config.display().to_string(), e))?;
         let path = self.dir.join(UNKNOWN);
         if !path.is_file() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &path,
                 "missing: config.json records an unknown judge (restore the file, or predict with --no-unknown)",
             ));
@@ -360,7 +363,7 @@ impl Run {
             None => rec.threshold,
         };
         if !threshold.is_finite() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &config,
                 "the unknown threshold is not a number",
             ));
@@ -375,7 +378,7 @@ impl Run {
         };
         let split = SplitSpec::resolve(&self.backbone()?, rec.unfreeze)?;
         let changed = |path: &Path, now: &str, then: &str| {
-            TlError::file(
+            TlError::corrupt(
                 path,
                 format!(
                     "changed since this run was trained (sha256 {}… now, {}… at training); re-train or restore the file",
@@ -435,7 +438,7 @@ impl Run {
         {
             let now = spec.verified_features_hash()?;
             if &now != then {
-                return Err(TlError::file(
+                return Err(TlError::corrupt(
                     &spec.features_path,
                     format!(
                         "ONNX export changed since this run was trained (sha256 {}… now, {}… at training); restore it, re-train, or use --engine torch",
@@ -467,7 +470,7 @@ impl Run {
                 // say, its classifier with the sha256 edited to match).
                 if let Some(sha) = s.sidecar.as_ref().and_then(|x| x.features_sha256.as_ref()) {
                     if sha != &rec.features_sha256 {
-                        return Err(TlError::file(
+                        return Err(TlError::corrupt(
                             self.dir.join(CONFIG),
                             format!(
                                 "backbone.features_sha256 is not the feature extractor's in {} (edited since training?)",
@@ -482,7 +485,7 @@ impl Run {
             _ => BackboneSpec::raw(&rec.name, &rec.features_file),
         };
         if !spec.features_path.is_file() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &spec.features_path,
                 "the run's backbone file is missing (moved or deleted since training?)",
             ));
@@ -491,7 +494,7 @@ impl Run {
         // message here (the file was checked against its sidecar when the run was trained).
         let hash = crate::util::sha256_file(&spec.features_path)?;
         if hash != rec.features_sha256 {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &spec.features_path,
                 format!(
                     "backbone changed since this run was trained (sha256 {}… now, {}… at training); re-train or restore the file",
@@ -504,7 +507,7 @@ impl Run {
         // One source of preprocessing: what config.json records (and predict and export
         // use) must be what the backbone's sidecar says (what extraction uses).
         if spec.sidecar.is_some() && spec.preprocess() != self.config.preprocess {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 self.dir.join(CONFIG),
                 format!(
                     "preprocess {:?} differs from the backbone sidecar's {:?} (edited since training?)",
@@ -523,7 +526,7 @@ impl Run {
 pub fn reserve_default_dir(backbone_name: &str) -> Result<PathBuf> {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
     let runs = PathBuf::from("runs");
-    std::fs::create_dir_all(&runs).map_err(|e| TlError::file(&runs, e.to_string()))?;
+    std::fs::create_dir_all(&runs).map_err(|e| TlError::io(&runs, e))?;
     let base = runs.join(format!("{stamp}-{backbone_name}"));
     for n in 1..10_000 {
         let dir = match n {
@@ -533,10 +536,10 @@ pub fn reserve_default_dir(backbone_name: &str) -> Result<PathBuf> {
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(TlError::file(&dir, e.to_string())),
+            Err(e) => return Err(TlError::io(&dir, e)),
         }
     }
-    Err(TlError::file(&base, "no free run folder name"))
+    Err(TlError::bad_path(&base, "no free run folder name"))
 }
 
 /// Everything a finished training run writes.
@@ -581,12 +584,13 @@ fn write_files<R: Serialize>(dir: &Path, c: &RunContents<R>) -> Result<()> {
     let mut metrics = String::new();
     for m in c.metrics {
         let line = serde_json::to_string(m)
-            .map_err(|e| TlError::file(dir.join(METRICS), e.to_string()))?;
+            .map_err(|e| TlError::corrupt(dir.join(METRICS), e.to_string()))?;
         metrics.push_str(&line);
         metrics.push('\n');
     }
     write_atomic(&dir.join(METRICS), metrics.as_bytes())?;
-    let report = to_json_pretty(c.report).map_err(|e| TlError::file(dir.join(REPORT), e))?;
+    let report = to_json_pretty(c.report)
+        .map_err(|e| TlError::corrupt(dir.join(REPORT), format!("cannot write JSON: {e}")))?;
     write_atomic(&dir.join(REPORT), format!("{report}\n").as_bytes())?;
     if let Some(html) = c.html {
         write_atomic(&dir.join(REPORT_HTML), html.as_bytes())?;

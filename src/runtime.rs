@@ -19,6 +19,35 @@ pub enum EngineChoice {
     Onnx,
 }
 
+/// Settings for the parts of the library that run without a [`Runtime`] at hand (the
+/// feature cache's default folder and flush limits, where ONNX Runtime is): the binary reads
+/// them once from the environment (`TL_CACHE_DIR`, `TL_CACHE_SEGMENT_ENTRIES`,
+/// `TL_CACHE_SEGMENT_SECONDS`, `TL_ONNXRUNTIME`) and sets them before anything runs. A
+/// program using the library may set them; unset, the defaults hold.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessSettings {
+    /// The feature cache's default folder (None: the user's cache folder, `~/.cache/tl`).
+    pub cache_dir: Option<PathBuf>,
+    /// Entries per published cache segment (None: 4096).
+    pub cache_segment_entries: Option<usize>,
+    /// The longest computed entries wait before they are published (None: 15 s).
+    pub cache_segment_seconds: Option<u64>,
+    /// The ONNX Runtime library (None: the one `tl` was built with).
+    pub onnxruntime: Option<PathBuf>,
+}
+
+static PROCESS: std::sync::OnceLock<ProcessSettings> = std::sync::OnceLock::new();
+
+/// Set the process settings; the first call wins (false: they were set already).
+pub fn set_process_settings(settings: ProcessSettings) -> bool {
+    PROCESS.set(settings).is_ok()
+}
+
+/// The process settings ([`ProcessSettings::default`] unless set).
+pub fn process_settings() -> &'static ProcessSettings {
+    PROCESS.get_or_init(ProcessSettings::default)
+}
+
 #[derive(Clone, Debug)]
 pub struct RuntimeSettings {
     pub device: DeviceChoice,

@@ -1,7 +1,8 @@
 //! The shape of the code, checked: the library's modules follow the data path (no module
 //! imports from a later stage), module imports have no cycles, clap stays in the binary's
-//! CLI layer, no library function runs past 80 lines, and the library never calls
-//! `unwrap()`/`expect()` (user data must fail with an error, not a panic).
+//! CLI layer, no library function runs past 80 lines (whatever its visibility or
+//! qualifiers), no source file past 600 lines without a stated reason, and the library never
+//! calls `unwrap()`/`expect()` (user data must fail with an error, not a panic).
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -213,6 +214,89 @@ fn clap_stays_in_the_cli_layer() {
     );
 }
 
+/// Whether a (trimmed) line starts a function: any visibility (`pub`, `pub(crate)`,
+/// `pub(super)`, `pub(in …)`), then `const`, `async`, `unsafe`, `extern "…"`, then `fn`.
+fn declares_fn(line: &str) -> bool {
+    let mut rest = line;
+    if let Some(r) = rest.strip_prefix("pub") {
+        rest = match r.strip_prefix('(') {
+            Some(r) => match r.find(')') {
+                Some(end) => &r[end + 1..],
+                None => return false,
+            },
+            None => r,
+        };
+        rest = rest.trim_start();
+    }
+    loop {
+        let before = rest;
+        for q in ["const ", "async ", "unsafe "] {
+            rest = rest.strip_prefix(q).unwrap_or(rest);
+        }
+        if let Some(r) = rest.strip_prefix("extern ") {
+            rest = r.trim_start();
+            if rest.starts_with('"') {
+                rest = rest[1..]
+                    .split_once('"')
+                    .map(|x| x.1)
+                    .unwrap_or("")
+                    .trim_start();
+            }
+        }
+        if rest == before {
+            break;
+        }
+    }
+    rest.starts_with("fn ")
+}
+
+#[test]
+fn function_declarations_are_recognised_whatever_their_visibility() {
+    let cases = [
+        ("fn a() {", true),
+        ("pub fn a() {", true),
+        ("pub(crate) fn a() {", true),
+        ("pub(super) fn a() {", true),
+        ("pub(in crate::x) fn a() {", true),
+        ("pub(super) unsafe fn horizontal(", true),
+        ("pub const fn a() {", true),
+        ("async fn a() {", true),
+        ("pub(crate) unsafe extern \"C\" fn a() {", true),
+        ("pub struct Fn {", false),
+        ("let f = fn_name();", false),
+        ("// fn commented()", false),
+        ("pub(super) struct Context<'a> {", false),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(declares_fn(line), expected, "{line}");
+    }
+}
+
+/// Longest a source file may be without saying why (a `//! Longer than 600 lines:` line).
+const MAX_FILE_LINES: usize = 600;
+
+#[test]
+fn source_files_are_short_or_say_why() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut long = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let n = text.lines().count();
+        let reason = text
+            .lines()
+            .any(|l| l.trim_start().starts_with("//! Longer than 600 lines:"));
+        if n > MAX_FILE_LINES && !reason {
+            long.push(format!("{}: {n} lines", f.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines without a `//! Longer than 600 lines:` reason:\n{}",
+        long.join("\n")
+    );
+}
+
 #[test]
 fn library_functions_are_short_and_never_unwrap() {
     let mut long = Vec::new();
@@ -224,9 +308,7 @@ fn library_functions_are_short_and_never_unwrap() {
             if !t.starts_with("//") && (t.contains(".unwrap()") || t.contains(".expect(")) {
                 unwraps.push(format!("{module}:{}: {}", i + 1, t));
             }
-            let is_fn =
-                t.starts_with("fn ") || t.starts_with("pub fn ") || t.starts_with("pub(crate) fn ");
-            if !is_fn {
+            if !declares_fn(t) {
                 continue;
             }
             let (mut depth, mut started, mut end) = (0i32, false, i);

@@ -1,4 +1,5 @@
 //! `tl dream` flags → `DreamSettings`.
+use super::values::{BadValue, Parsed};
 use super::{emit, values, NetworkArgs};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -25,14 +26,14 @@ pub enum ObjectiveArg {
     Both,
 }
 
-fn size(s: &str) -> Result<u32, String> {
+fn size(s: &str) -> Parsed<u32> {
     let v = values::at_least_one(s)?;
     if (16..=MAX_DREAM_SIZE as usize).contains(&v) {
         Ok(v as u32)
     } else {
-        Err(format!(
+        Err(BadValue(format!(
             "must be between 16 and {MAX_DREAM_SIZE} pixels (memory grows with its square)"
-        ))
+        )))
     }
 }
 

@@ -253,9 +253,26 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
     })?)
 }
 
+/// The `TL_*` variables the library's process-wide parts use, read once.
+fn process_settings() -> tl::runtime::ProcessSettings {
+    let path = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let number = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse().ok());
+    tl::runtime::ProcessSettings {
+        cache_dir: path("TL_CACHE_DIR"),
+        cache_segment_entries: number("TL_CACHE_SEGMENT_ENTRIES").map(|n: u64| n as usize),
+        cache_segment_seconds: number("TL_CACHE_SEGMENT_SECONDS"),
+        onnxruntime: path("TL_ONNXRUNTIME"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     // The library's running commentary, on stderr (file and class names escaped).
     tl::progress::set_sink(|line| eprintln!("{}", tl::util::text::terminal_safe(line)));
+    tl::runtime::set_process_settings(process_settings());
     let rt = runtime(&cli.global)?;
     match &cli.command {
         Command::Doctor(a) => emit(&tl::workflow::doctor::doctor(&rt), a.json),

@@ -2,17 +2,50 @@
 //! bad value fails at once with clap naming the flag, before any image is read.
 use tl::util::parse_fraction;
 
+/// Why a flag's value was refused (clap prints it after the flag's name).
+#[derive(Debug)]
+pub struct BadValue(pub String);
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadValue {}
+
+impl From<&str> for BadValue {
+    fn from(s: &str) -> Self {
+        BadValue(s.to_string())
+    }
+}
+
+impl From<String> for BadValue {
+    fn from(s: String) -> Self {
+        BadValue(s)
+    }
+}
+
+impl From<tl::error::TlError> for BadValue {
+    fn from(e: tl::error::TlError) -> Self {
+        BadValue(e.to_string())
+    }
+}
+
+/// A parsed flag value, or why it was refused.
+pub type Parsed<T> = Result<T, BadValue>;
+
 /// A whole number >= 1.
-pub fn at_least_one(s: &str) -> Result<usize, String> {
+pub fn at_least_one(s: &str) -> Parsed<usize> {
     match s.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("'{s}' is not a whole number")),
+        Err(_) => Err(BadValue(format!("'{s}' is not a whole number"))),
     }
 }
 
 /// A calendar date `YYYY-MM-DD`, as the start of that day in local time.
-pub fn date(s: &str) -> Result<std::time::SystemTime, String> {
+pub fn date(s: &str) -> Parsed<std::time::SystemTime> {
     let day = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
         .map_err(|_| format!("'{s}' is not a date like 2026-01-31"))?;
     let time = day
@@ -22,14 +55,14 @@ pub fn date(s: &str) -> Result<std::time::SystemTime, String> {
         .ok_or_else(|| format!("'{s}' is not a valid local date"))?;
     // A future date would count everything, a run in progress included, as unused.
     if time > std::time::SystemTime::now() {
-        return Err(format!("'{s}' is in the future"));
+        return Err(BadValue(format!("'{s}' is in the future")));
     }
     Ok(time)
 }
 
 /// A shard `K/N` (0-based).
-pub fn shard(s: &str) -> Result<tl::data::shard::Shard, String> {
-    tl::data::shard::Shard::parse(s).map_err(|e| e.to_string())
+pub fn shard(s: &str) -> Parsed<tl::data::shard::Shard> {
+    tl::data::shard::Shard::parse(s).map_err(|e| BadValue(e.to_string()))
 }
 
 /// The Python of the environment whose libtorch `tl` was built against (it has torch), or
@@ -42,7 +75,7 @@ pub fn default_python() -> std::path::PathBuf {
 }
 
 /// A share of known images to accept: a finite number in (0, 1].
-pub fn accept(s: &str) -> Result<f64, String> {
+pub fn accept(s: &str) -> Parsed<f64> {
     let v = parse_fraction(s)?;
     tl::head::unknown::check_accept(v)
         .map(|_| v)
@@ -52,7 +85,7 @@ pub fn accept(s: &str) -> Result<f64, String> {
 /// A learning rate: a number in (0, 1e30]. From about 3e38 a rate overflows float32 inside
 /// libtorch's optimiser (a crash, not an error); below that, a rate too large makes training
 /// diverge, which `tl` reports as such.
-pub fn learning_rate(s: &str) -> Result<f64, String> {
+pub fn learning_rate(s: &str) -> Parsed<f64> {
     let v = positive(s)?;
     if v <= 1e30 {
         Ok(v)
@@ -63,7 +96,7 @@ pub fn learning_rate(s: &str) -> Result<f64, String> {
 
 /// A loss weight (total variation, L2, diversity): a number in [0, 1e6]. Beyond that the
 /// term swamps everything and overflows float32 (a black image, not an error).
-pub fn weight(s: &str) -> Result<f64, String> {
+pub fn weight(s: &str) -> Parsed<f64> {
     let v = non_negative(s)?;
     if v <= 1e6 {
         Ok(v)
@@ -73,7 +106,7 @@ pub fn weight(s: &str) -> Result<f64, String> {
 }
 
 /// A thread count: 1 to 1024 (more would only exhaust memory and the process table).
-pub fn threads(s: &str) -> Result<usize, String> {
+pub fn threads(s: &str) -> Parsed<usize> {
     match at_least_one(s)? {
         n if n <= 1024 => Ok(n),
         _ => Err("must be between 1 and 1024".into()),
@@ -81,7 +114,7 @@ pub fn threads(s: &str) -> Result<usize, String> {
 }
 
 /// A finite number > 0.
-pub fn positive(s: &str) -> Result<f64, String> {
+pub fn positive(s: &str) -> Parsed<f64> {
     let v = parse_fraction(s)?;
     if v > 0.0 {
         Ok(v)
@@ -91,7 +124,7 @@ pub fn positive(s: &str) -> Result<f64, String> {
 }
 
 /// A finite number >= 0.
-pub fn non_negative(s: &str) -> Result<f64, String> {
+pub fn non_negative(s: &str) -> Parsed<f64> {
     let v = parse_fraction(s)?;
     if v >= 0.0 {
         Ok(v)
@@ -101,7 +134,7 @@ pub fn non_negative(s: &str) -> Result<f64, String> {
 }
 
 /// A finite number in [0, 1).
-pub fn unit_interval(s: &str) -> Result<f64, String> {
+pub fn unit_interval(s: &str) -> Parsed<f64> {
     let v = parse_fraction(s)?;
     if (0.0..1.0).contains(&v) {
         Ok(v)
@@ -111,7 +144,7 @@ pub fn unit_interval(s: &str) -> Result<f64, String> {
 }
 
 /// A finite number in (0, 1).
-pub fn open_fraction(s: &str) -> Result<f64, String> {
+pub fn open_fraction(s: &str) -> Parsed<f64> {
     let v = parse_fraction(s)?;
     if v > 0.0 && v < 1.0 {
         Ok(v)
@@ -121,7 +154,7 @@ pub fn open_fraction(s: &str) -> Result<f64, String> {
 }
 
 /// `auto`, or a finite number >= 0.
-pub fn l2(s: &str) -> Result<tl::workflow::train::L2, String> {
+pub fn l2(s: &str) -> Parsed<tl::workflow::train::L2> {
     use tl::workflow::train::L2;
     if s.trim().eq_ignore_ascii_case("auto") {
         return Ok(L2::Auto);
@@ -132,18 +165,18 @@ pub fn l2(s: &str) -> Result<tl::workflow::train::L2, String> {
 }
 
 /// A device name: auto, cpu, cuda or cuda:N.
-pub fn device(s: &str) -> Result<tl::device::DeviceChoice, String> {
-    s.parse()
+pub fn device(s: &str) -> Parsed<tl::device::DeviceChoice> {
+    Ok(s.parse()?)
 }
 
 /// `--finetune`: a number of top blocks (>= 1) or `all`.
-pub fn unfreeze(s: &str) -> Result<tl::features::Unfreeze, String> {
+pub fn unfreeze(s: &str) -> Parsed<tl::features::Unfreeze> {
     if s.trim().eq_ignore_ascii_case("all") {
         return Ok(tl::features::Unfreeze::All);
     }
     at_least_one(s)
         .map(tl::features::Unfreeze::Blocks)
-        .map_err(|e| format!("{e}; give a number of top blocks or 'all'"))
+        .map_err(|e| BadValue(format!("{e}; give a number of top blocks or 'all'")))
 }
 
 /// `--tta`: test-time augmentation.

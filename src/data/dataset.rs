@@ -213,7 +213,7 @@ fn image_folder(
     let mut labels = Vec::new();
     for (dir, name) in dirs.iter().zip(&found) {
         let Some(label) = classes.iter().position(|c| c == name) else {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 dir,
                 format!(
                     "class folder '{name}' is not one of the {} known classes",
@@ -276,7 +276,7 @@ impl Dataset {
     /// evaluating a trained run); otherwise they are the sorted class names found.
     pub fn open(root: &Path, classes: Option<&[String]>) -> Result<Dataset> {
         if !root.is_dir() {
-            return Err(TlError::file(root, "dataset folder not found"));
+            return Err(TlError::not_found(root, "dataset folder not found"));
         }
         let root = unwrap_single_folders(root)?;
         let mut ignored = Vec::new();
@@ -336,10 +336,9 @@ impl Dataset {
             .map(<[String]>::to_vec)
             .unwrap_or_else(|| found.into_iter().collect());
         let label_of = |class: &str, path: &Path| {
-            classes
-                .iter()
-                .position(|c| c == class)
-                .ok_or_else(|| TlError::file(path, format!("breed '{class}' is not a known class")))
+            classes.iter().position(|c| c == class).ok_or_else(|| {
+                TlError::corrupt(path, format!("breed '{class}' is not a known class"))
+            })
         };
         let trainval = root.join("annotations").join("trainval.txt");
         let test = root.join("annotations").join("test.txt");
@@ -378,13 +377,13 @@ impl Dataset {
         ignored: Vec<IgnoredFile>,
     ) -> Result<Dataset> {
         if classes.is_empty() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 root,
                 "no classes found (expected one folder per class, or images/<Breed>_<n>.jpg)",
             ));
         }
         if train.is_empty() && val.is_empty() {
-            return Err(TlError::file(root, "no image files found"));
+            return Err(TlError::bad_path(root, "no image files found"));
         }
         train.sort_by(|a, b| a.path.cmp(&b.path));
         val.sort_by(|a, b| a.path.cmp(&b.path));
@@ -457,12 +456,12 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             Ok(m) if m.is_dir() => out.extend(collect_images(input, &mut ignored)?),
             Ok(m) if m.is_file() => out.push(input.clone()),
             Ok(_) => {
-                return Err(TlError::file(
+                return Err(TlError::bad_path(
                     input,
                     "is not a regular file (a FIFO, device or socket); give image files or folders",
                 ))
             }
-            Err(_) => return Err(TlError::file(input, "no such file or folder")),
+            Err(_) => return Err(TlError::not_found(input, "no such file or folder")),
         }
     }
     if out.is_empty() {

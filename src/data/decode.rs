@@ -3,7 +3,7 @@
 //! errors that name the file. Decoding never panics and never allocates without bound: the
 //! decoder's memory limit refuses absurd headers, and a decoder panic on a damaged file is
 //! turned into an error.
-use crate::error::{Result, TlError};
+use crate::error::{IoContext, Result, SkipReason, TlError};
 use image::RgbImage;
 use std::io::Cursor;
 use std::path::Path;
@@ -21,7 +21,7 @@ pub const MAX_DECODE_BYTES: u64 = 800 << 20;
 /// Decode an image file's bytes (`path` only names it in errors).
 pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if bytes.is_empty() {
-        return Err(TlError::file(path, "empty file (0 bytes)"));
+        return Err(TlError::decode(path, SkipReason::Empty));
     }
     // A damaged file must cost one skipped image, never the run: the image crate's decoders
     // are meant not to panic, but this keeps a bug in one of them from taking `tl` down.
@@ -29,10 +29,7 @@ pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         Ok(result) => result,
         Err(_) => {
             CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err(TlError::file(
-                path,
-                "the image decoder failed on this file (damaged?)",
-            ))
+            Err(TlError::decode(path, SkipReason::DecoderFailed))
         }
     }
 }
@@ -40,24 +37,21 @@ pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
 fn decode_inner(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| TlError::file(path, e.to_string()))?;
+        .with_path(path)?;
     let format = reader
         .format()
-        .ok_or_else(|| TlError::file(path, "not an image (unrecognised content)"))?;
+        .ok_or_else(|| TlError::decode(path, SkipReason::NotAnImage))?;
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
-        return Err(TlError::file(
-            path,
-            "truncated JPEG (no end-of-image marker)",
-        ));
+        return Err(TlError::decode(path, SkipReason::TruncatedJpeg));
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let img = reader
         .decode()
-        .map_err(|e| TlError::file(path, format!("cannot decode {format:?}: {e}")))?;
+        .map_err(|e| TlError::decode(path, SkipReason::Undecodable(format!("{format:?}: {e}"))))?;
     if img.width() == 0 || img.height() == 0 {
-        return Err(TlError::file(path, "image has zero width or height"));
+        return Err(TlError::decode(path, SkipReason::ZeroSize));
     }
     Ok(img.into_rgb8())
 }
@@ -69,6 +63,6 @@ fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
 }
 
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| TlError::file(path, e.to_string()))?;
+    let bytes = std::fs::read(path).with_path(path)?;
     decode_rgb_bytes(&bytes, path)
 }

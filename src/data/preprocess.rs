@@ -51,17 +51,25 @@ impl PreprocessConfig {
     /// Sizes in 1..=4096 (crop ≤ resize is not required), finite means, positive finite
     /// standard deviations: a file edited by hand (crop 0, std 0, a negative std) otherwise
     /// panics, allocates without bound or answers NaN.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         for (name, v) in [("resize", self.resize), ("crop", self.crop)] {
             if v == 0 || v > MAX_SIDE {
-                return Err(format!("{name} {v} must be between 1 and {MAX_SIDE}"));
+                return Err(TlError::invalid(format!(
+                    "{name} {v} must be between 1 and {MAX_SIDE}"
+                )));
             }
         }
         if !self.mean.iter().all(|m| m.is_finite()) {
-            return Err(format!("mean {:?} must be finite numbers", self.mean));
+            return Err(TlError::invalid(format!(
+                "mean {:?} must be finite numbers",
+                self.mean
+            )));
         }
         if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
-            return Err(format!("std {:?} must be positive numbers", self.std));
+            return Err(TlError::invalid(format!(
+                "std {:?} must be positive numbers",
+                self.std
+            )));
         }
         Ok(())
     }
@@ -208,14 +216,14 @@ pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
         format,
         image::ImageFormat::Png | image::ImageFormat::Bmp | image::ImageFormat::Tiff
     ) {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             path,
             "output must be a lossless format (.png, .bmp or .tiff)",
         ));
     }
     let mut bytes = Vec::new();
     img.write_to(&mut Cursor::new(&mut bytes), format)
-        .map_err(|e| TlError::file(path, e.to_string()))?;
+        .map_err(|e| TlError::corrupt(path, format!("cannot encode the image: {e}")))?;
     crate::util::write_atomic(path, &bytes)
 }
 

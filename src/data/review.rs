@@ -97,13 +97,13 @@ impl Review {
     /// The rows of an existing review file.
     pub fn read(path: &Path) -> Result<Review> {
         let bytes = std::fs::read(path)
-            .map_err(|e| TlError::file(path, format!("cannot be read as a review file: {e}")))?;
+            .map_err(|e| TlError::corrupt(path, format!("cannot be read as a review file: {e}")))?;
         Review::parse(path, &bytes)
     }
 
     /// The rows of a review file's bytes (`path` names it in errors).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Review> {
-        let bad = |why: String| TlError::file(path, why);
+        let bad = |why: String| TlError::corrupt(path, why);
         let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
         let header = reader
             .headers()
@@ -207,7 +207,7 @@ impl Review {
             }
             if let Decision::Relabel(c) = &r.decision {
                 if !classes.contains(c) {
-                    return Err(TlError::file(
+                    return Err(TlError::corrupt(
                         file,
                         format!(
                             "line {}: relabel:{c} names no class of the dataset (classes: {})",
@@ -219,7 +219,7 @@ impl Review {
             }
             match out.get(&r.path) {
                 Some((d, line)) if *d != r.decision => {
-                    return Err(TlError::file(
+                    return Err(TlError::corrupt(
                         file,
                         format!(
                             "lines {line} and {} decide differently about {} ({} vs {})",
@@ -308,7 +308,7 @@ pub fn apply(dataset: &mut Dataset, data: &Path, review: &Review, file: &Path) -
         .cloned()
         .collect();
     if used.is_empty() && !decisions.is_empty() {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             file,
             format!(
                 "none of its {} decided files is in {} (e.g. {}): is it the review of another dataset?",
@@ -326,7 +326,7 @@ pub fn read_if_present(path: &Path) -> Result<Review> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => Review::read(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Review::default()),
-        Err(e) => Err(TlError::file(path, e.to_string())),
+        Err(e) => Err(TlError::io(path, e)),
     }
 }
 

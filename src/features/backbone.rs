@@ -169,7 +169,7 @@ impl BackboneSpec {
         }
         if is_torchscript_name(as_path) || as_path.is_file() {
             if !as_path.exists() {
-                return Err(TlError::file(as_path, "backbone file not found"));
+                return Err(TlError::not_found(as_path, "backbone file not found"));
             }
             let file_name = as_path
                 .file_name()
@@ -233,13 +233,13 @@ impl BackboneSpec {
 
     pub fn from_sidecar(path: &Path) -> Result<BackboneSpec> {
         if !path.is_file() {
-            return Err(TlError::file(path, "backbone sidecar not found"));
+            return Err(TlError::not_found(path, "backbone sidecar not found"));
         }
         let text = std::fs::read_to_string(path).with_path(path)?;
         let sidecar: Sidecar = serde_json::from_str(&text)
-            .map_err(|e| TlError::file(path, format!("not a tl backbone sidecar: {e}")))?;
+            .map_err(|e| TlError::corrupt(path, format!("not a tl backbone sidecar: {e}")))?;
         if sidecar.format != SIDECAR_FORMAT {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 format!(
                     "unsupported sidecar format '{}' (expected {SIDECAR_FORMAT})",
@@ -248,7 +248,7 @@ impl BackboneSpec {
             ));
         }
         if sidecar.crop_size == 0 || sidecar.resize_size < sidecar.crop_size {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 format!(
                     "resize_size {} must be >= crop_size {} > 0",
@@ -257,10 +257,10 @@ impl BackboneSpec {
             ));
         }
         if sidecar.std.iter().any(|s| *s <= 0.0) {
-            return Err(TlError::file(path, "std must be positive"));
+            return Err(TlError::corrupt(path, "std must be positive"));
         }
         if sidecar.num_classes > 0 && sidecar.class_names.len() as i64 != sidecar.num_classes {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 format!(
                     "num_classes {} but {} class names",
@@ -405,7 +405,7 @@ impl LayerNet {
             })
             .collect();
         if tensors.len() != self.names.len() || tensors.iter().any(|t| t.dim() != 4) {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &self.path,
                 format!(
                     "returned {} activations; its sidecar lists {} layers of [N,C,H,W]",
@@ -441,13 +441,13 @@ pub(crate) fn verified_hash(
     sidecar: Option<&Path>,
 ) -> Result<String> {
     if !path.is_file() {
-        return Err(TlError::file(path, "backbone file not found"));
+        return Err(TlError::not_found(path, "backbone file not found"));
     }
     let hash = crate::util::sha256_file(path)?;
     if let Some(expected) = expected {
         if expected != hash {
             let side = sidecar.map(|p| p.display().to_string()).unwrap_or_default();
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 format!(
                     "does not match its sidecar {side} (sha256 {}… vs {}…); re-export the backbone",
@@ -464,7 +464,10 @@ pub(crate) fn verified_hash(
 pub fn load_module(path: &Path, device: Device) -> Result<CModule> {
     let meta = std::fs::metadata(path).with_path(path)?;
     if meta.len() == 0 {
-        return Err(TlError::file(path, "empty file, not a TorchScript model"));
+        return Err(TlError::corrupt(
+            path,
+            "empty file, not a TorchScript model",
+        ));
     }
     std::fs::File::open(path).with_path(path)?;
     let mut module = CModule::load_on_device(path, device).map_err(|e| {
@@ -477,7 +480,7 @@ pub fn load_module(path: &Path, device: Device) -> Result<CModule> {
         } else {
             format!("cannot load TorchScript model: {msg}")
         };
-        TlError::file(path, hint)
+        TlError::corrupt(path, hint)
     })?;
     module
         .f_set_eval()
@@ -503,7 +506,7 @@ impl LoadedModule {
             } else {
                 "[batch, channels, height, width]"
             };
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 &self.path,
                 format!(
                     "model output has shape {:?}; expected {expected}",

@@ -11,6 +11,8 @@
 //! namespace, key and payload: a damaged entry, or a segment copied into another namespace,
 //! is reported and recomputed, never trusted. Entries of the first layout (one `.f32` file
 //! per image under a two-letter folder) are still read.
+use super::loose::OLD_MAGIC;
+pub use super::loose::{decode_entry, encode_entry, loose_entry_path, loose_key_hash, EntryDamage};
 use super::pack::{self, parse_key, RawKey, Segment};
 use crate::data::PreprocessConfig;
 use crate::error::{IoContext, Result, TlError};
@@ -21,14 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const MAGIC: &[u8; 4] = b"TLF2";
-/// Entries of the first format carry no key; they are treated as misses and replaced.
-const OLD_MAGIC: &[u8; 4] = b"TLF1";
-const HEADER: usize = 4 + 4 + 32 + 32;
-
 pub fn default_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TL_CACHE_DIR") {
-        return PathBuf::from(dir);
+    if let Some(dir) = &crate::runtime::process_settings().cache_dir {
+        return dir.clone();
     }
     dirs::cache_dir()
         .unwrap_or_else(std::env::temp_dir)
@@ -46,10 +43,10 @@ pub fn file_key(path: &Path) -> Result<String> {
 }
 
 /// Content keys of many files, in parallel on the current rayon pool.
-pub fn file_keys(paths: &[PathBuf]) -> Vec<std::result::Result<String, String>> {
+pub fn file_keys(paths: &[PathBuf]) -> Vec<crate::error::PerImage<String>> {
     paths
         .par_iter()
-        .map(|p| file_key(p).map_err(|e| e.to_string()))
+        .map(|p| file_key(p).map_err(|e| crate::error::SkipReason::of(&e)))
         .collect()
 }
 
@@ -116,20 +113,13 @@ impl std::fmt::Debug for FeatureCache {
     }
 }
 
-/// Entries per published segment (`TL_CACHE_SEGMENT_ENTRIES`), and the longest computed
-/// entries wait before they are published (`TL_CACHE_SEGMENT_SECONDS`): what a killed
-/// writer can lose.
+/// Entries per published segment, and the longest computed entries wait before they are
+/// published (`ProcessSettings`): what a killed writer can lose.
 fn flush_limits() -> (usize, Duration) {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(default)
-    };
+    let p = crate::runtime::process_settings();
     (
-        var("TL_CACHE_SEGMENT_ENTRIES", 4096) as usize,
-        Duration::from_secs(var("TL_CACHE_SEGMENT_SECONDS", 15)),
+        p.cache_segment_entries.filter(|&n| n > 0).unwrap_or(4096),
+        Duration::from_secs(p.cache_segment_seconds.filter(|&s| s > 0).unwrap_or(15)),
     )
 }
 
@@ -223,7 +213,7 @@ impl Store {
                 }
                 // Removed since it was listed (`tl cache gc` compacting): not a problem.
                 Err(why) if !path.exists() => drop(why),
-                Err(why) => store.problems.push(format!("{}: {why}", path.display())),
+                Err(why) => store.problems.push(why.to_string()),
             }
         }
         store
@@ -317,12 +307,15 @@ impl FeatureCache {
     }
 
     /// The entry at `loc` into `out` (the namespace's feature size).
-    pub fn read_into(&self, loc: Location, out: &mut [f32]) -> std::result::Result<(), String> {
-        let store = self.store.as_ref().ok_or("the cache is disabled")?;
+    pub fn read_into(&self, loc: Location, out: &mut [f32]) -> Result<()> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| TlError::invalid("the feature cache is disabled"))?;
         let seg = store
             .segments
             .get(loc.segment as usize)
-            .ok_or("no such segment")?;
+            .ok_or_else(|| TlError::corrupt(&store.dir, "no such segment"))?;
         let first = seg.read_into(loc.record as usize, out);
         let Err(why) = first else {
             return Ok(());
@@ -336,10 +329,9 @@ impl FeatureCache {
                 }
             }
         }
-        Err(format!(
-            "{}: entry {}: {why}",
-            store.segment_paths[loc.segment as usize].display(),
-            pack::key_hex(&key)
+        Err(TlError::corrupt(
+            &store.segment_paths[loc.segment as usize],
+            format!("entry {}: {}", pack::key_hex(&key), why.what()),
         ))
     }
 
@@ -364,7 +356,7 @@ impl FeatureCache {
             let mut out = vec![0f32; dim];
             return match self.read_into(loc, &mut out) {
                 Ok(()) => Lookup::Hit(out),
-                Err(why) => Lookup::Corrupt(why),
+                Err(why) => Lookup::Corrupt(why.to_string()),
             };
         }
         store.get_loose(key, expected_dim)
@@ -494,86 +486,5 @@ impl Store {
             Ok(v) => Lookup::Hit(v),
             Err(why) => Lookup::Corrupt(format!("{}: {why}", path.display())),
         }
-    }
-}
-
-/// What an entry of the first layout records as its key: the hash of namespace and image.
-pub fn loose_key_hash(namespace: &str, key: &str) -> [u8; 32] {
-    *blake3::hash(format!("{namespace}/{key}").as_bytes()).as_bytes()
-}
-
-pub fn loose_entry_path(dir: &Path, key: &str) -> Option<PathBuf> {
-    let shard = key.get(..2)?;
-    Some(dir.join(shard).join(format!("{key}.f32")))
-}
-
-pub fn encode_entry(features: &[f32], key_hash: &[u8; 32]) -> Vec<u8> {
-    let payload: Vec<u8> = features.iter().flat_map(|f| f.to_le_bytes()).collect();
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(features.len() as u32).to_le_bytes());
-    out.extend_from_slice(key_hash);
-    out.extend_from_slice(blake3::hash(&payload).as_bytes());
-    out.extend_from_slice(&payload);
-    out
-}
-
-pub fn decode_entry(
-    bytes: &[u8],
-    key_hash: &[u8; 32],
-    expected_dim: Option<usize>,
-) -> std::result::Result<Vec<f32>, String> {
-    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
-        return Err("not a feature-cache entry".into());
-    }
-    let dim = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-    if &bytes[8..40] != key_hash {
-        return Err("entry belongs to another image, backbone or preprocessing (misplaced)".into());
-    }
-    let payload = &bytes[HEADER..];
-    if payload.len() != dim * 4 {
-        return Err(format!(
-            "truncated ({} of {} bytes)",
-            payload.len(),
-            dim * 4
-        ));
-    }
-    if let Some(d) = expected_dim {
-        if d != dim {
-            return Err(format!("holds {dim} features, expected {d}"));
-        }
-    }
-    if blake3::hash(payload).as_bytes() != &bytes[40..HEADER] {
-        return Err("checksum mismatch".into());
-    }
-    Ok(payload
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roundtrip_corruption_and_misplacement() {
-        let feats = vec![1.0f32, -2.5, 3.25];
-        let key = [7u8; 32];
-        let enc = encode_entry(&feats, &key);
-        assert_eq!(decode_entry(&enc, &key, Some(3)).unwrap(), feats);
-        assert!(decode_entry(&enc, &key, Some(4)).is_err());
-        assert!(decode_entry(&enc, &[8u8; 32], Some(3))
-            .unwrap_err()
-            .contains("misplaced"));
-        let mut flipped = enc.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        assert!(decode_entry(&flipped, &key, None)
-            .unwrap_err()
-            .contains("checksum"));
-        assert!(decode_entry(&enc[..enc.len() - 1], &key, None)
-            .unwrap_err()
-            .contains("truncated"));
-        assert!(decode_entry(b"nonsense", &key, None).is_err());
     }
 }

@@ -10,7 +10,7 @@ use super::cache::{
     NAMESPACE_FILE,
 };
 use super::pack::{self, RawKey, Segment};
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, TlError};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -141,7 +141,7 @@ pub fn namespace_stats(dir: &Path, verify: bool) -> NamespaceStats {
             continue;
         };
         match Segment::open(&path, &ns_hash_of(dir, info)) {
-            Err(why) => st.problems.push(format!("{}: {why}", path.display())),
+            Err(why) => st.problems.push(why.to_string()),
             Ok(seg) => {
                 st.segments += 1;
                 st.dim = Some(seg.dim);
@@ -149,9 +149,10 @@ pub fn namespace_stats(dir: &Path, verify: bool) -> NamespaceStats {
                     if verify {
                         if let Err(why) = seg.read(i) {
                             st.problems.push(format!(
-                                "{}: entry {}: {why}",
+                                "{}: entry {}: {}",
                                 path.display(),
-                                pack::key_hex(key)
+                                pack::key_hex(key),
+                                why.what()
                             ));
                             continue;
                         }
@@ -171,7 +172,7 @@ pub fn namespace_stats(dir: &Path, verify: bool) -> NamespaceStats {
         st.loose_entries += 1;
         if verify {
             if let Err(why) = check_loose(dir, path, info.as_ref()) {
-                st.problems.push(format!("{}: {why}", path.display()));
+                st.problems.push(why.to_string());
                 continue;
             }
         }
@@ -189,22 +190,20 @@ pub fn namespace_stats(dir: &Path, verify: bool) -> NamespaceStats {
 }
 
 /// The features of a first-layout entry file, checked.
-fn check_loose(
-    dir: &Path,
-    path: &Path,
-    info: Option<&NamespaceInfo>,
-) -> std::result::Result<Vec<f32>, String> {
+fn check_loose(dir: &Path, path: &Path, info: Option<&NamespaceInfo>) -> Result<Vec<f32>> {
     let key = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     if loose_entry_path(dir, &key).as_deref() != Some(path) {
-        return Err("not where its name says".into());
+        return Err(TlError::corrupt(path, "not where its name says"));
     }
-    let info = info.ok_or_else(|| format!("the namespace has no {NAMESPACE_FILE}"))?;
+    let info = info
+        .ok_or_else(|| TlError::corrupt(dir, format!("the namespace has no {NAMESPACE_FILE}")))?;
     let key_hash = loose_key_hash(&info.namespace(), &key);
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).with_path(path)?;
     super::cache::decode_entry(&bytes, &key_hash, None)
+        .map_err(|why| TlError::corrupt(path, why.to_string()))
 }
 
 /// Whether a namespace's backbone is still there, as far as this machine can tell.

@@ -41,9 +41,12 @@ impl BackboneSpec {
             ))),
             (choice, Some(path)) => {
                 let usable = if path.is_file() {
-                    onnx::library().map(|_| ())
+                    onnx::library().map(|_| ()).map_err(TlError::from)
                 } else {
-                    Err(format!("{}: ONNX export listed in the sidecar but not found", path.display()))
+                    Err(TlError::not_found(
+                        &path,
+                        "ONNX export listed in the sidecar but not found",
+                    ))
                 };
                 match usable {
                     Ok(()) => Ok(self.as_onnx(path)),
@@ -53,7 +56,7 @@ impl BackboneSpec {
                         }
                         Ok(self.clone())
                     }
-                    Err(why) => Err(TlError::invalid(why)),
+                    Err(why) => Err(why),
                 }
             }
         }
@@ -123,7 +126,7 @@ impl FrozenModel {
             FrozenModel::Onnx(m) => {
                 let (shape, values) = m.run(data, [n, 3, side, side])?;
                 if shape.len() != 2 || shape[0] != n {
-                    return Err(TlError::file(
+                    return Err(TlError::corrupt(
                         &m.path,
                         format!("model output has shape {shape:?}; expected [batch, features]"),
                     ));

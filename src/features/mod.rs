@@ -1,12 +1,13 @@
 //! Stage 2: from preprocessed images to feature vectors. `backbone` finds and loads the
 //! frozen TorchScript network, `cache` stores one checksummed entry per image and backbone
-//! (packed into segment files by `pack`),
+//! (packed into segment files by `pack`; `loose` reads the first one-file-per-entry layout),
 //! `extract` drives both over a list of files.
 pub mod backbone;
 pub mod cache;
 pub mod cache_admin;
 pub mod engine;
 pub mod extract;
+pub mod loose;
 pub mod onnx;
 pub mod pack;
 pub mod split;

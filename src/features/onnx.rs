@@ -2,7 +2,7 @@
 //! (`--engine onnx`, the default there when it is available). The shared library comes from
 //! the onnxruntime wheel in the project's `.venv` (path baked in at build time, like
 //! libtorch's rpath) or from `$TL_ONNXRUNTIME`; it is loaded once, at first use.
-use crate::error::{Result, TlError};
+use crate::error::{Result, TlError, Unavailable};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -19,27 +19,31 @@ pub struct OrtLibrary {
     env: ort::environment::Environment,
 }
 
-static LOADED: OnceLock<std::result::Result<OrtLibrary, String>> = OnceLock::new();
+static LOADED: OnceLock<std::result::Result<OrtLibrary, Unavailable>> = OnceLock::new();
 
-/// Where the library is looked for: `$TL_ONNXRUNTIME`, else the build-time path.
+/// Where the library is looked for: the process settings' (`$TL_ONNXRUNTIME`), else the
+/// build-time path.
 pub fn library_path() -> Option<PathBuf> {
-    std::env::var_os("TL_ONNXRUNTIME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    crate::runtime::process_settings()
+        .onnxruntime
+        .clone()
         .or_else(|| BUILT_WITH.map(PathBuf::from))
 }
 
 /// ONNX Runtime, loaded on first call; `Err` says in one line why it is not available.
-pub fn library() -> std::result::Result<&'static OrtLibrary, String> {
+pub fn library() -> std::result::Result<&'static OrtLibrary, Unavailable> {
     LOADED.get_or_init(load).as_ref().map_err(Clone::clone)
 }
 
-fn load() -> std::result::Result<OrtLibrary, String> {
-    let path = library_path().ok_or(
-        "no ONNX Runtime library known (this tl was built without the onnxruntime wheel; set TL_ONNXRUNTIME=/path/to/libonnxruntime.so)",
-    )?;
+fn load() -> std::result::Result<OrtLibrary, Unavailable> {
+    let path = library_path().ok_or_else(|| Unavailable(
+        "no ONNX Runtime library known (this tl was built without the onnxruntime wheel; set TL_ONNXRUNTIME=/path/to/libonnxruntime.so)".into(),
+    ))?;
     if !path.is_file() {
-        return Err(format!("ONNX Runtime library {} not found", path.display()));
+        return Err(Unavailable(format!(
+            "ONNX Runtime library {} not found",
+            path.display()
+        )));
     }
     // ort asserts on a library that is not ONNX Runtime; a panic must not end the run.
     let env = std::panic::catch_unwind(|| {
@@ -51,7 +55,12 @@ fn load() -> std::result::Result<OrtLibrary, String> {
     })
     .map_err(|_| "the library panicked while loading".to_string())
     .and_then(|r| r)
-    .map_err(|e| format!("ONNX Runtime {} cannot be loaded: {e}", path.display()))?;
+    .map_err(|e| {
+        Unavailable(format!(
+            "ONNX Runtime {} cannot be loaded: {e}",
+            path.display()
+        ))
+    })?;
     Ok(OrtLibrary {
         version: version_of(&path),
         path,
@@ -76,7 +85,7 @@ pub struct OnnxModel {
 
 fn ort_error(path: &Path, what: &str, e: impl std::fmt::Display) -> TlError {
     let text = e.to_string();
-    TlError::file(path, format!("{what}: {}", crate::error::first_line(&text)))
+    TlError::corrupt(path, format!("{what}: {}", crate::error::first_line(&text)))
 }
 
 impl OnnxModel {
@@ -84,7 +93,7 @@ impl OnnxModel {
     /// compute threads busy-wait for work (ONNX Runtime's default). Off while decoders share
     /// the cores: cold extraction of cats_dogs ran at 68-72 img/s without, 62 with it.
     pub fn load(path: &Path, threads: usize, spinning: bool) -> Result<OnnxModel> {
-        let lib = library().map_err(TlError::invalid)?;
+        let lib = library()?;
         let fail = |e| ort_error(path, "cannot load ONNX model", e);
         let session = Session::builder(&lib.env)
             .map_err(fail)?

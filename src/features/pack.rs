@@ -9,6 +9,7 @@
 //! ```
 //! Records have a fixed size, so the keys block is the whole index: opening a segment reads
 //! 16 bytes per entry, and an entry is one positioned read.
+use crate::error::{IoContext, Result, TlError};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -137,24 +138,27 @@ pub fn header_hash(path: &Path) -> Option<[u8; 32]> {
 
 impl Segment {
     /// Open and check the header and size; the error says what is wrong.
-    pub fn open(path: &Path, ns_hash: &[u8; 32]) -> std::result::Result<Segment, String> {
+    pub fn open(path: &Path, ns_hash: &[u8; 32]) -> Result<Segment> {
+        let bad = |what: String| TlError::corrupt(path, what);
         // Opening a FIFO would block until a writer comes; a folder cannot be read.
-        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        let meta = std::fs::metadata(path).with_path(path)?;
         if !meta.is_file() {
-            return Err("not a regular file".into());
+            return Err(bad("not a regular file".into()));
         }
-        let mut file = File::open(path).map_err(|e| io_message(&e))?;
+        let mut file = File::open(path).with_path(path)?;
         let mut header = [0u8; HEADER as usize];
         file.read_exact(&mut header)
-            .map_err(|_| "shorter than a segment header".to_string())?;
+            .map_err(|_| bad("shorter than a segment header".into()))?;
         if &header[..4] != MAGIC {
-            return Err("not a feature-cache segment".into());
+            return Err(bad("not a feature-cache segment".into()));
         }
         let word =
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let (dim, count) = (word(4) as usize, word(8) as usize);
         if &header[16..48] != ns_hash {
-            return Err("belongs to another backbone or preprocessing (misplaced segment)".into());
+            return Err(bad(
+                "belongs to another backbone or preprocessing (misplaced segment)".into(),
+            ));
         }
         // Sizes come from the file: checked, so that a forged header cannot wrap the
         // arithmetic into a match and then a giant allocation.
@@ -163,15 +167,19 @@ impl Segment {
             .and_then(|d| d.checked_add((KEY + SUM) as u64))
             .and_then(|per| per.checked_mul(count as u64))
             .and_then(|body| body.checked_add(HEADER))
-            .ok_or_else(|| format!("impossible sizes in the header (dim {dim}, count {count})"))?;
-        let len = file.metadata().map_err(|e| e.to_string())?.len();
+            .ok_or_else(|| {
+                bad(format!(
+                    "impossible sizes in the header (dim {dim}, count {count})"
+                ))
+            })?;
+        let len = file.metadata().with_path(path)?.len();
         if len != expected {
-            return Err(format!(
+            return Err(bad(format!(
                 "truncated or padded ({len} bytes, expected {expected})"
-            ));
+            )));
         }
         let mut block = vec![0u8; count * KEY];
-        file.read_exact(&mut block).map_err(|e| e.to_string())?;
+        file.read_exact(&mut block).with_path(path)?;
         let keys = block
             .chunks_exact(KEY)
             .map(|c| {
@@ -199,29 +207,30 @@ impl Segment {
     }
 
     /// Read and check record `i` into `out` (`dim` floats).
-    pub fn read_into(&self, i: usize, out: &mut [f32]) -> std::result::Result<(), String> {
+    pub fn read_into(&self, i: usize, out: &mut [f32]) -> Result<()> {
+        let bad = |what: String| TlError::corrupt(&self.path, what);
         let n = self.count();
         if i >= n || out.len() != self.dim {
-            return Err(format!("record {i} out of range"));
+            return Err(bad(format!("record {i} out of range")));
         }
         let opened;
         let file = match &self.file {
             Some(f) => f,
             None => {
-                opened = File::open(&self.path).map_err(|e| io_message(&e))?;
+                opened = File::open(&self.path).map_err(|e| bad(io_message(&e)))?;
                 &opened
             }
         };
         let mut sum = [0u8; SUM];
         let sums_at = HEADER + (n * KEY + i * SUM) as u64;
         file.read_exact_at(&mut sum, sums_at)
-            .map_err(|e| io_message(&e))?;
+            .map_err(|e| bad(io_message(&e)))?;
         let mut payload = vec![0u8; self.dim * 4];
         let payload_at = HEADER + (n * (KEY + SUM) + i * self.dim * 4) as u64;
         file.read_exact_at(&mut payload, payload_at)
-            .map_err(|e| io_message(&e))?;
+            .map_err(|e| bad(io_message(&e)))?;
         if record_sum(&self.ns_hash, &self.keys[i], &payload) != sum {
-            return Err("checksum mismatch".into());
+            return Err(bad("checksum mismatch".into()));
         }
         for (o, c) in out.iter_mut().zip(payload.chunks_exact(4)) {
             *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -229,7 +238,7 @@ impl Segment {
         Ok(())
     }
 
-    pub fn read(&self, i: usize) -> std::result::Result<Vec<f32>, String> {
+    pub fn read(&self, i: usize) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.dim];
         self.read_into(i, &mut out)?;
         Ok(out)
@@ -253,18 +262,20 @@ mod tests {
         let seg = Segment::open(&path, &ns).unwrap();
         assert_eq!(seg.keys, vec![[1u8; 16], [2u8; 16]]);
         assert_eq!(seg.read(1).unwrap(), entries[1].1);
-        assert!(Segment::open(&path, &[4u8; 32])
-            .unwrap_err()
-            .contains("misplaced"));
+        let corrupt = |e: TlError| match e {
+            TlError::Corrupt { path: p, what } if p == path => what,
+            other => panic!("not a Corrupt error about the segment: {other}"),
+        };
+        assert!(corrupt(Segment::open(&path, &[4u8; 32]).unwrap_err()).contains("misplaced"));
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let seg = Segment::open(&path, &ns).unwrap();
         assert_eq!(seg.read(0).unwrap(), entries[0].1);
-        assert!(seg.read(1).unwrap_err().contains("checksum"));
+        assert_eq!(corrupt(seg.read(1).unwrap_err()), "checksum mismatch");
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(Segment::open(&path, &ns).unwrap_err().contains("truncated"));
+        assert!(corrupt(Segment::open(&path, &ns).unwrap_err()).starts_with("truncated"));
         assert_eq!(parse_key(&key_hex(&[0xab; 16])), Some([0xab; 16]));
         assert_eq!(parse_key("xyz"), None);
     }

@@ -70,7 +70,7 @@ impl SplitSpec {
             } else {
                 have.join(", ")
             };
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 sidecar_path,
                 format!(
                     "backbone '{}' has no fine-tuning cut for --finetune {choice} (exported: {have}); re-export it with scripts/export_backbones.py {} --cuts {choice} --force",
@@ -84,7 +84,7 @@ impl SplitSpec {
             None => (None, [3, crop, crop]),
             Some(file) => {
                 let [c, h, w] = cut.trunk_shape[..] else {
-                    return Err(TlError::file(
+                    return Err(TlError::corrupt(
                         sidecar_path,
                         format!("cut {}: trunk_shape must be [C, H, W]", cut.blocks),
                     ));
@@ -136,7 +136,7 @@ impl TrainableTop {
     pub fn load(path: &Path, row_shape: [i64; 3], device: Device) -> Result<TrainableTop> {
         let vs = nn::VarStore::new(device);
         let mut module = tch::TrainableCModule::load(path, vs.root()).map_err(|e| {
-            TlError::file(
+            TlError::corrupt(
                 path,
                 format!(
                     "cannot load the trainable top: {}",
@@ -192,10 +192,10 @@ impl TrainableTop {
     /// Replace the parameters with fine-tuned ones saved by [`TrainableTop::save`].
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
         if !path.is_file() {
-            return Err(TlError::file(path, "fine-tuned weights not found"));
+            return Err(TlError::not_found(path, "fine-tuned weights not found"));
         }
         self.vs.load(path).map_err(|e| {
-            TlError::file(
+            TlError::corrupt(
                 path,
                 format!(
                     "cannot load fine-tuned weights: {}",
@@ -205,7 +205,7 @@ impl TrainableTop {
         })?;
         let finite = crate::util::tensors::all_finite(&self.vs);
         if !finite {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 "fine-tuned weights contain NaN or infinite values; re-train",
             ));
@@ -281,7 +281,7 @@ impl RowSource for DecodedRows {
             .zip(idx.par_iter())
             .map(|(slot, &i)| {
                 let (path, view) = &self.items[i as usize];
-                let bytes = std::fs::read(path).map_err(|e| TlError::file(path, e.to_string()))?;
+                let bytes = std::fs::read(path).map_err(|e| TlError::io(path, e))?;
                 crate::data::augment::load_view_into(&bytes, path, cfg, *view, slot)
             })
             .collect::<Result<Vec<()>>>()?;

@@ -172,14 +172,14 @@ impl Head {
 
     pub fn load(config: HeadConfig, path: &Path, device: Device) -> Result<Head> {
         if !path.is_file() {
-            return Err(TlError::file(
+            return Err(TlError::not_found(
                 path,
                 "head weights not found (is this a tl run folder?)",
             ));
         }
         let mut head = Head::new(config, device)?;
         head.vs.load(path).map_err(|e| {
-            TlError::file(
+            TlError::corrupt(
                 path,
                 format!(
                     "cannot load head weights: {}",
@@ -188,7 +188,7 @@ impl Head {
             )
         })?;
         if !head.is_finite() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 "head weights contain NaN or infinite values (damaged file or diverged training); re-train",
             ));

@@ -137,13 +137,11 @@ impl Rows for StreamedRows {
         data.par_chunks_mut(d)
             .zip(idx.par_iter())
             .try_for_each(|(out, &i)| {
-                let loc = *self
-                    .locations
-                    .get(i as usize)
-                    .ok_or_else(|| format!("row {i} out of range"))?;
+                let loc = *self.locations.get(i as usize).ok_or_else(|| {
+                    TlError::invalid(format!("feature cache: row {i} out of range"))
+                })?;
                 self.cache.read_into(loc, out)
-            })
-            .map_err(|why| TlError::invalid(format!("feature cache: {why}")))?;
+            })?;
         let labels: Vec<i64> = idx.iter().map(|&i| self.labels[i as usize]).collect();
         let x = Tensor::from_slice(&data).view([idx.len() as i64, d as i64]);
         Ok((

@@ -230,7 +230,7 @@ impl UnknownJudge {
     }
 
     pub fn load(path: &Path, k: i64, dim: i64, device: Device) -> Result<UnknownJudge> {
-        let bad = |what: String| TlError::file(path, what);
+        let bad = |what: String| TlError::corrupt(path, what);
         let named = Tensor::read_safetensors(path)
             .map_err(|e| bad(format!("cannot read: {}", crate::error::torch_message(&e))))?;
         let get = |name: &str| {

@@ -17,9 +17,9 @@ pub fn escape(s: &str) -> String {
 }
 
 /// A JPEG thumbnail (longest side at most `size`) of an image file as a data URI, or why not.
-pub fn thumbnail(path: &std::path::Path, size: u32) -> Result<String, String> {
+pub fn thumbnail(path: &std::path::Path, size: u32) -> crate::error::Result<String> {
     use base64::Engine;
-    let img = crate::data::decode::decode_rgb(path).map_err(|e| e.to_string())?;
+    let img = crate::data::decode::decode_rgb(path)?;
     let (w, h) = img.dimensions();
     let scale = (size as f64 / w.max(h) as f64).min(1.0);
     let (tw, th) = (
@@ -30,7 +30,7 @@ pub fn thumbnail(path: &std::path::Path, size: u32) -> Result<String, String> {
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
         .encode_image(&small)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::TlError::corrupt(path, format!("thumbnail: {e}")))?;
     Ok(format!(
         "data:image/jpeg;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(jpeg)

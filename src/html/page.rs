@@ -206,7 +206,10 @@ pub(super) fn card(path: &std::path::Path, size: u32, caption: &str) -> String {
             "<img src=\"{uri}\" alt=\"{}\">",
             escape(&path.display().to_string())
         ),
-        Err(why) => format!("<div class=\"bad\">not shown: {}</div>", escape(&why)),
+        Err(why) => format!(
+            "<div class=\"bad\">not shown: {}</div>",
+            escape(&why.to_string())
+        ),
     };
     format!("<div class=\"card\">{picture}<div>{caption}</div></div>\n")
 }

@@ -133,7 +133,7 @@ impl Classifier {
             NetworkChoice::Run(dir) => self.attach_judge(&Run::open(dir)?, unknown.accept, device),
             NetworkChoice::Exported(path) => {
                 if unknown.accept.is_some() && self.unknown.is_some() {
-                    return Err(TlError::file(
+                    return Err(TlError::corrupt(
                         path,
                         "an exported model's unknown threshold was fixed at export; pass --accept to `tl export`",
                     ));
@@ -198,11 +198,11 @@ impl Classifier {
     /// A model written by `tl export` (TorchScript), checked against its sidecar.
     pub fn from_exported(path: &Path, device: Device) -> Result<Classifier> {
         if !path.is_file() {
-            return Err(TlError::file(path, "model file not found"));
+            return Err(TlError::not_found(path, "model file not found"));
         }
         let sidecar = ModelSidecar::load(path)?;
         if sidecar.model_format != ModelFormat::TorchScript {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 "is an ONNX export; tl runs the TorchScript one (run this file with ONNX Runtime)",
             ));
@@ -346,7 +346,7 @@ impl Classifier {
                 match (parts.remove(0), parts.remove(0)) {
                     (tch::IValue::Tensor(p), tch::IValue::Tensor(s)) => (p, Some(s)),
                     _ => {
-                        return Err(TlError::file(
+                        return Err(TlError::corrupt(
                             path,
                             "returns a tuple that is not two tensors",
                         ))
@@ -354,14 +354,14 @@ impl Classifier {
                 }
             }
             _ => {
-                return Err(TlError::file(
+                return Err(TlError::corrupt(
                     path,
                     "returns neither probabilities nor (probabilities, unknown score)",
                 ))
             }
         };
         if probs.dim() != 2 || probs.size()[1] != self.classes.len() as i64 {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 format!(
                     "returns shape {:?}; its sidecar lists {} classes",
@@ -371,7 +371,7 @@ impl Classifier {
             ));
         }
         if self.unknown.is_some() != scores.is_some() {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 "its sidecar and its outputs disagree on the unknown score",
             ));
@@ -387,7 +387,7 @@ impl Classifier {
             Network::ImageNet { classifier } => {
                 let out = classifier.forward(x)?;
                 if out.size()[1] != self.classes.len() as i64 {
-                    return Err(TlError::file(
+                    return Err(TlError::corrupt(
                         &classifier.path,
                         format!(
                             "outputs {} logits but its sidecar lists {} classes",

@@ -361,7 +361,7 @@ fn init_image(cfg: &DreamConfig) -> Result<Option<Tensor>> {
     let img = decode_rgb(path)?;
     let crop = preprocess::resize_crop_u8(&img, cfg.size, cfg.size);
     let img = image::RgbImage::from_raw(cfg.size, cfg.size, crop)
-        .ok_or_else(|| TlError::file(path, "cannot crop this image"))?;
+        .ok_or_else(|| TlError::corrupt(path, "cannot crop this image"))?;
     Ok(Some(preprocess::image_to_unit_tensor(&img)))
 }
 

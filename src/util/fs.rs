@@ -39,15 +39,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// for cache entries, which carry their own checksum and are cheap to recompute).
 pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     if path.is_dir() {
-        return Err(TlError::file(path, "is a folder; expected a file name"));
+        return Err(TlError::bad_path(path, "is a folder; expected a file name"));
     }
     let mut tmp = temp_file_near(path, ".tl-")?;
     tmp.write_all(bytes).map_err(|e| io_error(path, e))?;
     if durable {
         tmp.as_file().sync_data().map_err(|e| io_error(path, e))?;
     }
-    tmp.persist(path)
-        .map_err(|e| TlError::file(path, e.error.to_string()))?;
+    tmp.persist(path).map_err(|e| TlError::io(path, e.error))?;
     Ok(())
 }
 
@@ -58,7 +57,7 @@ pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<()>
 /// a killed `tl` (whose writer could not clean up) is removed by the next call in that folder.
 pub fn write_atomic_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if path.is_dir() {
-        return Err(TlError::file(path, "is a folder; expected a file name"));
+        return Err(TlError::bad_path(path, "is a folder; expected a file name"));
     }
     remove_dead_processes_files(parent_dir(path), ".tl-", ".tmp");
     let tmp = temp_file_near(path, &format!(".tl-{}-", std::process::id()))?;
@@ -66,13 +65,13 @@ pub fn write_atomic_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     std::fs::File::open(tmp.path())
         .and_then(|f| f.sync_all())
         .map_err(|e| io_error(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| TlError::file(path, e.error.to_string()))?;
+    tmp.persist(path).map_err(|e| TlError::io(path, e.error))?;
     Ok(())
 }
 
 pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let mut text = to_json_pretty(value).map_err(|e| TlError::file(path, e))?;
+    let mut text = to_json_pretty(value)
+        .map_err(|e| TlError::corrupt(path, format!("cannot write JSON: {e}")))?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }
@@ -107,17 +106,17 @@ pub fn remove_dead_processes_files(dir: &Path, prefix: &str, suffix: &str) {
 fn io_error(path: &Path, e: std::io::Error) -> TlError {
     let text = e.to_string();
     let text = text.split(" at path ").next().unwrap_or(&text);
-    TlError::file(path, text)
+    TlError::corrupt(path, text)
 }
 
 /// Pretty JSON, or why it cannot be made (never a panic).
-pub fn to_json_pretty<T: Serialize + ?Sized>(value: &T) -> std::result::Result<String, String> {
-    serde_json::to_string_pretty(value).map_err(|e| format!("cannot write JSON: {e}"))
+pub fn to_json_pretty<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(value)
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).with_path(path)?;
-    serde_json::from_str(&text).map_err(|e| TlError::file(path, format!("invalid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| TlError::corrupt(path, format!("invalid JSON: {e}")))
 }
 
 /// The one "don't overwrite without asking" rule of every command that writes a file.
@@ -125,20 +124,20 @@ pub fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
     // Followed through links: a link to /dev/null is a device too.
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.is_dir() {
-            return Err(TlError::file(
+            return Err(TlError::bad_path(
                 path,
                 "is a folder; give a file name (tl writes only regular files, even with --force)",
             ));
         }
         if !meta.is_file() {
-            return Err(TlError::file(
+            return Err(TlError::bad_path(
                 path,
                 "exists and is not a regular file (a device or FIFO); tl writes only regular files, even with --force",
             ));
         }
     }
     if path.exists() && !force {
-        return Err(TlError::file(
+        return Err(TlError::bad_path(
             path,
             "already exists (pass --force to overwrite)",
         ));
@@ -175,10 +174,10 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// not exist, is empty, or `force` is set.
 pub fn check_destination(dest: &Path, force: bool) -> Result<()> {
     if dest.exists() && !dest.is_dir() {
-        return Err(TlError::file(dest, "exists and is not a folder"));
+        return Err(TlError::bad_path(dest, "exists and is not a folder"));
     }
     if is_non_empty_dir(dest) && !force {
-        return Err(TlError::file(
+        return Err(TlError::bad_path(
             dest,
             "output folder exists and is not empty (pass --force to write into it)",
         ));
@@ -206,7 +205,7 @@ pub fn is_tl_run(dir: &Path) -> bool {
 pub fn check_run_destination(dest: &Path, force: bool) -> Result<()> {
     check_destination(dest, force)?;
     if is_non_empty_dir(dest) && !is_tl_run(dest) {
-        return Err(TlError::file(
+        return Err(TlError::bad_path(
             dest,
             "is a folder but not a tl run (no config.json from tl train); --force replaces only a run folder, completely: choose another --out",
         ));
@@ -234,7 +233,7 @@ impl FileLock {
         .with_path(path)?;
         // SAFETY: flock on a descriptor this File owns; released when it is closed.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 std::io::Error::last_os_error().to_string(),
             ));
@@ -272,17 +271,13 @@ impl StagedDir {
     }
 
     /// An error about a staged file, told about its destination instead.
-    pub fn relocate_error(&self, err: TlError) -> TlError {
-        match (err, self.tmp.as_ref()) {
-            (TlError::File { path, msg }, Some(tmp)) => match path.strip_prefix(tmp.path()) {
-                Ok(rel) => TlError::File {
-                    path: self.dest.join(rel),
-                    msg,
-                },
-                Err(_) => TlError::File { path, msg },
-            },
-            (err, _) => err,
+    pub fn relocate_error(&self, mut err: TlError) -> TlError {
+        if let (Some(path), Some(tmp)) = (err.path_mut(), self.tmp.as_ref()) {
+            if let Ok(rel) = path.strip_prefix(tmp.path()) {
+                *path = self.dest.join(rel);
+            }
         }
+        err
     }
 
     /// Where to write the files now.
@@ -325,7 +320,7 @@ impl StagedDir {
             return std::fs::rename(staged, &self.dest).with_path(&self.dest);
         }
         if !self.force {
-            return Err(TlError::file(
+            return Err(TlError::bad_path(
                 &self.dest,
                 "was written by another process meanwhile; nothing written (pass --force to replace it)",
             ));
@@ -345,7 +340,7 @@ impl StagedDir {
         std::fs::rename(&self.dest, &aside).with_path(&self.dest)?;
         if let Err(e) = std::fs::rename(staged, &self.dest) {
             let _ = std::fs::rename(&aside, &self.dest);
-            return Err(TlError::file(&self.dest, e.to_string()));
+            return Err(TlError::io(&self.dest, e));
         }
         let _ = std::fs::remove_dir_all(&aside);
         Ok(())

@@ -43,25 +43,26 @@ impl SplitMix64 {
 }
 
 /// Parse a finite number that may be written as a fraction, e.g. `4/255` or `0.0157`.
-pub fn parse_fraction(text: &str) -> std::result::Result<f64, String> {
+pub fn parse_fraction(text: &str) -> crate::error::Result<f64> {
+    use crate::error::TlError;
     let text = text.trim();
     let number = |s: &str| {
         s.trim()
             .parse::<f64>()
-            .map_err(|_| format!("'{text}' is not a number or fraction"))
+            .map_err(|_| TlError::invalid(format!("'{text}' is not a number or fraction")))
     };
     let value = match text.split_once('/') {
         Some((num, den)) => {
             let den = number(den)?;
             if den == 0.0 {
-                return Err(format!("'{text}' divides by zero"));
+                return Err(TlError::invalid(format!("'{text}' divides by zero")));
             }
             number(num)? / den
         }
         None => number(text)?,
     };
     if !value.is_finite() {
-        return Err(format!("'{text}' is not finite"));
+        return Err(TlError::invalid(format!("'{text}' is not finite")));
     }
     Ok(value)
 }

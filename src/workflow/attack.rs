@@ -183,15 +183,8 @@ pub fn run(rt: &Runtime, settings: &AttackSettings) -> Result<AttackReport> {
             } else {
                 out.join(name)
             };
-            let outcome = attack_one(&job, path, &out_path, eps).map_err(|e| {
-                // Say which image, unless the error already does.
-                let text = e.to_string();
-                if text.contains(&path.display().to_string()) {
-                    e
-                } else {
-                    TlError::file(path, text)
-                }
-            })?;
+            // Say which image, unless the error already names a file.
+            let outcome = attack_one(&job, path, &out_path, eps).map_err(|e| e.about(path))?;
             outcomes.push(outcome);
             overall.inc(1);
         }
@@ -225,7 +218,7 @@ pub fn run(rt: &Runtime, settings: &AttackSettings) -> Result<AttackReport> {
 fn check_outputs(settings: &AttackSettings, many: bool) -> Result<()> {
     let out = &settings.out;
     if many && out.extension().is_some() && !out.is_dir() {
-        return Err(TlError::file(
+        return Err(TlError::bad_path(
             out,
             "several images or budgets need an output folder, not a file name",
         ));
@@ -277,7 +270,7 @@ fn summarise(outcomes: &[AttackOutcome], eps: f64) -> EpsSummary {
 fn check_memory(path: &Path, img: &RgbImage, max_pixels: u64) -> Result<()> {
     let pixels = img.width() as u64 * img.height() as u64;
     if pixels > max_pixels {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             path,
             format!(
                 "{}x{} pixels ({:.1} MP) is over the bound of {:.1} MP: the attack runs at the image's own resolution (about {:.1} GB here); downscale it or raise the bound",
@@ -292,7 +285,7 @@ fn check_memory(path: &Path, img: &RgbImage, max_pixels: u64) -> Result<()> {
     let need = pixels * ATTACK_BYTES_PER_PIXEL;
     if let Some(available) = crate::runtime::available_memory() {
         if need > available {
-            return Err(TlError::file(
+            return Err(TlError::corrupt(
                 path,
                 format!(
                     "{}x{} pixels: attacking it at full resolution needs about {:.1} GB, {:.1} GB available; downscale it first",
@@ -336,7 +329,7 @@ fn attack_one(job: &Job, path: &Path, out_path: &Path, eps: f64) -> Result<Attac
     let watched = target.unwrap_or(original);
     outcome.prob_before = before[watched] as f64;
     if target == Some(original) {
-        let why = TlError::file(
+        let why = TlError::corrupt(
             path,
             format!(
                 "already classified as '{}' (p={:.3}); nothing to attack",

@@ -90,7 +90,7 @@ fn entry(name: &str, sidecar: &Path) -> Result<BackboneEntry> {
     let side = spec
         .sidecar
         .as_ref()
-        .ok_or_else(|| TlError::file(sidecar, "not a tl backbone sidecar"))?;
+        .ok_or_else(|| TlError::corrupt(sidecar, "not a tl backbone sidecar"))?;
     let raw: serde_json::Value = crate::util::read_json(sidecar)?;
     let w = &raw["weights"];
     let source = match w["source"].as_str() {
@@ -166,7 +166,7 @@ pub fn add(
     let was_there = store.store.join(format!("{name}.json")).is_file();
     if let Some(Weights::File(p)) = &weights {
         if !p.is_file() {
-            return Err(TlError::file(p, "weights file not found"));
+            return Err(TlError::not_found(p, "weights file not found"));
         }
     }
     let weights = weights.unwrap_or(Weights::ImageNet);
@@ -236,7 +236,7 @@ pub fn remove(store: &BackboneStore, name: &str) -> Result<Removed> {
         if !meta.is_file() {
             continue;
         }
-        std::fs::remove_file(&f).map_err(|e| TlError::file(&f, e.to_string()))?;
+        std::fs::remove_file(&f).map_err(|e| TlError::io(&f, e))?;
         removed.bytes += meta.len();
         removed.files.push(FilePath(f));
     }

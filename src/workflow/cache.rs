@@ -84,7 +84,10 @@ impl Report for CacheReport {
 /// What the cache at `root` holds; `verify` reads and checks every entry.
 pub fn inspect(root: &Path, verify: bool) -> Result<CacheReport> {
     if !root.is_dir() {
-        return Err(TlError::file(root, "no feature cache here (not a folder)"));
+        return Err(TlError::bad_path(
+            root,
+            "no feature cache here (not a folder)",
+        ));
     }
     let namespaces: Vec<NamespaceStats> = cache_admin::namespaces(root)
         .iter()
@@ -214,31 +217,29 @@ impl Report for GcReport {
     }
 }
 
-/// Why `dir` should go, if it should: `Err` names a namespace kept for a reason worth
-/// telling (its backbone is not visible here).
-fn removal_reason(
-    dir: &Path,
-    s: &GcSettings,
-    st: &NamespaceStats,
-) -> std::result::Result<Option<String>, String> {
+/// What gc does with a namespace, and why.
+enum Verdict {
+    Remove(String),
+    /// Kept for a reason worth telling (its backbone is not visible here).
+    KeepBecause(String),
+    Keep,
+}
+
+fn verdict(dir: &Path, s: &GcSettings, st: &NamespaceStats) -> Verdict {
+    let unused_or = |otherwise: Verdict| match unused(dir, s) {
+        Some(unused) => Verdict::Remove(unused),
+        None => otherwise,
+    };
     match st
         .info
         .as_ref()
         .map(|i| cache_admin::backbone_state(dir, i))
     {
-        Some(BackboneState::Changed(reason)) => return Ok(Some(reason)),
-        Some(BackboneState::Missing(reason)) if s.drop_missing_backbones => {
-            return Ok(Some(reason))
-        }
-        Some(BackboneState::Missing(reason)) => {
-            return match unused(dir, s) {
-                Some(unused) => Ok(Some(unused)),
-                None => Err(reason),
-            }
-        }
-        _ => {}
+        Some(BackboneState::Changed(reason)) => Verdict::Remove(reason),
+        Some(BackboneState::Missing(reason)) if s.drop_missing_backbones => Verdict::Remove(reason),
+        Some(BackboneState::Missing(reason)) => unused_or(Verdict::KeepBecause(reason)),
+        _ => unused_or(Verdict::Keep),
     }
-    Ok(unused(dir, s))
 }
 
 /// `not used since …` when the namespace was last used before `--unused-since`.
@@ -260,7 +261,7 @@ fn unused(dir: &Path, s: &GcSettings) -> Option<String> {
 /// temporary files of killed writers, and merge small segments.
 pub fn gc(s: &GcSettings) -> Result<GcReport> {
     if !s.root.is_dir() {
-        return Err(TlError::file(
+        return Err(TlError::bad_path(
             &s.root,
             "no feature cache here (not a folder)",
         ));
@@ -288,9 +289,9 @@ pub fn gc(s: &GcSettings) -> Result<GcReport> {
     report.freed_bytes += trash_bytes;
     for dir in cache_admin::namespaces(&s.root) {
         let st = cache_admin::namespace_stats(&dir, false);
-        let reason = match removal_reason(&dir, s, &st) {
-            Ok(reason) => reason,
-            Err(kept) => {
+        let reason = match verdict(&dir, s, &st) {
+            Verdict::Remove(reason) => Some(reason),
+            Verdict::KeepBecause(kept) => {
                 report.kept.push(Removed {
                     dir: FilePath(dir.clone()),
                     reason: kept,
@@ -299,6 +300,7 @@ pub fn gc(s: &GcSettings) -> Result<GcReport> {
                 });
                 None
             }
+            Verdict::Keep => None,
         };
         if let Some(reason) = reason {
             if !s.dry_run {

@@ -95,15 +95,33 @@ pub(super) fn calibrate(
         None => f.val_source(),
     };
     let calibration_summary = fit_temperature(head, val.as_ref(), device)?;
-    let judge = match inputs.tuned {
-        None => unknown::fit_on_rows(
-            &*f.train_source(),
-            f.train.y.len(),
-            val.as_ref(),
-            s.k,
-            seed,
-            device,
-        )?,
+    let judge = fit_judge(s, seed, inputs, val.as_ref(), device)?;
+    let (unknown, unknown_summary) = unknown_record(s, &judge, f.train.y.len(), !val.is_empty());
+    Ok(Calibrated {
+        calibration: CalibrationRecord {
+            temperature: head.temperature(),
+            images: calibration_summary.as_ref().map_or(0, |c| c.images),
+        },
+        judge,
+        unknown,
+        unknown_summary,
+        calibration_summary,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The "unknown" judge: its references are the training rows (through the tuned top for
+/// fine-tuned runs), its threshold set on `val`.
+fn fit_judge(
+    s: &UnknownSettings,
+    seed: u64,
+    inputs: &HeadInputs,
+    val: &dyn Rows,
+    device: Device,
+) -> Result<UnknownJudge> {
+    let f = inputs.features;
+    match inputs.tuned {
+        None => unknown::fit_on_rows(&*f.train_source(), f.train.y.len(), val, s.k, seed, device),
         Some(t) => {
             let refs = tuned_references(inputs, t, seed, device)?;
             let tuned_val = Split {
@@ -121,11 +139,19 @@ pub(super) fn calibrate(
                 s.k,
                 seed,
                 device,
-            )?
+            )
         }
-    };
+    }
+}
+
+/// What config.json and report.json say about the judge.
+fn unknown_record(
+    s: &UnknownSettings,
+    judge: &UnknownJudge,
+    training_images: usize,
+    on_val: bool,
+) -> (UnknownRecord, UnknownSummary) {
     let threshold = judge.threshold(s.accept);
-    let on_val = !val.is_empty();
     let scores = judge.calibration_scores();
     let histogram_max = scores
         .last()
@@ -138,7 +164,7 @@ pub(super) fn calibrate(
         accept: s.accept,
         threshold,
         references: judge.references(),
-        training_images: f.train.y.len(),
+        training_images,
         calibrated_on: if on_val {
             "validation".into()
         } else {
@@ -147,7 +173,7 @@ pub(super) fn calibrate(
         calibration_images: scores.len(),
         file: UNKNOWN.into(),
     };
-    let unknown_summary = UnknownSummary {
+    let summary = UnknownSummary {
         method: unknown.method.clone(),
         k: unknown.k,
         accept: s.accept,
@@ -160,17 +186,7 @@ pub(super) fn calibrate(
         histogram_max,
         histogram: histogram(scores, 0.0, histogram_max, 30),
     };
-    Ok(Calibrated {
-        calibration: CalibrationRecord {
-            temperature: head.temperature(),
-            images: calibration_summary.as_ref().map_or(0, |c| c.images),
-        },
-        judge,
-        unknown,
-        unknown_summary,
-        calibration_summary,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    (unknown, summary)
 }
 
 /// Fit and set the head's temperature on the validation rows; None without any.

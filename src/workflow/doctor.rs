@@ -21,7 +21,7 @@ pub struct DoctorReport {
     pub cudnn: Option<String>,
     pub libtorch_cuda_loaded: bool,
     /// ONNX Runtime: "1.32.0 (/path/libonnxruntime.so.1.32.0)", or why it is not available.
-    pub onnxruntime: std::result::Result<String, String>,
+    pub onnxruntime: std::result::Result<String, crate::error::Unavailable>,
     /// `--engine` and what it means for frozen extraction here.
     pub engine: String,
     pub default_device: String,

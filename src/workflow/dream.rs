@@ -85,14 +85,14 @@ pub fn load_layers(choice: &NetworkChoice, rt: &Runtime) -> Result<LayerNet> {
         NetworkChoice::Run(dir) => {
             let run = Run::open(dir)?;
             if run.config.finetune.is_some() {
-                return Err(TlError::file(
+                return Err(TlError::corrupt(
                     dir,
                     "this run fine-tuned its backbone's top; layers are those of the exported backbone: use --backbone",
                 ));
             }
             run.backbone()?.load_layers(rt.device)
         }
-        NetworkChoice::Exported(path) => Err(TlError::file(
+        NetworkChoice::Exported(path) => Err(TlError::corrupt(
             path,
             "an exported model has no layer outputs; use --backbone or --run",
         )),

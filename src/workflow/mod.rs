@@ -18,6 +18,7 @@ pub mod report;
 pub mod train;
 
 use crate::data::Sample;
+use crate::error::{PerImage, SkipReason};
 use crate::util::FilePath;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -77,11 +78,45 @@ impl FeatureSet {
     }
 }
 
-/// A file that could not be used, and why.
+/// A file that could not be used, and why. In JSON: `{path, kind, reason}` — the
+/// reason's stable name and its text.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(into = "SkippedRecord", from = "SkippedRecord")]
 pub struct SkippedFile {
     pub path: FilePath,
-    pub reason: String,
+    pub reason: SkipReason,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SkippedRecord {
+    path: FilePath,
+    kind: String,
+    reason: String,
+}
+
+impl From<SkippedFile> for SkippedRecord {
+    fn from(s: SkippedFile) -> Self {
+        SkippedRecord {
+            path: s.path,
+            kind: s.reason.kind().to_string(),
+            reason: s.reason.to_string(),
+        }
+    }
+}
+
+impl From<SkippedRecord> for SkippedFile {
+    fn from(r: SkippedRecord) -> Self {
+        SkippedFile {
+            path: r.path,
+            reason: SkipReason::from_report(&r.kind, &r.reason),
+        }
+    }
+}
+
+impl std::fmt::Display for SkippedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
 }
 
 /// Usable extraction results as flat arrays: features, labels and paths, plus what was skipped.
@@ -93,10 +128,7 @@ pub(crate) struct Gathered {
     pub skipped: Vec<SkippedFile>,
 }
 
-pub(crate) fn gather(
-    samples: &[Sample],
-    features: &[std::result::Result<Vec<f32>, String>],
-) -> Gathered {
+pub(crate) fn gather(samples: &[Sample], features: &[PerImage<Vec<f32>>]) -> Gathered {
     let mut g = Gathered {
         x: Vec::new(),
         y: Vec::new(),
@@ -134,7 +166,7 @@ pub(crate) fn skipped_notes(skipped: &[SkippedFile], ignored: usize) -> Vec<Stri
             skipped.len()
         ));
         for s in skipped.iter().take(10) {
-            notes.push(format!("  {}", s.reason));
+            notes.push(format!("  {s}"));
         }
         if skipped.len() > 10 {
             notes.push(format!("  … and {} more", skipped.len() - 10));

@@ -94,11 +94,7 @@ impl Report for PredictReport {
     }
     fn notes(&self) -> Vec<String> {
         let mut notes = crate::eval::warning_lines(&self.warnings);
-        notes.extend(
-            self.skipped
-                .iter()
-                .map(|s| format!("skipped: {}", s.reason)),
-        );
+        notes.extend(self.skipped.iter().map(|s| format!("skipped: {s}")));
         notes
     }
 }
@@ -171,7 +167,7 @@ pub fn predict(rt: &Runtime, s: &PredictSettings) -> Result<PredictReport> {
         }
     }
     if report.predictions.is_empty() {
-        let why: Vec<&str> = report.skipped.iter().map(|s| s.reason.as_str()).collect();
+        let why: Vec<String> = report.skipped.iter().map(|s| s.to_string()).collect();
         return Err(TlError::invalid(format!(
             "no image could be read: {}",
             why.join("; ")

@@ -92,7 +92,8 @@ fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| TlError::file(path, format!("line {}: {e}", i + 1)))
+            serde_json::from_str(l)
+                .map_err(|e| TlError::corrupt(path, format!("line {}: {e}", i + 1)))
         })
         .collect()
 }
@@ -103,7 +104,7 @@ pub fn gallery(dir: Option<&Path>) -> Result<Vec<GalleryImage>> {
         return Ok(Vec::new());
     };
     if !dir.is_dir() {
-        return Err(TlError::file(dir, "--include: not a folder"));
+        return Err(TlError::bad_path(dir, "--include: not a folder"));
     }
     let files = crate::data::expand_inputs(&[dir.to_path_buf()])?;
     Ok(files
@@ -170,7 +171,7 @@ pub(crate) fn run_page(
         skipped: results
             .skipped
             .iter()
-            .map(|s| (s.path.to_string(), s.reason.clone()))
+            .map(|s| (s.path.to_string(), s.reason.to_string()))
             .collect(),
         ignored: results.ignored_files.len(),
         curves: metrics,
@@ -285,7 +286,7 @@ pub fn eval_page(e: &EvalReport, gallery: Vec<GalleryImage>) -> Result<String> {
         skipped: e
             .skipped
             .iter()
-            .map(|s| (s.path.to_string(), s.reason.clone()))
+            .map(|s| (s.path.to_string(), s.reason.to_string()))
             .collect(),
         results: Some(r),
         results_on: format!("{} images evaluated", r.images),

@@ -71,7 +71,7 @@ impl AuditSettings {
         }
         if let Some(r) = &self.review {
             if r.is_dir() {
-                return Err(TlError::file(
+                return Err(TlError::bad_path(
                     r,
                     "is a folder; give a file name (e.g. review.csv)",
                 ));
@@ -108,7 +108,7 @@ fn list(s: &AuditSettings, run: Option<&Run>) -> Result<Listed> {
         .map(|i| (split != "none").then_some(if i < n_train { Side::Train } else { Side::Val }))
         .collect();
     if dataset.classes.len() < 2 {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             &s.data,
             format!(
                 "found {} class(es) ({}); an audit needs at least 2 (pass the folder that holds one folder per class)",
@@ -190,14 +190,10 @@ fn readable(
                 r.keys.push(key.clone());
                 r.sides.push(listed.sides[i]);
             }
-            (Err(reason), _) => {
-                // The reason names the file; the path is its own field here.
-                let prefix = format!("{}: ", path.display());
-                r.unreadable.push(Unreadable {
-                    path: FilePath(path.clone()),
-                    reason: reason.strip_prefix(&prefix).unwrap_or(reason).to_string(),
-                })
-            }
+            (Err(reason), _) => r.unreadable.push(Unreadable {
+                path: FilePath(path.clone()),
+                reason: reason.to_string(),
+            }),
             (Ok(_), None) => r.unreadable.push(Unreadable {
                 path: FilePath(path.clone()),
                 reason: "could not be read".into(),
@@ -223,7 +219,7 @@ fn readable(
     });
     r.features = audit::matrix(r.rows.len(), ex.dim, rows);
     if let Some(path) = missing {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             &path,
             "its features are not in the cache after extraction (is the cache writable? see `tl cache verify`, or audit with --no-cache)",
         ));
@@ -273,7 +269,7 @@ pub fn audit(rt: &Runtime, s: &AuditSettings) -> Result<AuditReport> {
     let t_analyse = Instant::now();
     let r = readable(&listed, &mut ex, &cache)?;
     if r.rows.len() < 2 {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             &s.data,
             format!("{} readable image(s): nothing to compare", r.rows.len()),
         ));

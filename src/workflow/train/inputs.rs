@@ -33,7 +33,7 @@ fn apply_review(
         return Ok(None);
     };
     // Read once: the decisions applied are the bytes the recorded sha256 is of.
-    let bytes = std::fs::read(file).map_err(|e| TlError::file(file, e.to_string()))?;
+    let bytes = std::fs::read(file).map_err(|e| TlError::io(file, e))?;
     let sha256 = {
         use sha2::{Digest, Sha256};
         crate::util::text::hex(&Sha256::digest(&bytes))
@@ -76,7 +76,7 @@ pub(crate) fn prepare_dataset(s: &TrainSettings, warnings: &mut Vec<String>) -> 
     }
     let n_classes = dataset.classes.len();
     if n_classes < 2 {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             &s.data,
             format!(
                 "found {n_classes} class ({}) in {}; a classifier needs at least 2 (pass the folder that holds one folder per class)",
@@ -125,7 +125,7 @@ fn check_empty_classes(
         warnings.push(warning);
         Ok(())
     } else {
-        Err(TlError::file(
+        Err(TlError::corrupt(
             data,
             format!("{msg}; add images, remove the folder, or pass --allow-empty-classes"),
         ))
@@ -191,7 +191,7 @@ fn streamed_features(
             }
             let loc = ex.keys[i].as_deref().and_then(|k| cache.locate(k));
             let loc = loc.ok_or_else(|| {
-                TlError::file(
+                TlError::corrupt(
                     &sample.path,
                     "its features are not in the cache after extraction (is the cache writable? see `tl cache verify`)",
                 )
@@ -373,7 +373,7 @@ fn check_readable(
         crate::progress::say(&line);
     }
     if f.train.y.is_empty() {
-        return Err(TlError::file(&s.data, "no readable training images"));
+        return Err(TlError::bad_path(&s.data, "no readable training images"));
     }
     let unreadable = classes_without_readable_images(dataset, f);
     check_empty_classes(

@@ -105,7 +105,7 @@ impl TrainSettings {
         if let Some(path) = &self.save_features {
             refuse_overwrite(path, self.force)?;
             if path.is_dir() {
-                return Err(TlError::file(
+                return Err(TlError::bad_path(
                     path,
                     "is a folder; give a file name (e.g. features.safetensors)",
                 ));

@@ -2,64 +2,22 @@
 //! validation files the run recorded (found again by content, so a renamed file still
 //! counts and an added one does not slip into the validation set).
 use super::{gather, skipped_notes, SkippedFile};
+use net::{mean, summed_views, view_outputs, EvalNet};
+pub use settings::{EvalSettings, EvalSplit, Tta};
+
+mod net;
+mod settings;
+
 use crate::data::{Dataset, Sample, View};
 use crate::error::{Result, TlError};
 use crate::eval::calibration::{auroc, Calibration};
 use crate::eval::{ClassificationReport, Report};
-use crate::features::split::{CachedRows, TrainableTop};
-use crate::features::{self, BackboneSpec, CacheSettings, ExtractOptions, ExtractStats};
-use crate::head::{Head, UnknownJudge};
+use crate::features::{self, ExtractStats};
 use crate::run::{Run, SplitMatch};
 use crate::runtime::Runtime;
 use crate::util::FilePath;
 use serde::Serialize;
 use std::path::PathBuf;
-use tch::Tensor;
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EvalSplit {
-    /// Every image in the folder.
-    All,
-    /// The run's validation images.
-    Val,
-    /// The run's training images.
-    Train,
-}
-
-#[derive(Clone, Debug)]
-pub struct EvalSettings {
-    pub run: PathBuf,
-    pub data: PathBuf,
-    pub split: EvalSplit,
-    pub top_losses: usize,
-    pub batch_size: usize,
-    pub cache: CacheSettings,
-    pub tta: Tta,
-    /// Images unlike the run's classes (any folder, searched recursively): how many of
-    /// them the run answers `unknown`, and the AUROC against the evaluated images.
-    pub unknown_dir: Option<PathBuf>,
-    /// Judge unknown at this share of the run's validation images (None: the run's own).
-    pub accept: Option<f64>,
-}
-
-/// Test-time augmentation: average the class probabilities of several views of each image.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tta {
-    None,
-    /// The image and its mirror image.
-    Flip,
-}
-
-impl Tta {
-    pub fn views(self) -> Vec<View> {
-        match self {
-            Tta::None => vec![View::Center],
-            Tta::Flip => vec![View::Center, View::Flip],
-        }
-    }
-}
 
 /// How the folder compared with the run's recorded split.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -232,7 +190,7 @@ fn legacy_split(
     let mut dataset = dataset.clone();
     if dataset.val.is_empty() {
         let frac = run.config.data.val_split.ok_or_else(|| {
-            TlError::file(
+            TlError::corrupt(
                 &run.dir,
                 "this run records no split (made by an older tl); evaluate every image instead (--split all)",
             )
@@ -264,7 +222,7 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
     }
     let net = EvalNet::load(&run, spec, rt, s.accept)?;
     if net.judge.is_none() && s.unknown_dir.is_some() {
-        return Err(TlError::file(
+        return Err(TlError::corrupt(
             &s.run,
             "this run has no unknown judge (trained before tl had one); re-train to use --unknown-dir",
         ));
@@ -275,7 +233,7 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
     let (per_image, stats) = summed_views(rt, s, &net, &paths, &mut warnings)?;
     let g = gather(&samples, &per_image);
     if g.y.is_empty() {
-        return Err(TlError::file(&s.data, "no readable images to evaluate"));
+        return Err(TlError::bad_path(&s.data, "no readable images to evaluate"));
     }
     let n_views = views.len() as f32;
     let rows: Vec<&[f32]> = g.x.chunks(2 * c + 1).collect();
@@ -325,73 +283,10 @@ fn nothing_selected(run: &Run, s: &EvalSettings) -> TlError {
         ),
         _ => String::new(),
     };
-    TlError::file(
+    TlError::corrupt(
         &s.data,
         format!("none of the run's images of that split are in this folder{hint}"),
     )
-}
-
-/// Per image: a flat row of numbers, or why it could not be used.
-type Rows = Vec<std::result::Result<Vec<f32>, String>>;
-
-/// Per image, summed over the views: probabilities at T = 1, then at the run's T; then the
-/// plain view's unknown score (as the threshold was set); and the plain view's extraction
-/// figures.
-fn summed_views(
-    rt: &Runtime,
-    s: &EvalSettings,
-    net: &EvalNet,
-    paths: &[PathBuf],
-    warnings: &mut Vec<String>,
-) -> Result<(Rows, ExtractStats)> {
-    let temperature = net.head().temperature();
-    let mut per_image: Rows = Vec::new();
-    let mut stats = ExtractStats::default();
-    for view in s.tta.views() {
-        let (outs, st) = view_outputs(rt, s, net, paths, view, warnings)?;
-        let first = per_image.is_empty();
-        let outs: Vec<_> = outs
-            .into_iter()
-            .map(|r| {
-                r.map(|o| {
-                    let mut row = o.flat(temperature);
-                    if !first {
-                        // Only the first (plain) view's score counts.
-                        if let Some(score) = row.last_mut() {
-                            *score = 0.0;
-                        }
-                    }
-                    row
-                })
-            })
-            .collect();
-        if view == View::Center {
-            stats = st;
-        }
-        per_image = if per_image.is_empty() {
-            outs
-        } else {
-            per_image
-                .into_iter()
-                .zip(outs)
-                .map(|(a, b)| add(a, b))
-                .collect()
-        };
-    }
-    Ok((per_image, stats))
-}
-
-/// The sum of two views' outputs (an image is usable only if both are).
-fn add(
-    a: std::result::Result<Vec<f32>, String>,
-    b: std::result::Result<Vec<f32>, String>,
-) -> std::result::Result<Vec<f32>, String> {
-    let (a, b) = (a?, b?);
-    Ok(a.iter().zip(&b).map(|(x, y)| x + y).collect())
-}
-
-fn mean(sum: &[f32], n: f32) -> Vec<f32> {
-    sum.iter().map(|v| v / n).collect()
 }
 
 /// The evaluated images' unknown scores against the threshold.
@@ -461,7 +356,7 @@ fn other_images(
         }
     }
     if scores.is_empty() {
-        return Err(TlError::file(dir, "no readable image to judge"));
+        return Err(TlError::bad_path(dir, "no readable image to judge"));
     }
     let rejected = scores.iter().filter(|&&v| v as f64 > threshold).count();
     Ok(OtherImages {
@@ -473,184 +368,4 @@ fn other_images(
         scores,
         skipped,
     })
-}
-
-/// A run's network, split the way its cache is: what is extracted (and cached), then what
-/// runs on the extracted rows.
-struct EvalNet {
-    kind: NetKind,
-    head: Head,
-    /// The run's unknown judge and threshold (None: run made before it).
-    judge: Option<(UnknownJudge, f64)>,
-}
-
-enum NetKind {
-    /// Frozen backbone features (cached), then the head.
-    Frozen { spec: BackboneSpec },
-    /// Cached trunk outputs, then the fine-tuned top and the head.
-    Trunk {
-        trunk: BackboneSpec,
-        top: TrainableTop,
-    },
-    /// Everything fine-tuned: images straight into the top.
-    All {
-        top: TrainableTop,
-        preprocess: crate::data::PreprocessConfig,
-    },
-}
-
-/// One image's outputs for one view.
-struct ImageOutput {
-    logits: Vec<f32>,
-    score: f32,
-}
-
-impl ImageOutput {
-    /// Probabilities at T = 1 and at `temperature`, then the score: one flat row.
-    fn flat(&self, temperature: f64) -> Vec<f32> {
-        let softmax = |t: f32| {
-            let m = self
-                .logits
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = self.logits.iter().map(|z| ((z - m) / t).exp()).collect();
-            let sum: f32 = e.iter().sum();
-            e.into_iter().map(move |v| v / sum)
-        };
-        softmax(1.0)
-            .chain(softmax(temperature as f32))
-            .chain(std::iter::once(self.score))
-            .collect()
-    }
-}
-
-impl EvalNet {
-    /// The run's network; a frozen backbone on the runtime's engine.
-    fn load(run: &Run, spec: BackboneSpec, rt: &Runtime, accept: Option<f64>) -> Result<EvalNet> {
-        let device = rt.device;
-        let head = run.load_head(device)?;
-        let judge = run.load_judge(accept, device)?;
-        let kind = match run.split_spec()? {
-            None => NetKind::Frozen {
-                spec: run.on_engine(spec, rt.engine, device)?,
-            },
-            Some(split) => {
-                let top = run.load_top(&split, device)?;
-                match split.trunk {
-                    Some(trunk) => NetKind::Trunk { trunk, top },
-                    None => NetKind::All {
-                        top,
-                        preprocess: run.config.preprocess,
-                    },
-                }
-            }
-        };
-        Ok(EvalNet { kind, head, judge })
-    }
-
-    fn head(&self) -> &Head {
-        &self.head
-    }
-
-    /// Logits and unknown scores (0 without a judge) of the head's input features.
-    fn outputs(&self, features: &Tensor) -> Result<Vec<ImageOutput>> {
-        let logits = crate::util::tensors::rows(&tch::no_grad(|| self.head.forward(features)))?;
-        let scores = match &self.judge {
-            Some((judge, _)) => judge.scores(features)?,
-            None => vec![0.0; logits.len()],
-        };
-        Ok(logits
-            .into_iter()
-            .zip(scores)
-            .map(|(logits, score)| ImageOutput { logits, score })
-            .collect())
-    }
-}
-
-/// Per image: its outputs, or why it could not be used.
-type PerImage = Vec<std::result::Result<ImageOutput, String>>;
-
-/// Outputs of one view of every image (or why an image could not be used).
-fn view_outputs(
-    rt: &Runtime,
-    s: &EvalSettings,
-    net: &EvalNet,
-    paths: &[PathBuf],
-    view: View,
-    warnings: &mut Vec<String>,
-) -> Result<(PerImage, ExtractStats)> {
-    let (spec, top) = match &net.kind {
-        NetKind::Frozen { spec } => (spec, None),
-        NetKind::Trunk { trunk, top } => (trunk, Some(top)),
-        NetKind::All { top, preprocess } => {
-            return Ok((
-                decoded_outputs(s, top, net, preprocess, paths, view, rt.device)?,
-                ExtractStats::default(),
-            ))
-        }
-    };
-    let cache = s.cache.open_view(spec, view)?;
-    let opts = ExtractOptions::new(rt, spec, s.batch_size, false, view);
-    let ex = features::extract(paths, spec, &cache, &opts)?;
-    if let Some(w) = &ex.cache_warning {
-        if !warnings.contains(w) {
-            warnings.push(w.clone());
-        }
-    }
-    let ok: Vec<usize> = (0..paths.len())
-        .filter(|&i| ex.features[i].is_ok())
-        .collect();
-    let mut flat = Vec::with_capacity(ok.len() * ex.dim);
-    for &i in &ok {
-        if let Ok(v) = &ex.features[i] {
-            flat.extend_from_slice(v);
-        }
-    }
-    let x = super::tensor_2d(&flat, ok.len(), ex.dim, rt.device);
-    let x = match top {
-        Some(top) => top.features_of(&CachedRows(x), s.batch_size.max(64))?,
-        None => x,
-    };
-    let outputs = net.outputs(&x)?;
-    let mut out: PerImage = ex
-        .features
-        .iter()
-        .map(|r| match r {
-            Ok(_) => Err(String::new()),
-            Err(why) => Err(why.clone()),
-        })
-        .collect();
-    for (&i, o) in ok.iter().zip(outputs) {
-        out[i] = Ok(o);
-    }
-    Ok((out, ex.stats))
-}
-
-/// Outputs with every block fine-tuned: nothing is cached, images are decoded per batch.
-fn decoded_outputs(
-    s: &EvalSettings,
-    top: &TrainableTop,
-    net: &EvalNet,
-    preprocess: &crate::data::PreprocessConfig,
-    paths: &[PathBuf],
-    view: View,
-    device: tch::Device,
-) -> Result<PerImage> {
-    let mut out: PerImage = (0..paths.len()).map(|_| Err(String::new())).collect();
-    for (c, chunk) in paths.chunks(s.batch_size.max(1)).enumerate() {
-        let batch = features::extract::decode_files(chunk, preprocess, view);
-        for (i, why) in &batch.failures {
-            out[c * s.batch_size + i] = Err(why.clone());
-        }
-        if batch.indices.is_empty() {
-            continue;
-        }
-        let x = batch.tensor(preprocess).to_device(device);
-        let features = tch::no_grad(|| top.forward(&x))?;
-        for (o, &i) in net.outputs(&features)?.into_iter().zip(&batch.indices) {
-            out[c * s.batch_size + i] = Ok(o);
-        }
-    }
-    Ok(out)
 }
