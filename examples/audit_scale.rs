@@ -1,4 +1,4 @@
-//! `tl audit`'s analysis at scale, on a synthetic feature cache (scripts/bench/audit_scale.sh):
+//! `tl audit`'s analysis at scale, on a synthetic feature cache (scripts/bench/run.sh audit-scale):
 //!
 //! ```text
 //! audit_scale write ROOT N [DIM]   N synthetic entries, published as `tl extract` does

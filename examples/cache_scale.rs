@@ -1,4 +1,4 @@
-//! The feature cache at scale, without images (scripts/bench_cache_scale.sh):
+//! The feature cache at scale, without images (scripts/bench/run.sh cache-scale):
 //!
 //! ```text
 //! cache_scale write ROOT N [DIM]   N synthetic entries, published as `tl extract` does

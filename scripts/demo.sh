@@ -92,7 +92,7 @@ done
 step "6. attack: make the network see a '$FIRST_CLASS' in $(basename "$DOG_IMG") (eps $TL_DEMO_ATTACK_EPS)"
 "$TL" attack "$DOG_IMG" --run "$OUT/run" --target "$FIRST_CLASS" --eps "$TL_DEMO_ATTACK_EPS" -o "$OUT/attack_adversarial.png" --diff "$OUT/attack_diff.png" --force
 "$TL" predict "$OUT/run" "$OUT/attack_adversarial.png"
-"$PY" scripts/side_by_side.py "$OUT/attack_side_by_side.png" "$DOG_IMG:original" "$OUT/attack_adversarial.png:adversarial ($FIRST_CLASS)" "$OUT/attack_diff.png:difference (amplified)"
+"$PY" scripts/docs/side_by_side.py "$OUT/attack_side_by_side.png" "$DOG_IMG:original" "$OUT/attack_adversarial.png:adversarial ($FIRST_CLASS)" "$OUT/attack_diff.png:difference (amplified)"
 
 step "7. ship it: one TorchScript file (and ONNX), then predict with the file alone"
 "$TL" export "$OUT/run-finetuned" -o "$OUT/model.pt" --force

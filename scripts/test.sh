@@ -16,7 +16,7 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
         || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
         || echo "test: could not install chromium; the HTML rendering test will be skipped"
 fi
-.venv/bin/python scripts/make_fixtures.py
+.venv/bin/python scripts/dev/make_fixtures.py
 cargo test --release
 # The library's API docs build without warnings (broken links in them fail here).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q

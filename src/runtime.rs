@@ -81,7 +81,7 @@ pub struct Runtime {
     /// thread up to 4 (each session holds its own weights and activations). `None`: one
     /// session fed by decoder threads, the layout when `--decode-threads` is set.
     /// `TL_EXTRACT_WORKERS` overrides it (0: `None`; for benchmarks). Cold extraction of cats_dogs on 2 cores: 86.7 img/s with 2 workers
-    /// against 83.8 with one session and 2 decoders (BENCHMARKS.md §13).
+    /// against 83.8 with one session and 2 decoders (BENCHMARKS.md §5).
     pub onnx_workers: Option<usize>,
     /// Where backbones are looked up, and exported on first use.
     pub backbones: BackboneStore,

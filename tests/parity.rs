@@ -1,4 +1,4 @@
-//! Preprocessing and TorchScript parity with PyTorch (references from scripts/make_fixtures.py).
+//! Preprocessing and TorchScript parity with PyTorch (references from scripts/dev/make_fixtures.py).
 mod common;
 use tch::{Kind, Tensor};
 use tl::data::preprocess::{self, PreprocessConfig};

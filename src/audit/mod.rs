@@ -17,7 +17,7 @@
 //! - **outliers**: `1 −` the mean similarity to the 5 nearest images with other content,
 //!   above Tukey's far-out fence (Q3 + 3·IQR of all scores).
 //!
-//! Measured choices (scripts/bench/audit.py, BENCHMARKS.md §17): near-duplicates at 0.93
+//! Measured choices (scripts/bench/audit.py, BENCHMARKS.md §13): near-duplicates at 0.93
 //! (planted copies 0.946–0.995, the closest different photos of cats_dogs 0.906); what the
 //! heads train on ([`labels::Features`]); which images count as label issues (confident
 //! learning alone found 25 of 30 planted flips; adding the out-of-sample mistakes, 27–30).

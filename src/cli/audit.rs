@@ -23,7 +23,7 @@ pub struct AuditArgs {
     pub val_dir: Option<PathBuf>,
     /// Cosine similarity of features at or above which two files are near-duplicates (0.93:
     /// resized and recompressed copies of photos sit above 0.94, the closest different photos
-    /// of Kaggle's cats and dogs at 0.91 with MobileNetV2; BENCHMARKS.md §17).
+    /// of Kaggle's cats and dogs at 0.91 with MobileNetV2; BENCHMARKS.md §13).
     #[arg(long, default_value = "0.93", value_parser = values::unit_interval)]
     pub near_duplicate: f64,
     /// Folds of the out-of-sample heads that judge the labels.

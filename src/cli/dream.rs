@@ -77,7 +77,7 @@ pub struct DreamArgs {
     #[arg(long, default_value = "10", value_parser = values::weight)]
     pub tv: f64,
     /// Penalty on the mean squared distance from mid-grey (0: none; it washes the colours
-    /// out, and dreams transfer to other networks far better without it: BENCHMARKS §14).
+    /// out, and dreams transfer to other networks far better without it: BENCHMARKS §16).
     #[arg(long, default_value = "0", value_parser = values::weight)]
     pub l2: f64,
     /// Image side in pixels, 16 to 2048 (default: the backbone's crop size).

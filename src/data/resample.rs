@@ -5,7 +5,7 @@
 //! Each pass has a portable version and, on x86-64 CPUs with AVX2 (chosen at run time), a
 //! vector one that computes exactly the same integers: products of 8-bit pixels and 22-bit
 //! coefficients summed in 32-bit lanes, never rounded until the final shift. The horizontal
-//! pass was 80 % of the resampling time (BENCHMARKS.md §13); tests compare the two versions
+//! pass was 80 % of the resampling time (BENCHMARKS.md §5); tests compare the two versions
 //! on many sizes.
 
 /// Pillow's bilinear filter coefficients for output positions `first..first+count` of a

@@ -4,7 +4,7 @@
 //! The score is the cosine distance to the training features: `1 − mean cosine similarity
 //! of the k nearest reference rows` (deep k-nearest neighbours, Sun et al. 2022), with
 //! k = 1. Measured against the alternatives on MobileNetV2 features of a cats-vs-dogs run
-//! and 151 photos of other ImageNet classes (`scripts/unknown_methods.py`, BENCHMARKS):
+//! and 151 photos of other ImageNet classes (`scripts/bench/unknown_methods.py`, BENCHMARKS):
 //! the softmax probability a head gives today, the energy score and the Mahalanobis
 //! distance all separate worse; see the table there.
 //!

@@ -8,7 +8,7 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// tests/fixtures/generated, made by scripts/make_fixtures.py (run here if missing).
+/// tests/fixtures/generated, made by scripts/dev/make_fixtures.py (run here if missing).
 pub fn fixtures() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -17,7 +17,7 @@ pub fn fixtures() -> PathBuf {
             let python = std::env::var("TL_PYTHON")
                 .unwrap_or_else(|_| root().join(".venv/bin/python").display().to_string());
             let status = Command::new(&python)
-                .arg(root().join("scripts/make_fixtures.py"))
+                .arg(root().join("scripts/dev/make_fixtures.py"))
                 .status()
                 .expect("running make_fixtures.py (run scripts/setup.sh first)");
             assert!(status.success(), "make_fixtures.py failed");

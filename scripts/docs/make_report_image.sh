@@ -5,7 +5,7 @@
 # worst-classified images: their thumbnails are third-party photos, which this repository
 # does not copy (open out/readme-report/run/report.html for the whole page).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 scripts/setup.sh >/dev/null
 source scripts/env.sh

@@ -7,7 +7,7 @@
   extract   cold extraction of the cats_dogs photos, decoding included: tl with ONNX
             Runtime (its default layout: workers that each decode and run their own
             batches; and one session fed by decoder threads, `--decode-threads 2`), tl with
-            libtorch, and the PyTorch eager reference (scripts/bench.py)
+            libtorch, and the PyTorch eager reference (scripts/bench/core.py)
   accuracy  validation accuracy of the two engines, cats_dogs (--val-split 0.5) and pets
             (5/5), seeds 0 1 2
 
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench as B  # noqa: E402
+import core as B  # noqa: E402
 
 OUT = B.ROOT / "out" / "bench-onnx"
 BB = OUT / "backbones"

@@ -4,7 +4,7 @@
 1. cats_dogs, MobileNetV2, `--val-split 0.5 --seed 0`: ECE/NLL/Brier before and after the
    temperature; the unknown judge on ../shared/data/ood against the validation photos (AUROC,
    share of ood answered unknown, share of validation photos answered unknown, accuracy of
-   the accepted ones); the score methods compared (scripts/unknown_methods.py).
+   the accepted ones); the score methods compared (scripts/bench/unknown_methods.py).
 2. pets: 30 breeds trained (seeds 0-2), the 7 others (every 5th breed in name order, the
    first 35) as unknown images, at --accept 0.95 and 0.9.
 3. Cost: the calibration step's time against the head's, and the judge's file size.
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -53,7 +53,7 @@ def cats_dogs(tl, backbone, tmp: Path) -> dict:
     run(tl, "train", "--backbone", backbone, ood_ds, "--val-split", "0.5", "--out", tmp / "ood_run",
         "--save-features", ood_feats, "-q")
     methods = json.loads(subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "unknown_methods.py"), feats, ood_feats, "--json"],
+        [sys.executable, str(ROOT / "scripts" / "bench" / "unknown_methods.py"), feats, ood_feats, "--json"],
         capture_output=True, text=True, check=True).stdout)
     u = ev["unknown"]
     return {

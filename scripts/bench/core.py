@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`tl` against PyTorch on the same machine, in one run (scripts/bench.sh calls this).
+"""`tl` against PyTorch on the same machine, in one run (scripts/bench/run.sh core calls this).
 
 Each contender runs alternately `--repeats` times; medians and ratios (tl / reference) are
 printed and everything is written to out/bench/results.json. Sections:
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TL = ROOT / "target" / "release" / "tl"
 PY = sys.executable
 DATA = ROOT.parent / "shared" / "data"
@@ -301,7 +301,7 @@ def bench_accuracy(args, tmp: Path) -> dict:
             run = tmp / f"acc-{name}-{seed}"
             run_tl(["train", "--backbone", "mobilenet_v2", str(data), "--val-split", "0.5", "--seed", str(seed), "--out", str(run), "-q", "--save-features", str(feats)], tmp / "cache-acc")
             tl_acc = json.loads((run / "report.json").read_text())["val_accuracy"]
-            sk = json.loads(subprocess.run([PY, str(ROOT / "scripts" / "sklearn_baseline.py"), str(feats), "--json"], capture_output=True, text=True, check=True).stdout)["val_accuracy"]
+            sk = json.loads(subprocess.run([PY, str(ROOT / "scripts" / "bench" / "sklearn_baseline.py"), str(feats), "--json"], capture_output=True, text=True, check=True).stdout)["val_accuracy"]
             ref = reference_head(feats)
             rows.append({"seed": seed, "tl": tl_acc, "sklearn": sk, "pytorch_reference": ref, "tl_minus_sklearn_points": 100 * (tl_acc - sk)})
             log(f"  {name} seed {seed}: tl {100 * tl_acc:.2f}%  sklearn {100 * sk:.2f}%  PyTorch head {100 * ref:.2f}%")

@@ -2,13 +2,13 @@
 # Fine-tuning benchmark (issue #11), MobileNetV2 with real weights on ../shared/data:
 #   1. cats_dogs --val-split 0.5, seeds 0 1 2, and pets (5/5 per breed): the frozen head
 #      against `--finetune` (default N and learning rate), validation accuracy;
-#   2. parity: scripts/finetune_reference.py (eager PyTorch, same split, same recipe);
+#   2. parity: scripts/bench/finetune_reference.py (eager PyTorch, same split, same recipe);
 #   3. speed: a fine-tuning epoch on cached trunk outputs against `--finetune all` (the whole
 #      backbone forward and backward every epoch), same data, same machine, one run;
 #   4. --views 4 (cost of extracting the views, once) and --tta flip (what each buys).
 # Skips (exit 0, saying so) when the photos or the weights are not there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/env.sh
 PY=${PYTHON:-.venv/bin/python}
 DATA=${TL_BENCH_DATA:-../shared/data}
@@ -53,7 +53,7 @@ echo "## parity: PyTorch reference on the same split (seed 0)"
 echo "| data | tl head | reference head | tl fine-tuned | reference fine-tuned |"
 echo "| --- | --- | --- | --- | --- |"
 for data in cats_dogs pets; do
-    "$PY" scripts/finetune_reference.py "$OUT/runs/$data-ft-0" > "$OUT/$data-reference.json"
+    "$PY" scripts/bench/finetune_reference.py "$OUT/runs/$data-ft-0" > "$OUT/$data-reference.json"
     echo "| $data | $(pct "$(field "$OUT/$data-ft-0.json" "d['finetune']['head_only_val_accuracy']")") |" \
          "$(pct "$(field "$OUT/$data-reference.json" "d['head_only_val_accuracy']")") |" \
          "$(pct "$(field "$OUT/$data-ft-0.json" "d['val_accuracy']")") |" \

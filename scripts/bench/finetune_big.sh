@@ -3,7 +3,7 @@
 # 40 photos (the first 20 of each class of ../shared/data/cats_dogs): export with cut 1,
 # train (head, then the last block), eval, predict. Skips when the photos are not there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/env.sh
 PY=${PYTHON:-.venv/bin/python}
 DATA=${TL_BENCH_DATA:-../shared/data}/cats_dogs

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # The CUDA checks, for a machine with an NVIDIA GPU and a Python with PyTorch + torchvision:
 #   1. `tl doctor` sees the GPU;
-#   2. scripts/bench_gpu.py: ResNet50 extraction (JPEG decoding included) and backbone-only,
+#   2. scripts/bench/gpu.py: ResNet50 extraction (JPEG decoding included) and backbone-only,
 #      fp32 and --amp, against a PyTorch DataLoader reference, alternated, medians;
 #   3. with MobileNetV2 weights (GPU_CHECK_WEIGHTS) and photos (GPU_CHECK_PHOTOS): train a
 #      head, dream and attack on --device cuda, and the same on --device cpu for comparison.
-# Usage: TL=path/to/tl PYTHON=python3 scripts/gpu_check.sh OUT_DIR
-# (scripts/bench_gpu.sh is the one-command version for a machine where scripts/setup.sh works.)
+# Usage: TL=path/to/tl PYTHON=python3 scripts/dev/gpu_check.sh OUT_DIR
+# (scripts/bench/run.sh gpu is the one-command version for a machine where scripts/setup.sh works.)
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${1:-$ROOT/out/gpu}"; mkdir -p "$OUT"
 TL="${TL:-$ROOT/target/release/tl}"; PY="${PYTHON:-python3}"
 W="$(mktemp -d)"; export TL_CACHE_DIR="$W/cache"
 step() { printf '\n=== %s\n' "$*"; }
 step "doctor"; "$TL" doctor
 step "bench (ResNet50, random weights: speed only)"
-"$PY" "$ROOT/scripts/bench_gpu.py" --tl "$TL" --images "${GPU_CHECK_IMAGES:-4096}" --rounds "${GPU_CHECK_ROUNDS:-3}" --json-out "$OUT/gpu_bench.json"
+"$PY" "$ROOT/scripts/bench/gpu.py" --tl "$TL" --images "${GPU_CHECK_IMAGES:-4096}" --rounds "${GPU_CHECK_ROUNDS:-3}" --json-out "$OUT/gpu_bench.json"
 if [ -f "${GPU_CHECK_WEIGHTS:-}" ] && [ -d "${GPU_CHECK_PHOTOS:-}" ]; then
     step "MobileNetV2 (real weights) on CUDA: train, predict, dream, attack"
     "$PY" "$ROOT/scripts/export_backbones.py" mobilenet_v2 --weights "$GPU_CHECK_WEIGHTS" --out "$W/bb" | tail -1

@@ -28,7 +28,7 @@ from PIL import Image
 from safetensors.torch import save_file
 import torchvision.transforms as T
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import export_backbones  # noqa: E402
 

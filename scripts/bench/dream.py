@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Do `tl dream` images transfer? (scripts/bench_dream.sh calls this; issue #14's measurement.)
+"""Do `tl dream` images transfer? (scripts/bench/run.sh dream calls this; issue #14's measurement.)
 
 For each variant of flags, dreams 16 ImageNet classes of diverse kinds (animals, objects, food,
 plants, vehicles, scenes) with MobileNetV2 and scores every saved PNG on an independent
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLASSES = [1, 207, 281, 284, 323, 340, 437, 779, 817, 849, 937, 949, 963, 967, 980, 985]
 
 

@@ -30,7 +30,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import export_backbones  # noqa: E402
 
 

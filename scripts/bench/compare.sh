@@ -4,7 +4,7 @@
 # (random weights: shapes and speed only): the table, the JSON and the page. Run twice: the
 # second run finds every feature in the cache. Skips when the photos are not there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/env.sh
 PY=${PYTHON:-.venv/bin/python}
 DATA=${TL_BENCH_DATA:-../shared/data}/cats_dogs

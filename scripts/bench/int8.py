@@ -11,7 +11,7 @@ per-channel weights, MinMax calibration on 256 of the user's photos), then measu
             only real weights here); the point's bar is 0.5 points
 
 Preprocessing is torchvision's eval transform. Needs ../shared/data/cats_dogs (skips, saying
-so, without it) and the exports made by scripts/bench_onnx.sh (out/bench-onnx/backbones).
+so, without it) and the exports made by scripts/bench/run.sh onnx (out/bench-onnx/backbones).
 Results: out/bench-int8/results.json.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "cats_dogs"
 BB = ROOT / "out" / "bench-onnx" / "backbones"
 OUT = ROOT / "out" / "bench-int8"
@@ -118,7 +118,7 @@ def main() -> int:
     results = {}
     for arch, batches in (("mobilenet_v2", 5), ("resnet50", 2)):
         if not (BB / f"{arch}.features.onnx").is_file():
-            log(f"{arch}: skipped, no export in {BB} (run scripts/bench_onnx.sh backbone first)")
+            log(f"{arch}: skipped, no export in {BB} (run scripts/bench/run.sh onnx backbone first)")
             continue
         t = time.time()
         models = {"fp32": BB / f"{arch}.features.onnx", **quantise(arch, calib)}

@@ -8,7 +8,7 @@
 # Prints each shard's line, what train found cached/computed, validation accuracy, and
 # verify's counts; writes $OUT/results.json.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 scripts/setup.sh >/dev/null
 # shellcheck source=scripts/env.sh

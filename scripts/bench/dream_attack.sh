@@ -6,7 +6,7 @@
 #  - attack: the first 20 dogs (by name) -> tabby at eps 4/255 (ImageNet classifier), and
 #    -> cat at eps 2/255 (Cats-vs-Dogs run), judged by `tl predict` on the saved files
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 scripts/setup.sh >/dev/null
 TL=target/release/tl

@@ -6,10 +6,10 @@
 # (examples/cache_scale.rs) and reports its peak RSS (VmHWM). Prints a table and writes
 # $OUT/results.jsonl; the synthetic cache of each size is deleted after it is measured.
 #
-#   scripts/bench_cache_scale.sh                 # 10k, 100k, 1M (1M needs ~5.2 GB of disk)
-#   SIZES="10000 100000" scripts/bench_cache_scale.sh
+#   scripts/bench/cache_scale.sh                 # 10k, 100k, 1M (1M needs ~5.2 GB of disk)
+#   SIZES="10000 100000" scripts/bench/cache_scale.sh
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 scripts/setup.sh >/dev/null
 # shellcheck source=scripts/env.sh

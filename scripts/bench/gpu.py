@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GPU benchmark: `tl` against a PyTorch reference on CUDA (scripts/bench_gpu.sh calls this).
+"""GPU benchmark: `tl` against a PyTorch reference on CUDA (scripts/bench/run.sh gpu calls this).
 
 ResNet50 (random weights; speed only), batch 256, JPEG decoding included, with and without
 mixed precision:
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def log(msg: str) -> None:
