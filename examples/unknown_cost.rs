@@ -12,7 +12,7 @@
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tl::head::{
-    temperature, train_head, unknown, HeadConfig, OptimizerKind, Schedule, Split, TrainConfig,
+    temperature, train_head, unknown, HeadConfig, OptimizerKind, Schedule, TensorRows, TrainConfig,
 };
 
 fn main() {
@@ -33,11 +33,11 @@ fn main() {
         labels.narrow(0, n_val, n - n_val),
     );
     let (train, val) = (
-        Split {
+        TensorRows {
             x: &train_x,
             y: &train_y,
         },
-        Split {
+        TensorRows {
             x: &val_x,
             y: &val_y,
         },

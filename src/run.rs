@@ -18,7 +18,7 @@
 //! no half-written run behind.
 use crate::data::{Layout, PreprocessConfig};
 use crate::error::{Result, TlError};
-use crate::features::split::{FeatureNet, SplitSpec, TrainableTop, Unfreeze};
+use crate::features::cut::{BackboneCut, FeatureNet, TrainableTop, Unfreeze};
 use crate::features::BackboneSpec;
 use crate::head::{EpochMetrics, FinetuneConfig, Head, HeadConfig, TrainConfig, UnknownJudge};
 use crate::util::fs::{to_json_pretty, StagedDir};
@@ -174,7 +174,7 @@ pub struct SplitEntry {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SplitRecord {
+pub struct DatasetSplit {
     pub train: Vec<SplitEntry>,
     pub val: Vec<SplitEntry>,
 }
@@ -198,7 +198,7 @@ pub struct SplitMatch {
     pub missing_val: Vec<FilePath>,
 }
 
-impl SplitRecord {
+impl DatasetSplit {
     pub fn entry(root: &Path, path: &Path, key: &str) -> SplitEntry {
         SplitEntry {
             path: FilePath(path.strip_prefix(root).unwrap_or(path).to_path_buf()),
@@ -372,11 +372,11 @@ impl Run {
     }
 
     /// The run's split of the backbone, its files checked against the run's record.
-    pub fn split_spec(&self) -> Result<Option<SplitSpec>> {
+    pub fn split_spec(&self) -> Result<Option<BackboneCut>> {
         let Some(rec) = &self.config.finetune else {
             return Ok(None);
         };
-        let split = SplitSpec::resolve(&self.backbone()?, rec.unfreeze)?;
+        let split = BackboneCut::resolve(&self.backbone()?, rec.unfreeze)?;
         let changed = |path: &Path, now: &str, then: &str| {
             TlError::corrupt(
                 path,
@@ -402,7 +402,7 @@ impl Run {
     }
 
     /// The run's fine-tuned top, weights loaded and frozen.
-    pub fn load_top(&self, split: &SplitSpec, device: tch::Device) -> Result<TrainableTop> {
+    pub fn load_top(&self, split: &BackboneCut, device: tch::Device) -> Result<TrainableTop> {
         let mut top = split.load_top(device)?;
         top.load_weights(&self.dir.join(FINETUNED))?;
         top.vs.freeze();
@@ -419,7 +419,7 @@ impl Run {
                     None => None,
                 };
                 let top = self.load_top(&split, device)?;
-                Ok(FeatureNet::Split { trunk, top })
+                Ok(FeatureNet::Cut { trunk, top })
             }
         }
     }
@@ -452,7 +452,7 @@ impl Run {
     }
 
     /// The recorded training/validation files (runs of older versions have none).
-    pub fn split(&self) -> Result<Option<SplitRecord>> {
+    pub fn split(&self) -> Result<Option<DatasetSplit>> {
         let path = self.dir.join(SPLIT);
         if !path.is_file() {
             return Ok(None);
@@ -547,7 +547,7 @@ pub struct RunContents<'a, R: Serialize> {
     pub config: &'a RunConfig,
     pub classes: &'a [String],
     pub head: &'a Head,
-    pub split: &'a SplitRecord,
+    pub split: &'a DatasetSplit,
     pub metrics: &'a [EpochMetrics],
     pub report: &'a R,
     /// The fine-tuned top (`--finetune` runs).

@@ -316,7 +316,7 @@ fn the_head_trains_the_same_on_rows_streamed_from_the_cache() {
     use tl::data::PreprocessConfig;
     use tl::features::FeatureCache;
     use tl::head::{
-        train_head, HeadConfig, OptimizerKind, Schedule, Split, StreamedRows, TrainConfig,
+        train_head, HeadConfig, OptimizerKind, Schedule, StreamedRows, TensorRows, TrainConfig,
     };
     let tmp = tempfile::tempdir().unwrap();
     let (n, d) = (300usize, 24usize);
@@ -362,7 +362,7 @@ fn the_head_trains_the_same_on_rows_streamed_from_the_cache() {
     let flat: Vec<f32> = rows.concat();
     let x = tch::Tensor::from_slice(&flat).view([n as i64, d as i64]);
     let y = tch::Tensor::from_slice(&labels);
-    let memory = Split { x: &x, y: &y };
+    let memory = TensorRows { x: &x, y: &y };
     let cfg = TrainConfig {
         epochs: 8,
         batch_size: 32,

@@ -151,13 +151,20 @@ impl Rows for Subset<'_> {
         self.rows.len()
     }
 
-    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor> {
+        Ok(self.x.rows(&self.global(idx)).to_device(device))
+    }
+
+    fn labels(&self, idx: &[i64], device: Device) -> Option<Tensor> {
+        Some(self.y.index_select(0, &self.global(idx)).to_device(device))
+    }
+}
+
+impl Subset<'_> {
+    /// Rows of `x` and `y` for rows `idx` of the subset.
+    fn global(&self, idx: &[i64]) -> Tensor {
         let global: Vec<i64> = idx.iter().map(|&i| self.rows[i as usize]).collect();
-        let global = Tensor::from_slice(&global);
-        Ok((
-            self.x.rows(&global).to_device(device),
-            self.y.index_select(0, &global).to_device(device),
-        ))
+        Tensor::from_slice(&global)
     }
 }
 

@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use tl::eval::Report;
 use tl::runtime::Runtime;
-use tl::workflow::evaluate::{EvalSettings, EvalSplit};
+use tl::workflow::evaluate::{EvalImages, EvalSettings};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SplitArg {
@@ -62,9 +62,9 @@ pub fn run(rt: &Runtime, args: &EvalArgs) -> anyhow::Result<()> {
         run: args.run.clone(),
         data: args.data.clone(),
         split: match args.split {
-            SplitArg::All => EvalSplit::All,
-            SplitArg::Val => EvalSplit::Val,
-            SplitArg::Train => EvalSplit::Train,
+            SplitArg::All => EvalImages::All,
+            SplitArg::Val => EvalImages::Val,
+            SplitArg::Train => EvalImages::Train,
         },
         top_losses: args.top_losses,
         batch_size: args.batch_size,

@@ -1,23 +1,25 @@
 //! Stage 2: from preprocessed images to feature vectors. `backbone` finds and loads the
 //! frozen TorchScript network, `cache` stores one checksummed entry per image and backbone
 //! (packed into segment files by `pack`; `loose` reads the first one-file-per-entry layout),
-//! `extract` drives both over a list of files.
+//! `extract` drives both over a list of files. `rows` is the one interface training reads
+//! rows through; `cut` is a backbone cut into a frozen trunk and a trainable top.
 pub mod backbone;
 pub mod cache;
 pub mod cache_admin;
+pub mod cut;
 pub mod engine;
 pub mod extract;
 pub mod loose;
 pub mod onnx;
 pub mod pack;
-pub mod split;
+pub mod rows;
 
 pub use crate::data::View;
 pub use backbone::{BackboneSpec, Engine};
 pub use cache::FeatureCache;
+pub use cut::{BackboneCut, FeatureNet, TrainableTop, Unfreeze};
 pub use engine::FrozenModel;
 pub use extract::{extract, ExtractOptions, ExtractStats, Extracted};
-pub use split::{FeatureNet, SplitSpec, TrainableTop, Unfreeze};
 
 /// The cache for `--cache-dir`/`--no-cache` settings, for one backbone and its preprocessing.
 #[derive(Clone, Debug, Default)]

@@ -7,7 +7,8 @@ use super::epochs::{run_epochs, EpochPlan, EpochRunner};
 use super::model::Head;
 use super::train::{correct_count, EpochMetrics, Schedule};
 use crate::error::{Result, TlError};
-use crate::features::split::{RowSource, TrainableTop};
+use crate::features::cut::TrainableTop;
+use crate::features::rows::Rows;
 use crate::progress;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Reduction, Tensor};
@@ -43,12 +44,6 @@ impl FinetuneConfig {
     }
 }
 
-/// Rows and their labels.
-pub struct RowSplit<'a> {
-    pub rows: &'a dyn RowSource,
-    pub y: &'a Tensor,
-}
-
 pub struct FinetuneOutcome {
     pub history: Vec<EpochMetrics>,
     pub best_epoch: usize,
@@ -61,20 +56,20 @@ fn adam(vs: &nn::VarStore, lr: f64) -> Result<nn::Optimizer> {
         .map_err(|e| TlError::torch("optimizer", e))
 }
 
-/// Loss and accuracy of top + head on a split, without gradients.
+/// Loss and accuracy of top + head on labelled `rows`, without gradients.
 pub fn evaluate_rows(
     top: &TrainableTop,
     head: &Head,
-    split: &RowSplit,
+    rows: &dyn Rows,
     batch: usize,
 ) -> Result<(f64, f64)> {
     tch::no_grad(|| {
-        let n = split.rows.len();
+        let n = rows.len();
         let (mut loss, mut correct) = (0.0, 0i64);
         for start in (0..n).step_by(batch.max(1)) {
             let idx: Vec<i64> = (start as i64..(start + batch).min(n) as i64).collect();
-            let logits = head.forward(&top.forward(&split.rows.batch(&idx)?)?);
-            let y = split.y.narrow(0, start as i64, idx.len() as i64);
+            let (x, y) = rows.batch(&idx, top.vs.device())?;
+            let logits = head.forward(&top.forward(&x)?);
             loss += logits
                 .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
                 .double_value(&[]);
@@ -91,8 +86,8 @@ struct Trainer<'a> {
     cfg: &'a FinetuneConfig,
     opt_top: nn::Optimizer,
     opt_head: nn::Optimizer,
-    train: &'a RowSplit<'a>,
-    val: Option<&'a RowSplit<'a>>,
+    train: &'a dyn Rows,
+    val: Option<&'a dyn Rows>,
     show_progress: bool,
 }
 
@@ -109,7 +104,7 @@ impl EpochRunner for Trainer<'_> {
 
     fn validate(&mut self) -> Result<Option<(f64, f64)>> {
         match self.val {
-            Some(v) if !v.rows.is_empty() => {
+            Some(v) if !v.is_empty() => {
                 evaluate_rows(self.top, self.head, v, self.cfg.batch_size.max(64)).map(Some)
             }
             _ => Ok(None),
@@ -137,16 +132,13 @@ impl Trainer<'_> {
     /// One pass over the training rows in `order`: (mean loss, accuracy).
     fn epoch(
         &mut self,
-        train: &RowSplit,
+        train: &dyn Rows,
         order: &[i64],
         bar: &indicatif::ProgressBar,
     ) -> Result<(f64, f64)> {
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         for idx in order.chunks(self.cfg.batch_size) {
-            let x = train.rows.batch(idx)?;
-            let y = train
-                .y
-                .index_select(0, &Tensor::from_slice(idx).to_device(train.y.device()));
+            let (x, y) = train.batch(idx, self.top.vs.device())?;
             let logits = self.head.forward_t(&self.top.forward(&x)?, true);
             let ce = logits.cross_entropy_loss::<Tensor>(
                 &y,
@@ -175,12 +167,12 @@ pub fn finetune(
     top: &mut TrainableTop,
     head: &mut Head,
     cfg: &FinetuneConfig,
-    train: &RowSplit,
-    val: Option<&RowSplit>,
+    train: &dyn Rows,
+    val: Option<&dyn Rows>,
     show_progress: bool,
 ) -> Result<FinetuneOutcome> {
     cfg.validate()?;
-    if train.rows.is_empty() {
+    if train.is_empty() {
         return Err(TlError::invalid("no training images left"));
     }
     tch::manual_seed(cfg.seed as i64);
@@ -189,7 +181,7 @@ pub fn finetune(
     let plan = EpochPlan {
         stage: "finetune",
         epochs: cfg.epochs,
-        rows: train.rows.len(),
+        rows: train.len(),
         lr: cfg.lr,
         schedule: Schedule::Cosine,
         patience: cfg.patience,

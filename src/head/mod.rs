@@ -4,15 +4,12 @@
 pub mod epochs;
 pub mod finetune;
 pub mod model;
-pub mod rows;
 pub mod temperature;
 pub mod train;
 pub mod unknown;
 
-pub use finetune::{finetune, FinetuneConfig, FinetuneOutcome, RowSplit};
+pub use crate::features::rows::{CachedRows, Labelled, Rows, StreamedRows, TensorRows};
+pub use finetune::{finetune, FinetuneConfig, FinetuneOutcome};
 pub use model::{Head, HeadConfig};
-pub use rows::{Rows, StreamedRows};
-pub use train::{
-    train_head, EpochMetrics, OptimizerKind, Schedule, Split, TrainConfig, TrainOutcome,
-};
+pub use train::{train_head, EpochMetrics, OptimizerKind, Schedule, TrainConfig, TrainOutcome};
 pub use unknown::UnknownJudge;

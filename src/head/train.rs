@@ -5,8 +5,8 @@
 use super::epochs::{run_epochs, EpochPlan, EpochRunner};
 pub use super::epochs::{EpochMetrics, Schedule};
 use super::model::{Head, HeadConfig};
-use super::rows::Rows;
 use crate::error::{Result, TlError};
+use crate::features::rows::Rows;
 use crate::progress;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
@@ -77,7 +77,7 @@ pub struct TrainOutcome {
     pub stopped_early: bool,
 }
 
-pub use super::rows::Split;
+pub use crate::features::rows::TensorRows;
 
 /// Loss and accuracy of `head` on `rows`, in evaluation mode.
 pub fn evaluate(head: &Head, rows: &dyn Rows, batch: i64) -> Result<(f64, f64)> {

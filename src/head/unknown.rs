@@ -17,8 +17,8 @@
 //!
 //! On disk (`unknown.safetensors` in the run folder): `references` `[M, D]` float16,
 //! `calibration_scores` `[V]` float32 sorted ascending; `k` lives in config.json.
-use super::rows::Rows;
 use crate::error::{Result, TlError, TorchContext};
+use crate::features::rows::Rows;
 use crate::util::text::SplitMix64;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};

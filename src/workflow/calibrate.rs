@@ -6,8 +6,8 @@ use super::finetune::Tuned;
 use super::FeatureSet;
 use crate::error::Result;
 use crate::eval::calibration::{histogram, Calibration};
-use crate::features::split::{CachedRows, DecodedRows, RowSource};
-use crate::head::{temperature, unknown, Head, Rows, Split, UnknownJudge};
+use crate::features::cut::DecodedRows;
+use crate::head::{temperature, unknown, CachedRows, Head, Rows, TensorRows, UnknownJudge};
 use crate::run::{CalibrationRecord, UnknownRecord, UNKNOWN};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -86,7 +86,7 @@ pub(super) fn calibrate(
     let tuned_val;
     let val: Box<dyn Rows + '_> = match inputs.tuned {
         Some(t) => {
-            tuned_val = Split {
+            tuned_val = TensorRows {
                 x: &t.val_features,
                 y: &f.val_y,
             };
@@ -123,12 +123,12 @@ fn fit_judge(
     match inputs.tuned {
         None => unknown::fit_on_rows(&*f.train_source(), f.train.y.len(), val, s.k, seed, device),
         Some(t) => {
-            let refs = tuned_references(inputs, t, seed, device)?;
-            let tuned_val = Split {
+            let refs = tuned_references(inputs, t, seed)?;
+            let tuned_val = TensorRows {
                 x: &t.val_features,
                 y: &f.val_y,
             };
-            let refs_rows = Split {
+            let refs_rows = TensorRows {
                 x: &refs,
                 y: &f.train_y,
             };
@@ -227,12 +227,12 @@ fn fit_temperature(
 }
 
 /// The plain-view training features through the fine-tuned top, for the sampled references.
-fn tuned_references(inputs: &HeadInputs, t: &Tuned, seed: u64, device: Device) -> Result<Tensor> {
+fn tuned_references(inputs: &HeadInputs, t: &Tuned, seed: u64) -> Result<Tensor> {
     let f = inputs.features;
     let n = f.train.y.len();
     let dim = t.val_features.size().get(1).copied().unwrap_or(1) as usize;
     let idx = unknown::reference_rows(n, dim, seed);
-    let source: Box<dyn RowSource> = match inputs.trunk_rows {
+    let source: Box<dyn Rows> = match inputs.trunk_rows {
         Some(rows) => {
             let i = Tensor::from_slice(&idx).to_device(rows.train_x.device());
             Box::new(CachedRows(rows.train_x.index_select(0, &i)))
@@ -243,7 +243,6 @@ fn tuned_references(inputs: &HeadInputs, t: &Tuned, seed: u64, device: Device) -
                 .map(|&i| f.train_rows[i as usize].clone())
                 .collect(),
             preprocess: inputs.preprocess,
-            device,
         }),
     };
     t.top.features_of(source.as_ref(), 64)

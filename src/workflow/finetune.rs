@@ -3,10 +3,8 @@
 use super::FeatureSet;
 use crate::data::{PreprocessConfig, View};
 use crate::error::Result;
-use crate::features::split::{
-    CachedRows, DecodedRows, RowSource, SplitSpec, TrainableTop, Unfreeze,
-};
-use crate::head::{self, FinetuneConfig, FinetuneOutcome, Head, RowSplit};
+use crate::features::cut::{BackboneCut, DecodedRows, TrainableTop, Unfreeze};
+use crate::head::{self, CachedRows, FinetuneConfig, FinetuneOutcome, Head, Labelled, Rows};
 use crate::run::{FinetuneRecord, FINETUNED};
 use crate::runtime::Runtime;
 use crate::util::FilePath;
@@ -45,7 +43,7 @@ pub(super) struct Context<'a> {
     pub rt: &'a Runtime,
     pub cfg: FinetuneConfig,
     pub unfreeze: Unfreeze,
-    pub split: &'a SplitSpec,
+    pub split: &'a BackboneCut,
     pub features: &'a FeatureSet,
     /// Cached trunk outputs; None with `--finetune all`.
     pub rows: Option<&'a FeatureSet>,
@@ -111,8 +109,7 @@ impl Tuned {
 pub(super) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -> Result<Tuned> {
     let cfg = ctx.cfg.clone();
     let f = ctx.features;
-    let device = ctx.rt.device;
-    let (train_rows, val_rows): (Box<dyn RowSource>, Box<dyn RowSource>) = match ctx.rows {
+    let (train_rows, val_rows): (Box<dyn Rows>, Box<dyn Rows>) = match ctx.rows {
         Some(rows) => (
             Box::new(CachedRows(rows.train_x.shallow_clone())),
             Box::new(CachedRows(rows.val_x.shallow_clone())),
@@ -121,7 +118,6 @@ pub(super) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -
             Box::new(DecodedRows {
                 items: f.train_rows.clone(),
                 preprocess: ctx.preprocess,
-                device,
             }),
             Box::new(DecodedRows {
                 items: f
@@ -131,15 +127,14 @@ pub(super) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -
                     .map(|p| (p.clone(), View::Center))
                     .collect(),
                 preprocess: ctx.preprocess,
-                device,
             }),
         ),
     };
-    let train = RowSplit {
+    let train = Labelled {
         rows: train_rows.as_ref(),
         y: &f.train_y,
     };
-    let val = RowSplit {
+    let val = Labelled {
         rows: val_rows.as_ref(),
         y: &f.val_y,
     };
@@ -171,7 +166,7 @@ pub(super) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -
 }
 
 /// config.json's record of the fine-tuning.
-pub(super) fn record(split: &SplitSpec, tuned: &Tuned) -> Result<FinetuneRecord> {
+pub(super) fn record(split: &BackboneCut, tuned: &Tuned) -> Result<FinetuneRecord> {
     let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or(p.to_path_buf());
     let trunk_sha256 = match &split.trunk {
         Some(t) => Some(t.verified_features_hash()?),

@@ -52,7 +52,7 @@ impl FeatureSet {
     pub fn train_source(&self) -> Box<dyn crate::head::Rows + '_> {
         match &self.streamed {
             Some(s) => Box::new(&s.train),
-            None => Box::new(crate::head::Split {
+            None => Box::new(crate::head::TensorRows {
                 x: &self.train_x,
                 y: &self.train_y,
             }),
@@ -62,7 +62,7 @@ impl FeatureSet {
     pub fn val_source(&self) -> Box<dyn crate::head::Rows + '_> {
         match &self.streamed {
             Some(s) => Box::new(&s.val),
-            None => Box::new(crate::head::Split {
+            None => Box::new(crate::head::TensorRows {
                 x: &self.val_x,
                 y: &self.val_y,
             }),

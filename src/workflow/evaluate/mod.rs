@@ -3,7 +3,7 @@
 //! counts and an added one does not slip into the validation set).
 use super::{gather, skipped_notes, SkippedFile};
 use net::{mean, summed_views, view_outputs, EvalNet};
-pub use settings::{EvalSettings, EvalSplit, Tta};
+pub use settings::{EvalImages, EvalSettings, Tta};
 
 mod net;
 mod settings;
@@ -34,7 +34,7 @@ pub struct SplitCheck {
 pub struct EvalReport {
     pub run: FilePath,
     pub data: FilePath,
-    pub split: EvalSplit,
+    pub split: EvalImages,
     pub tta: Tta,
     pub report: ClassificationReport,
     pub skipped: Vec<SkippedFile>,
@@ -127,11 +127,11 @@ impl Report for EvalReport {
 fn select(
     run: &Run,
     dataset: &Dataset,
-    split: EvalSplit,
+    split: EvalImages,
     warnings: &mut Vec<String>,
 ) -> Result<(Vec<Sample>, Option<SplitCheck>)> {
     let all = dataset.all();
-    if split == EvalSplit::All {
+    if split == EvalImages::All {
         return Ok((all, None));
     }
     let Some(record) = run.split()? else {
@@ -146,7 +146,7 @@ fn select(
         .collect();
     let m: SplitMatch = record.locate(&dataset.root, &files);
     let (chosen, missing) = match split {
-        EvalSplit::Val => (m.val, m.missing_val),
+        EvalImages::Val => (m.val, m.missing_val),
         _ => (m.train, m.missing_train),
     };
     let check = SplitCheck {
@@ -154,7 +154,7 @@ fn select(
         missing,
         new: m.new.iter().map(|&i| FilePath(paths[i].clone())).collect(),
     };
-    let side = if split == EvalSplit::Val {
+    let side = if split == EvalImages::Val {
         "validation"
     } else {
         "training"
@@ -184,7 +184,7 @@ fn select(
 fn legacy_split(
     run: &Run,
     dataset: &Dataset,
-    split: EvalSplit,
+    split: EvalImages,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Sample>> {
     let mut dataset = dataset.clone();
@@ -200,7 +200,7 @@ fn legacy_split(
     warnings.push(
         "this run has no split.json (made by an older tl): the split was drawn again from the folder, which is only right if no file was added or removed".into(),
     );
-    Ok(if split == EvalSplit::Val {
+    Ok(if split == EvalImages::Val {
         dataset.val
     } else {
         dataset.train
@@ -277,7 +277,7 @@ pub fn evaluate(rt: &Runtime, s: &EvalSettings) -> Result<EvalReport> {
 
 fn nothing_selected(run: &Run, s: &EvalSettings) -> TlError {
     let hint = match (&run.config.data.val_dir, s.split) {
-        (Some(dir), EvalSplit::Val) => format!(
+        (Some(dir), EvalImages::Val) => format!(
             "; the run's validation images came from {}: evaluate that folder",
             dir
         ),

@@ -3,8 +3,9 @@
 use super::settings::EvalSettings;
 use crate::data::View;
 use crate::error::{PerImage, Result, SkipReason};
-use crate::features::split::{CachedRows, TrainableTop};
+use crate::features::cut::TrainableTop;
 use crate::features::{self, BackboneSpec, ExtractOptions, ExtractStats};
+use crate::head::CachedRows;
 use crate::head::{Head, UnknownJudge};
 use crate::run::Run;
 use crate::runtime::Runtime;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EvalSplit {
+pub enum EvalImages {
     /// Every image in the folder.
     All,
     /// The run's validation images.
@@ -19,7 +19,7 @@ pub enum EvalSplit {
 pub struct EvalSettings {
     pub run: PathBuf,
     pub data: PathBuf,
-    pub split: EvalSplit,
+    pub split: EvalImages,
     pub top_losses: usize,
     pub batch_size: usize,
     pub cache: CacheSettings,

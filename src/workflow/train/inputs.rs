@@ -5,8 +5,9 @@ use super::settings::{TrainSettings, ValidationChoice};
 use crate::data::View;
 use crate::data::{Dataset, Sample};
 use crate::error::{Result, TlError};
-use crate::features::split::{CachedRows, SplitSpec, TrainableTop};
+use crate::features::cut::{BackboneCut, TrainableTop};
 use crate::features::{self, BackboneSpec, ExtractOptions, Extracted, FeatureCache};
+use crate::head::CachedRows;
 use crate::head::StreamedRows;
 use crate::runtime::Runtime;
 use crate::workflow::{gather, skipped_notes, tensor_2d, FeatureSet, SkippedFile, Streamed};
@@ -330,7 +331,7 @@ pub(crate) fn inputs(
     rt: &Runtime,
     s: &TrainSettings,
     spec: &BackboneSpec,
-    split: Option<&SplitSpec>,
+    split: Option<&BackboneCut>,
     dataset: &Dataset,
     warnings: &mut Vec<String>,
 ) -> Result<Inputs> {

@@ -11,12 +11,12 @@ use super::{FeatureSet, Gathered};
 use crate::data::{Dataset, Sample};
 use crate::error::{Result, TlError};
 use crate::eval::{ClassCount, ClassificationReport};
-use crate::features::split::SplitSpec;
+use crate::features::cut::BackboneCut;
 use crate::features::{self, BackboneSpec, Extracted};
 use crate::head::{
-    self, train::evaluate, Head, HeadConfig, Rows, Split, TrainConfig, TrainOutcome,
+    self, train::evaluate, Head, HeadConfig, Rows, TensorRows, TrainConfig, TrainOutcome,
 };
-use crate::run::{self, BackboneRecord, DataRecord, ExtractRecord, RunConfig, SplitRecord};
+use crate::run::{self, BackboneRecord, DataRecord, DatasetSplit, ExtractRecord, RunConfig};
 use crate::runtime::Runtime;
 use crate::util::FilePath;
 use inputs::{inputs, prepare_dataset, save_features, Inputs, Prepared};
@@ -87,7 +87,7 @@ fn backbone_record(
 }
 
 /// The exact files of each side, with their content keys.
-fn split_record(dataset: &Dataset, ex: &Extracted) -> SplitRecord {
+fn split_record(dataset: &Dataset, ex: &Extracted) -> DatasetSplit {
     let n_train = dataset.train.len();
     let entries = |samples: &[Sample], keys: &[Option<String>]| {
         samples
@@ -95,11 +95,11 @@ fn split_record(dataset: &Dataset, ex: &Extracted) -> SplitRecord {
             .zip(keys)
             .filter_map(|(s, k)| {
                 k.as_ref()
-                    .map(|k| SplitRecord::entry(&dataset.root, &s.path, k))
+                    .map(|k| DatasetSplit::entry(&dataset.root, &s.path, k))
             })
             .collect()
     };
-    SplitRecord {
+    DatasetSplit {
         train: entries(&dataset.train, &ex.keys[..n_train]),
         val: entries(&dataset.val, &ex.keys[n_train..]),
     }
@@ -213,7 +213,7 @@ fn fit_and_tune(
     rt: &Runtime,
     s: &TrainSettings,
     spec: &BackboneSpec,
-    split: Option<&SplitSpec>,
+    split: Option<&BackboneCut>,
     inputs: &mut Inputs,
     classes: &[String],
 ) -> Result<Trained> {
@@ -255,7 +255,7 @@ fn fit_and_tune(
     // The validation figures as the run will predict: with its temperature.
     let validation = match &tuned {
         Some((t, _)) => {
-            let tuned_val = Split {
+            let tuned_val = TensorRows {
                 x: &t.val_features,
                 y: &f.val_y,
             };
@@ -360,7 +360,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         warnings.push(w);
     }
     let split = match &s.finetune {
-        Some(f) => Some(SplitSpec::resolve(&spec, f.unfreeze)?),
+        Some(f) => Some(BackboneCut::resolve(&spec, f.unfreeze)?),
         None => None,
     };
     let prepared = prepare_dataset(s, &mut warnings)?;

@@ -1,7 +1,8 @@
-//! Fine-tuning splits of a backbone (see `scripts/export_backbones.py --cuts`): a frozen
+//! A backbone cut for fine-tuning (see `scripts/export_backbones.py --cuts`): a frozen
 //! trunk, run once per image and cached like features, and a trainable top — the last
 //! blocks and the pooling, a TorchScript module whose parameters live in a VarStore.
 use super::backbone::{verified_hash, BackboneSpec, CutPoint, LoadedModule};
+use super::rows::Rows;
 use crate::error::{Result, TlError, TorchContext};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ impl std::fmt::Display for Unfreeze {
 
 /// One cut point of one backbone, with its files found and checked.
 #[derive(Clone, Debug)]
-pub struct SplitSpec {
+pub struct BackboneCut {
     pub cut: CutPoint,
     pub total_blocks: usize,
     /// The trunk as a backbone of its own (4-D output); None when every block trains.
@@ -38,9 +39,9 @@ pub struct SplitSpec {
     pub row_shape: [i64; 3],
 }
 
-impl SplitSpec {
+impl BackboneCut {
     /// The cut of `spec` for `choice`, or an error that says which cuts were exported.
-    pub fn resolve(spec: &BackboneSpec, choice: Unfreeze) -> Result<SplitSpec> {
+    pub fn resolve(spec: &BackboneSpec, choice: Unfreeze) -> Result<BackboneCut> {
         let (Some(sidecar), Some(sidecar_path)) = (&spec.sidecar, &spec.sidecar_path) else {
             return Err(TlError::invalid(format!(
                 "--finetune needs a backbone exported by scripts/export_backbones.py ({} has no sidecar)",
@@ -103,7 +104,7 @@ impl SplitSpec {
                 (Some(trunk), [c, h, w])
             }
         };
-        Ok(SplitSpec {
+        Ok(BackboneCut {
             cut: cut.clone(),
             total_blocks: total,
             trunk,
@@ -169,13 +170,13 @@ impl TrainableTop {
     }
 
     /// Features of every row of `rows`, in batches, without gradients.
-    pub fn features_of(&self, rows: &dyn RowSource, batch: usize) -> Result<Tensor> {
+    pub fn features_of(&self, rows: &dyn Rows, batch: usize) -> Result<Tensor> {
         tch::no_grad(|| {
             let n = rows.len();
             let mut parts = Vec::new();
             for start in (0..n).step_by(batch.max(1)) {
                 let idx: Vec<i64> = (start as i64..(start + batch.max(1)).min(n) as i64).collect();
-                parts.push(self.forward(&rows.batch(&idx)?)?);
+                parts.push(self.forward(&rows.inputs(&idx, self.vs.device())?)?);
             }
             if parts.is_empty() {
                 return Ok(Tensor::zeros([0, 0], (tch::Kind::Float, self.vs.device())));
@@ -217,7 +218,7 @@ impl TrainableTop {
 /// The image-to-features network of a run: the frozen backbone, or trunk + fine-tuned top.
 pub enum FeatureNet {
     Frozen(LoadedModule),
-    Split {
+    Cut {
         trunk: Option<LoadedModule>,
         top: TrainableTop,
     },
@@ -228,35 +229,11 @@ impl FeatureNet {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             FeatureNet::Frozen(m) => m.forward(x),
-            FeatureNet::Split { trunk, top } => match trunk {
+            FeatureNet::Cut { trunk, top } => match trunk {
                 Some(t) => top.forward(&t.forward(x)?),
                 None => top.forward(x),
             },
         }
-    }
-}
-
-/// Where fine-tuning gets the top's input rows: cached trunk outputs held in memory, or (for
-/// `--finetune all`) images decoded batch by batch.
-pub trait RowSource {
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The rows `idx`, on the training device.
-    fn batch(&self, idx: &[i64]) -> Result<Tensor>;
-}
-
-/// Rows held in one `[M, D]` tensor.
-pub struct CachedRows(pub Tensor);
-
-impl RowSource for CachedRows {
-    fn len(&self) -> usize {
-        self.0.size()[0] as usize
-    }
-    fn batch(&self, idx: &[i64]) -> Result<Tensor> {
-        let idx = Tensor::from_slice(idx).to_device(self.0.device());
-        Ok(self.0.index_select(0, &idx))
     }
 }
 
@@ -265,14 +242,16 @@ impl RowSource for CachedRows {
 pub struct DecodedRows {
     pub items: Vec<(PathBuf, crate::data::View)>,
     pub preprocess: crate::data::PreprocessConfig,
-    pub device: Device,
 }
 
-impl RowSource for DecodedRows {
+impl Rows for DecodedRows {
     fn len(&self) -> usize {
         self.items.len()
     }
-    fn batch(&self, idx: &[i64]) -> Result<Tensor> {
+    fn labels(&self, _idx: &[i64], _device: Device) -> Option<Tensor> {
+        None
+    }
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor> {
         use rayon::prelude::*;
         let cfg = &self.preprocess;
         let numel = cfg.numel();
@@ -288,6 +267,6 @@ impl RowSource for DecodedRows {
         let side = cfg.crop as i64;
         Ok(Tensor::from_slice(&data)
             .view([idx.len() as i64, 3, side, side])
-            .to_device(self.device))
+            .to_device(device))
     }
 }

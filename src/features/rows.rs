@@ -1,42 +1,60 @@
-//! Where the head's training rows come from: tensors in memory ([`Split`]), or entries of
-//! the feature cache read a mini-batch at a time ([`StreamedRows`]), so that training on
-//! more features than fit in memory keeps a bounded footprint.
+//! Rows fetched by index: the one interface every training loop reads through. Features or
+//! labels held as tensors ([`TensorRows`]), entries of the feature cache read a mini-batch at
+//! a time ([`StreamedRows`], so that training on more features than fit in memory keeps a
+//! bounded footprint), a fine-tuned top's inputs (cached trunk outputs [`CachedRows`], or
+//! images decoded on demand, `DecodedRows` in `cut`) paired with labels ([`Labelled`]).
+//! Rows without labels (a top's inputs) serve forward passes; training asks for labels.
 use crate::error::{Result, TlError};
 use crate::features::cache::{FeatureCache, Location};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-/// Features `[N, D]` and labels `[N]` held as tensors.
-pub struct Split<'a> {
-    pub x: &'a Tensor,
-    pub y: &'a Tensor,
-}
-
-/// Labelled feature rows, fetched by index.
+/// Rows fetched by index.
 pub trait Rows {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Features `[len, D]` (float) and labels `[len]` (int64) of rows `idx`, on `device`.
-    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)>;
+    /// Inputs `[len, …]` (float) of rows `idx`, on `device`.
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor>;
+    /// Labels `[len]` (int64) of rows `idx`, on `device`; None for rows without labels.
+    fn labels(&self, idx: &[i64], device: Device) -> Option<Tensor>;
+    /// Inputs and labels of rows `idx`; an error for rows without labels.
+    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
+        let x = self.inputs(idx, device)?;
+        let y = self
+            .labels(idx, device)
+            .ok_or_else(|| TlError::invalid("these rows have no labels to train on"))?;
+        Ok((x, y))
+    }
     /// Per-feature mean and (population) standard deviation, as `[D]` float tensors.
     fn moments(&self, device: Device) -> Result<(Tensor, Tensor)> {
         streamed_moments(self, device)
     }
 }
 
-impl Rows for Split<'_> {
+fn select(t: &Tensor, idx: &[i64], device: Device) -> Tensor {
+    let idx = Tensor::from_slice(idx).to_device(t.device());
+    t.index_select(0, &idx).to_device(device)
+}
+
+/// Features `[N, D]` and labels `[N]` held as tensors.
+pub struct TensorRows<'a> {
+    pub x: &'a Tensor,
+    pub y: &'a Tensor,
+}
+
+impl Rows for TensorRows<'_> {
     fn len(&self) -> usize {
         self.x.size()[0] as usize
     }
 
-    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
-        let idx = Tensor::from_slice(idx).to_device(self.x.device());
-        Ok((
-            self.x.index_select(0, &idx).to_device(device),
-            self.y.index_select(0, &idx).to_device(device),
-        ))
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor> {
+        Ok(select(self.x, idx, device))
+    }
+
+    fn labels(&self, idx: &[i64], device: Device) -> Option<Tensor> {
+        Some(select(self.y, idx, device))
     }
 
     fn moments(&self, device: Device) -> Result<(Tensor, Tensor)> {
@@ -53,8 +71,12 @@ impl<R: Rows + ?Sized> Rows for &R {
         (**self).len()
     }
 
-    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
-        (**self).batch(idx, device)
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor> {
+        (**self).inputs(idx, device)
+    }
+
+    fn labels(&self, idx: &[i64], device: Device) -> Option<Tensor> {
+        (**self).labels(idx, device)
     }
 
     fn moments(&self, device: Device) -> Result<(Tensor, Tensor)> {
@@ -68,7 +90,7 @@ fn streamed_moments<R: Rows + ?Sized>(rows: &R, device: Device) -> Result<(Tenso
     let (mut sum, mut sum_sq): (Option<Tensor>, Option<Tensor>) = (None, None);
     let order: Vec<i64> = (0..n).collect();
     for chunk in order.chunks(4096) {
-        let (x, _) = rows.batch(chunk, Device::Cpu)?;
+        let x = rows.inputs(chunk, Device::Cpu)?;
         let x = x.to_kind(Kind::Double);
         let s = x.sum_dim_intlist(0, false, Kind::Double);
         let q = x.square().sum_dim_intlist(0, false, Kind::Double);
@@ -131,7 +153,7 @@ impl Rows for StreamedRows {
         self.locations.len()
     }
 
-    fn batch(&self, idx: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor> {
         let d = self.dim;
         let mut data = vec![0f32; idx.len() * d];
         data.par_chunks_mut(d)
@@ -142,11 +164,51 @@ impl Rows for StreamedRows {
                 })?;
                 self.cache.read_into(loc, out)
             })?;
-        let labels: Vec<i64> = idx.iter().map(|&i| self.labels[i as usize]).collect();
         let x = Tensor::from_slice(&data).view([idx.len() as i64, d as i64]);
-        Ok((
-            x.to_device(device),
-            Tensor::from_slice(&labels).to_device(device),
-        ))
+        Ok(x.to_device(device))
+    }
+
+    fn labels(&self, idx: &[i64], device: Device) -> Option<Tensor> {
+        let labels: Option<Vec<i64>> = idx
+            .iter()
+            .map(|&i| self.labels.get(i as usize).copied())
+            .collect();
+        Some(Tensor::from_slice(&labels?).to_device(device))
+    }
+}
+
+/// Rows held in one `[M, …]` tensor, without labels (a fine-tuned top's inputs).
+pub struct CachedRows(pub Tensor);
+
+impl Rows for CachedRows {
+    fn len(&self) -> usize {
+        self.0.size()[0] as usize
+    }
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor> {
+        Ok(select(&self.0, idx, device))
+    }
+    fn labels(&self, _idx: &[i64], _device: Device) -> Option<Tensor> {
+        None
+    }
+}
+
+/// Rows and their labels `[len]`: unlabelled inputs made trainable.
+pub struct Labelled<'a> {
+    pub rows: &'a dyn Rows,
+    pub y: &'a Tensor,
+}
+
+impl Rows for Labelled<'_> {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+    fn inputs(&self, idx: &[i64], device: Device) -> Result<Tensor> {
+        self.rows.inputs(idx, device)
+    }
+    fn labels(&self, idx: &[i64], device: Device) -> Option<Tensor> {
+        Some(select(self.y, idx, device))
+    }
+    fn moments(&self, device: Device) -> Result<(Tensor, Tensor)> {
+        self.rows.moments(device)
     }
 }
