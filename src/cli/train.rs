@@ -2,7 +2,7 @@
 use super::{emit, values, CacheArgs};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use tl::head::{OptimizerKind, Schedule, TrainConfig};
+use tl::head::{Optimisation, OptimizerKind, Schedule};
 use tl::runtime::Runtime;
 use tl::workflow::train::{FinetuneSettings, TrainSettings, ValidationChoice, L2};
 
@@ -152,7 +152,7 @@ impl TrainOptions {
             hidden: self.hidden as i64,
             dropout: self.dropout,
             standardize: self.standardize,
-            training: TrainConfig {
+            training: Optimisation {
                 epochs: self.epochs,
                 batch_size: self.head_batch_size,
                 lr: self.lr,
@@ -164,13 +164,11 @@ impl TrainOptions {
                 momentum: self.momentum,
                 weight_decay: self.weight_decay,
                 label_smoothing: self.label_smoothing,
-                l2: 0.0,
                 schedule: match self.schedule {
                     ScheduleArg::Constant => Schedule::Constant,
                     ScheduleArg::Cosine => Schedule::Cosine,
                 },
                 patience: self.patience,
-                seed: self.seed,
             },
             l2: self.l2,
             batch_size: self.batch_size,

@@ -11,5 +11,7 @@ pub mod unknown;
 pub use crate::features::rows::{CachedRows, Labelled, Rows, StreamedRows, TensorRows};
 pub use finetune::{finetune, FinetuneConfig, FinetuneOutcome};
 pub use model::{Head, HeadConfig};
-pub use train::{train_head, EpochMetrics, OptimizerKind, Schedule, TrainConfig, TrainOutcome};
+pub use train::{
+    train_head, EpochMetrics, Optimisation, OptimizerKind, Schedule, TrainConfig, TrainOutcome,
+};
 pub use unknown::UnknownJudge;

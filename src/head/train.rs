@@ -37,6 +37,42 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+/// How the head is optimised, as the user sets it: everything but the L2 penalty and the
+/// seed, which the caller resolves (an automatic penalty depends on the number of training
+/// rows) when it makes the [`TrainConfig`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Optimisation {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub schedule: Schedule,
+    /// Epochs without validation-loss improvement before stopping; 0 disables.
+    pub patience: usize,
+}
+
+impl Optimisation {
+    /// The whole configuration, with the resolved penalty and seed.
+    pub fn config(&self, l2: f64, seed: u64) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            optimizer: self.optimizer,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            label_smoothing: self.label_smoothing,
+            l2,
+            schedule: self.schedule,
+            patience: self.patience,
+            seed,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Every number finite and in range; the error names the bad value.
     pub fn validate(&self) -> Result<()> {

@@ -33,7 +33,8 @@ pub struct DreamConfig {
     pub lr: f64,
     pub tv: f64,
     pub l2: f64,
-    pub size: u32,
+    /// Image side in pixels; None: the network's crop size.
+    pub size: Option<u32>,
     pub seed: u64,
     pub init: Option<FilePath>,
     pub transforms: bool,
@@ -90,10 +91,9 @@ impl DreamConfig {
                 "--save-every makes a strip of one image; use it without --batch",
             ));
         }
-        if !(16..=MAX_DREAM_SIZE).contains(&self.size) {
+        if let Some(size) = self.size.filter(|s| !(16..=MAX_DREAM_SIZE).contains(s)) {
             return Err(TlError::invalid(format!(
-                "image size {} must be between 16 and {MAX_DREAM_SIZE} pixels",
-                self.size
+                "image size {size} must be between 16 and {MAX_DREAM_SIZE} pixels"
             )));
         }
         Ok(())
@@ -354,13 +354,13 @@ pub(crate) fn score(net: &DreamNet, goal: Goal, cfg: &DreamConfig, x: &Tensor) -
 }
 
 /// `--init`: the photo, resized and centre-cropped to the dream's side, as `[1,3,S,S]`.
-fn init_image(cfg: &DreamConfig) -> Result<Option<Tensor>> {
+fn init_image(cfg: &DreamConfig, side: u32) -> Result<Option<Tensor>> {
     let Some(path) = &cfg.init else {
         return Ok(None);
     };
     let img = decode_rgb(path)?;
-    let crop = preprocess::resize_crop_u8(&img, cfg.size, cfg.size);
-    let img = image::RgbImage::from_raw(cfg.size, cfg.size, crop)
+    let crop = preprocess::resize_crop_u8(&img, side, side);
+    let img = image::RgbImage::from_raw(side, side, crop)
         .ok_or_else(|| TlError::corrupt(path, "cannot crop this image"))?;
     Ok(Some(preprocess::image_to_unit_tensor(&img)))
 }
@@ -378,15 +378,10 @@ pub fn dream(
     let preprocess = net.classifier.preprocess;
     tch::manual_seed(cfg.seed as i64);
     let mut rng = SplitMix64::new(cfg.seed);
-    let init = init_image(cfg)?;
+    let side = cfg.size.unwrap_or(preprocess.crop);
+    let init = init_image(cfg, side)?;
     let vs = nn::VarStore::new(device);
-    let param = ImageParam::new(
-        cfg.param,
-        &vs,
-        init.as_ref(),
-        cfg.size as i64,
-        cfg.batch as i64,
-    );
+    let param = ImageParam::new(cfg.param, &vs, init.as_ref(), side as i64, cfg.batch as i64);
     let mut opt = nn::Adam::default()
         .build(&vs, cfg.lr)
         .map_err(|e| TlError::torch("optimizer", e))?;

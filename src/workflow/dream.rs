@@ -61,11 +61,9 @@ pub struct DreamSettings {
     pub target: Target,
     pub out: PathBuf,
     pub force: bool,
-    /// Image side; None: the network's crop size.
-    pub size: Option<u32>,
     /// The layer the diversity term compares (None: the channel's layer, or the middle one).
     pub diversity_layer: Option<String>,
-    /// The optimisation (its `size` is replaced by the resolved one).
+    /// The optimisation.
     pub config: DreamConfig,
 }
 
@@ -152,8 +150,12 @@ pub fn run(rt: &Runtime, settings: &DreamSettings) -> Result<DreamReport> {
     let mut warnings: Vec<String> = classifier.warning.iter().cloned().collect();
     let (goal, diversity_layer) =
         resolve_goal(settings, &classifier, layers.as_ref(), &mut warnings)?;
-    let mut cfg = settings.config.clone();
-    cfg.size = settings.size.unwrap_or(classifier.preprocess.crop);
+    // The side resolved, so that the report says which it was.
+    let side = settings.config.size.unwrap_or(classifier.preprocess.crop);
+    let cfg = DreamConfig {
+        size: Some(side),
+        ..settings.config.clone()
+    };
     cfg.validate()?;
     let outputs: Vec<PathBuf> = (0..cfg.batch)
         .map(|i| image_path(&settings.out, i, cfg.batch))
@@ -171,10 +173,10 @@ pub fn run(rt: &Runtime, settings: &DreamSettings) -> Result<DreamReport> {
         diversity_layer,
     };
     let start = Instant::now();
-    let (images, frames) = crate::util::guard::catch_torch_panic(
-        &format!("dream at {0}x{0} pixels", cfg.size),
-        || dream(&net, goal, &cfg, rt.progress),
-    )?;
+    let (images, frames) =
+        crate::util::guard::catch_torch_panic(&format!("dream at {side}x{side} pixels"), || {
+            dream(&net, goal, &cfg, rt.progress)
+        })?;
     let seconds = start.elapsed().as_secs_f64();
     save_outputs(&images, frames, &outputs, strip.as_deref(), &cfg)?;
     // The saved files are what count: each re-loaded once, then scored as is.

@@ -24,7 +24,7 @@ pub struct FinetuneSettings {
 }
 
 /// What the fine-tuning stage did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FinetuneSummary {
     pub unfreeze: Unfreeze,
     pub blocks: usize,

@@ -64,7 +64,8 @@ impl ExtractOptions {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ExtractStats {
     /// The library that ran the backbone.
     pub engine: Engine,

@@ -2,6 +2,7 @@
 //! per step: `settings` (checked before any image is read), `inputs` (dataset, features of
 //! every view, rows), here the fitting and the run's records, `report`.
 mod inputs;
+pub(crate) mod page;
 mod report;
 mod settings;
 
@@ -9,7 +10,7 @@ pub use super::calibrate::{CalibrationSummary, UnknownSettings, UnknownSummary};
 pub use super::finetune::{FinetuneSettings, FinetuneSummary};
 use super::{FeatureSet, Gathered};
 use crate::data::{Dataset, Sample};
-use crate::error::{Result, TlError};
+use crate::error::Result;
 use crate::eval::{ClassCount, ClassificationReport};
 use crate::features::cut::BackboneCut;
 use crate::features::{self, BackboneSpec, Extracted};
@@ -38,13 +39,7 @@ fn fit(
         num_classes: n_classes as i64,
         standardize: s.standardize,
     };
-    let mut config = s.training.clone();
-    config.seed = s.seed;
-    config.l2 = match s.l2 {
-        // Per training row: with augmented views, C=1 on the enlarged set.
-        L2::Auto => 1.0 / f.train_len().max(1) as f64,
-        L2::Fixed(v) => v,
-    };
+    let config = s.head_config(f.train_len());
     let (train, val) = (f.train_source(), f.val_source());
     let has_val = !f.val.y.is_empty();
     let outcome = head::train_head(
@@ -275,46 +270,58 @@ fn fit_and_tune(
     })
 }
 
-/// The report of a finished training (`run` and the totals filled in by the caller).
+/// The report of a finished training whose run goes to `dest`, complete in one place.
 fn report(
     t: &Trained,
     inputs: &mut Inputs,
-    dataset: &Dataset,
+    prepared: &Prepared,
     s: &TrainSettings,
     warnings: Vec<String>,
+    dest: &Path,
+    started: Instant,
 ) -> TrainReport {
     let ex = &inputs.views.plain;
-    let mut report = TrainReport {
+    let best = t
+        .outcome
+        .history
+        .get(t.outcome.best_epoch.saturating_sub(1));
+    let tuned = t.tuned.as_ref();
+    let calibrated = t.calibrated.as_ref();
+    let augmented: f64 = inputs.views.augmented.iter().map(|e| e.stats.seconds).sum();
+    TrainReport {
+        run: FilePath(dest.to_path_buf()),
+        best_epoch: t.outcome.best_epoch,
+        epochs_run: t.outcome.history.len(),
+        stopped_early: t.outcome.stopped_early,
+        train_accuracy: t.train_accuracy,
+        // After fine-tuning, the figures of the tuned network (top + head).
+        val_accuracy: match tuned {
+            Some(_) => t.validation.as_ref().map(|r| r.accuracy),
+            None => best.and_then(|m| m.val_accuracy),
+        },
+        val_loss: tuned
+            .and_then(|(x, _)| x.best_val_loss())
+            .or(best.and_then(|m| m.val_loss)),
         validation: t.validation.clone(),
         extraction: ex.stats.clone(),
         damaged_cache_entries: ex.corrupt.clone(),
         skipped: std::mem::take(&mut inputs.skipped),
-        ignored_files: dataset.ignored.clone(),
+        ignored_files: prepared.dataset.ignored.clone(),
         warnings,
+        timing_seconds: Timing {
+            extract: ex.stats.seconds + augmented,
+            train: t.train_seconds,
+            finetune: tuned.map_or(0.0, |(x, _)| x.seconds),
+            calibrate: calibrated.map_or(0.0, |c| c.seconds),
+            total: started.elapsed().as_secs_f64(),
+        },
         views: s.views,
-        classes: class_counts(&dataset.classes, &inputs.features),
-        ..TrainReport::from_outcome(&t.outcome, t.train_accuracy)
-    };
-    if let Some(c) = &t.calibrated {
-        report.calibration = c.calibration_summary.clone();
-        report.unknown = Some(c.unknown_summary.clone());
-        report.timing_seconds.calibrate = c.seconds;
+        finetune: tuned.map(|(x, head_only)| x.summary(*head_only)),
+        classes: class_counts(&prepared.dataset.classes, &inputs.features),
+        calibration: calibrated.and_then(|c| c.calibration_summary.clone()),
+        unknown: calibrated.map(|c| c.unknown_summary.clone()),
+        review: prepared.review.as_ref().map(|(a, _)| a.clone()),
     }
-    if let Some((tuned, head_only)) = &t.tuned {
-        report.finetune = Some(tuned.summary(*head_only));
-        report.val_accuracy = report.validation.as_ref().map(|r| r.accuracy);
-        report.val_loss = tuned.best_val_loss().or(report.val_loss);
-        report.timing_seconds.finetune = tuned.seconds;
-    }
-    report.timing_seconds.extract = ex.stats.seconds
-        + inputs
-            .views
-            .augmented
-            .iter()
-            .map(|e| e.stats.seconds)
-            .sum::<f64>();
-    report.timing_seconds.train = t.train_seconds;
-    report
 }
 
 /// report.html; a page that cannot be made costs a warning, not the run.
@@ -324,11 +331,7 @@ fn run_html(
     report: &TrainReport,
     metrics: &[head::EpochMetrics],
 ) -> Option<String> {
-    let page = serde_json::to_value(report)
-        .and_then(serde_json::from_value)
-        .map_err(|e| TlError::invalid(e.to_string()))
-        .and_then(|results| super::report::run_page(dest, config, &results, metrics, Vec::new()));
-    match page {
+    match page::run_page(dest, config, report, metrics, Vec::new()) {
         Ok(html) => Some(html),
         Err(e) => {
             crate::progress::say(&format!("warning: report.html not written: {e}"));
@@ -397,10 +400,15 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         Some(out) => out.clone(),
         None => run::reserve_default_dir(&spec.name)?,
     };
-    let mut report = report(&trained, &mut inputs, dataset, s, warnings);
-    report.review = prepared.review.as_ref().map(|(a, _)| a.clone());
-    report.run = FilePath(dest.clone());
-    report.timing_seconds.total = started.elapsed().as_secs_f64();
+    let report = report(
+        &trained,
+        &mut inputs,
+        &prepared,
+        s,
+        warnings,
+        &dest,
+        started,
+    );
     let mut metrics = trained.outcome.history.clone();
     if let Some((t, _)) = &trained.tuned {
         metrics.extend(t.outcome.history.iter().cloned());

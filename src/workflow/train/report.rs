@@ -2,14 +2,14 @@
 use crate::data::IgnoredFile;
 use crate::eval::{ClassCount, ClassificationReport, Report};
 use crate::features::{ExtractStats, Extracted};
-use crate::head::TrainOutcome;
 use crate::util::{human_duration, FilePath};
 use crate::workflow::calibrate::{CalibrationSummary, UnknownSummary};
 use crate::workflow::finetune::FinetuneSummary;
 use crate::workflow::SkippedFile;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Timing {
     pub extract: f64,
     pub train: f64,
@@ -21,8 +21,10 @@ pub struct Timing {
     pub total: f64,
 }
 
-/// What `tl train` did; also the run's report.json.
-#[derive(Clone, Debug, Serialize)]
+/// What `tl train` did; also the run's report.json, read back by `tl report` (fields that
+/// runs made by older versions lack take their defaults).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainReport {
     pub run: FilePath,
     pub best_epoch: usize,
@@ -50,41 +52,6 @@ pub struct TrainReport {
     /// What the review file changed (files excluded, relabelled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<crate::data::review::Applied>,
-}
-
-impl TrainReport {
-    /// The epoch figures of a finished training (the rest is filled in by the caller).
-    pub(crate) fn from_outcome(outcome: &TrainOutcome, train_accuracy: f64) -> TrainReport {
-        let best = outcome.history.get(outcome.best_epoch.saturating_sub(1));
-        TrainReport {
-            run: FilePath::default(),
-            best_epoch: outcome.best_epoch,
-            epochs_run: outcome.history.len(),
-            stopped_early: outcome.stopped_early,
-            train_accuracy,
-            val_accuracy: best.and_then(|m| m.val_accuracy),
-            val_loss: best.and_then(|m| m.val_loss),
-            validation: None,
-            extraction: ExtractStats::default(),
-            damaged_cache_entries: Vec::new(),
-            skipped: Vec::new(),
-            ignored_files: Vec::new(),
-            warnings: Vec::new(),
-            timing_seconds: Timing {
-                extract: 0.0,
-                train: 0.0,
-                finetune: 0.0,
-                calibrate: 0.0,
-                total: 0.0,
-            },
-            views: 1,
-            finetune: None,
-            classes: Vec::new(),
-            calibration: None,
-            unknown: None,
-            review: None,
-        }
-    }
 }
 
 impl Report for TrainReport {

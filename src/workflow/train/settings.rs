@@ -1,7 +1,7 @@
 //! `tl train`'s settings, and everything that can be checked before any image is read.
 use crate::error::{Result, TlError};
 use crate::features::CacheSettings;
-use crate::head::{self, TrainConfig};
+use crate::head::{self, Optimisation, TrainConfig};
 use crate::run::{self};
 use crate::util::refuse_overwrite;
 use crate::workflow::calibrate::UnknownSettings;
@@ -33,8 +33,8 @@ pub struct TrainSettings {
     pub hidden: i64,
     pub dropout: f64,
     pub standardize: bool,
-    /// Head training; its `l2` and `seed` are replaced by `l2` and `seed` above.
-    pub training: TrainConfig,
+    /// How the head is optimised (its penalty is `l2`, its seed `seed`).
+    pub training: Optimisation,
     pub l2: L2,
     /// Feature-extraction batch size.
     pub batch_size: usize,
@@ -62,12 +62,7 @@ pub struct TrainSettings {
 impl TrainSettings {
     /// Everything that can be checked before any image is read.
     pub fn validate(&self) -> Result<()> {
-        let mut training = self.training.clone();
-        training.l2 = match self.l2 {
-            L2::Auto => 0.0,
-            L2::Fixed(v) => v,
-        };
-        training.validate()?;
+        self.head_config(1).validate()?;
         crate::head::unknown::check_accept(self.unknown.accept)?;
         if let ValidationChoice::Fraction(f) = self.validation {
             if !(f > 0.0 && f < 1.0) {
@@ -138,6 +133,16 @@ impl TrainSettings {
 }
 
 impl TrainSettings {
+    /// The head's configuration for `training_rows` rows (every view): the automatic
+    /// penalty is 1/rows, scikit-learn's C=1 on the (enlarged) training set.
+    pub fn head_config(&self, training_rows: usize) -> TrainConfig {
+        let l2 = match self.l2 {
+            L2::Auto => 1.0 / training_rows.max(1) as f64,
+            L2::Fixed(v) => v,
+        };
+        self.training.config(l2, self.seed)
+    }
+
     /// The fine-tuning stage's configuration (`l2` as the head's).
     pub(super) fn finetune_config(&self, f: &FinetuneSettings, l2: f64) -> head::FinetuneConfig {
         head::FinetuneConfig {
