@@ -17,7 +17,15 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
         || echo "test: could not install chromium; the HTML rendering test will be skipped"
 fi
 .venv/bin/python scripts/dev/make_fixtures.py
+# Skipped tests (and parts) list themselves here; printed at the end.
+rm -f target/tl-skipped-tests.txt
 cargo test --release
 # The library's API docs build without warnings (broken links in them fail here).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q
 .venv/bin/python -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning scripts/tests
+if [ -s target/tl-skipped-tests.txt ]; then
+    echo "test: skipped Rust tests (or parts of them):"
+    sort -u target/tl-skipped-tests.txt | sed 's/^/  /'
+else
+    echo "test: no Rust test skipped"
+fi

@@ -218,7 +218,11 @@ fn an_offline_first_use_says_in_one_line_which_file_to_get() {
 #[test]
 fn first_use_exports_into_the_store_and_a_second_folder_reuses_it_without_python() {
     let Some(shared) = shared_data() else {
-        eprintln!("SKIPPED: ../shared/data not present (real photos and MobileNetV2 weights)");
+        common::skip(
+            "first_use_exports_into_the_store_and_a_second_folder_reuses_it_without_python",
+            "../shared/data not present (real photos and MobileNetV2 weights)",
+            common::Lacks::SharedData,
+        );
         return;
     };
     let weights = shared
@@ -226,7 +230,11 @@ fn first_use_exports_into_the_store_and_a_second_folder_reuses_it_without_python
         .unwrap()
         .join("models/mobilenet_v2-imagenet.safetensors");
     if !weights.is_file() {
-        eprintln!("SKIPPED: {} not present", weights.display());
+        common::skip(
+            "first_use_exports_into_the_store_and_a_second_folder_reuses_it_without_python",
+            &format!("{} not present", weights.display()),
+            common::Lacks::SharedData,
+        );
         return;
     }
     let home = Home::new();

@@ -28,7 +28,11 @@ fn references() -> (
 fn preprocessing_matches_torchvision_eval_transform() {
     let (files, real, refs) = references();
     if real == 0 {
-        eprintln!("SKIPPED part: ../shared/data/cats_dogs not present; parity checked on generated images only");
+        common::skip(
+            "preprocessing_matches_torchvision_eval_transform (real photos)",
+            "../shared/data/cats_dogs not present; parity checked on generated images only",
+            common::Lacks::SharedData,
+        );
     }
     let cfg = PreprocessConfig::default();
     let pixels = &refs["pixels"];

@@ -722,7 +722,14 @@ fn allocation_failures_are_errors_not_panics() {
         cmd.output().unwrap()
     };
     if !limited(&["doctor"]).status.success() {
-        eprintln!("SKIPPED allocation_failures_are_errors_not_panics: libtorch does not load under a {} MB address-space limit here", LIMIT >> 20);
+        common::skip(
+            "allocation_failures_are_errors_not_panics",
+            &format!(
+                "libtorch does not load under a {} MB address-space limit here",
+                LIMIT >> 20
+            ),
+            common::Lacks::Machine,
+        );
         return;
     }
     let out = limited(&[

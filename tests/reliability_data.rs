@@ -946,7 +946,11 @@ fn small_findings_of_round_two() {
 #[test]
 fn gc_keeps_a_segment_it_cannot_read() {
     if unsafe { libc::geteuid() } != 0 || which("setpriv").is_none() {
-        eprintln!("SKIPPED: needs root and setpriv to run gc as another user");
+        common::skip(
+            "gc_keeps_a_segment_it_cannot_read",
+            "needs root and setpriv to run gc as another user",
+            common::Lacks::Machine,
+        );
         return;
     }
     let tl = Tl::new();

@@ -47,6 +47,8 @@ pub struct CompareReport {
     pub same_split: bool,
     pub rows: Vec<CompareRow>,
     pub page: FilePath,
+    /// What each run's training said (warnings, skipped files), prefixed by its backbone.
+    pub run_notes: Vec<String>,
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -106,14 +108,14 @@ impl Report for CompareReport {
         s
     }
     fn notes(&self) -> Vec<String> {
-        if self.same_split {
-            Vec::new()
-        } else {
-            vec![
+        let mut notes = self.run_notes.clone();
+        if !self.same_split {
+            notes.push(
                 "warning: the runs did not all use the same files (see each run's split.json)"
                     .into(),
-            ]
+            );
         }
+        notes
     }
 }
 
@@ -167,12 +169,19 @@ pub fn compare(rt: &Runtime, s: &CompareSettings) -> Result<CompareReport> {
         .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
     let mut splits = Vec::new();
+    let mut run_notes = Vec::new();
     for (name, backbone) in run_names(&specs).iter().zip(&s.backbones) {
         crate::progress::say(&format!("== {backbone}"));
         let mut settings = s.train.clone();
         settings.backbone = backbone.clone();
         settings.out = Some(s.out.join(name));
         let report = train(rt, &settings)?;
+        run_notes.extend(
+            report
+                .notes()
+                .into_iter()
+                .map(|n| format!("{backbone}: {n}")),
+        );
         let run = Run::open(&s.out.join(name))?;
         splits.push(run.split().ok().flatten());
         let features = &run.config.backbone.features_file;
@@ -197,6 +206,7 @@ pub fn compare(rt: &Runtime, s: &CompareSettings) -> Result<CompareReport> {
             _ => false,
         }),
         page: FilePath(s.out.join(PAGE)),
+        run_notes,
         rows,
     };
     write_atomic(&s.out.join(PAGE), page(&report)?.as_bytes())?;

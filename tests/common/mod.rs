@@ -36,6 +36,37 @@ pub fn shared_data() -> Option<PathBuf> {
     p.join("cats_dogs").is_dir().then_some(p)
 }
 
+/// What a skipped test (or part of one) lacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lacks {
+    /// ../shared (real photos, real weights): under `CI=true` a skip for this reason fails
+    /// when ../shared/data is there — the check that should have run did not.
+    SharedData,
+    /// Something of the machine (root, a kernel limit): skipped anywhere.
+    Machine,
+}
+
+/// Say that `test` (or part of it) is skipped and why: on stderr, and in
+/// target/tl-skipped-tests.txt, which scripts/test.sh lists at the end of the run.
+pub fn skip(test: &str, reason: &str, lacks: Lacks) {
+    if lacks == Lacks::SharedData
+        && std::env::var("CI").is_ok_and(|v| v == "true")
+        && shared_data().is_some()
+    {
+        panic!("{test}: skipped ({reason}) although ../shared/data is present (CI=true)");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    use std::io::Write;
+    let list = root().join("target/tl-skipped-tests.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(list)
+    {
+        let _ = writeln!(f, "{test}: {reason}");
+    }
+}
+
 pub struct Tl {
     pub cache: tempfile::TempDir,
 }

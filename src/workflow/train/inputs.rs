@@ -10,7 +10,7 @@ use crate::features::{self, BackboneSpec, ExtractOptions, Extracted, FeatureCach
 use crate::head::CachedRows;
 use crate::head::StreamedRows;
 use crate::runtime::Runtime;
-use crate::workflow::{gather, skipped_notes, tensor_2d, FeatureSet, SkippedFile, Streamed};
+use crate::workflow::{gather, tensor_2d, FeatureSet, SkippedFile, Streamed};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
@@ -48,7 +48,6 @@ fn apply_review(
             file.display(),
             applied.not_found[0]
         );
-        crate::progress::say(&format!("warning: {w}"));
         warnings.push(w);
     }
     Ok(Some((applied, sha256)))
@@ -121,9 +120,7 @@ fn check_empty_classes(
     }
     let msg = format!("class(es) with {what}: {}", empty.join(", "));
     if allow {
-        let warning = format!("{msg} (kept: --allow-empty-classes)");
-        crate::progress::say(&format!("warning: {warning}"));
-        warnings.push(warning);
+        warnings.push(format!("{msg} (kept: --allow-empty-classes)"));
         Ok(())
     } else {
         Err(TlError::corrupt(
@@ -273,12 +270,8 @@ fn extract_view(
         other => format!("view {} ", other.cache_tag()),
     };
     crate::progress::say(&format!("{label}{}", extraction_line(&ex)));
-    for c in &ex.corrupt {
-        crate::progress::say(&format!("warning: damaged cache entry recomputed: {c}"));
-    }
     if let Some(w) = &ex.cache_warning {
         if !warnings.contains(w) {
-            crate::progress::say(&format!("warning: {w}"));
             warnings.push(w.clone());
         }
     }
@@ -370,9 +363,6 @@ fn check_readable(
 ) -> Result<Vec<SkippedFile>> {
     let mut skipped = f.train.skipped.clone();
     skipped.extend(f.val.skipped.iter().cloned());
-    for line in skipped_notes(&skipped, dataset.ignored.len()) {
-        crate::progress::say(&line);
-    }
     if f.train.y.is_empty() {
         return Err(TlError::bad_path(&s.data, "no readable training images"));
     }

@@ -324,17 +324,19 @@ fn report(
     }
 }
 
-/// report.html; a page that cannot be made costs a warning, not the run.
+/// report.html; a page that cannot be made costs a warning (in the report), not the run.
 fn run_html(
     dest: &Path,
     config: &RunConfig,
-    report: &TrainReport,
+    report: &mut TrainReport,
     metrics: &[head::EpochMetrics],
 ) -> Option<String> {
     match page::run_page(dest, config, report, metrics, Vec::new()) {
         Ok(html) => Some(html),
         Err(e) => {
-            crate::progress::say(&format!("warning: report.html not written: {e}"));
+            report
+                .warnings
+                .push(format!("report.html not written: {e}"));
             None
         }
     }
@@ -359,7 +361,6 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
     let mut warnings = Vec::new();
     let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
     if let Some(w) = spec.weights_warning() {
-        crate::progress::say(&format!("warning: {w}"));
         warnings.push(w);
     }
     let split = match &s.finetune {
@@ -400,7 +401,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         Some(out) => out.clone(),
         None => run::reserve_default_dir(&spec.name)?,
     };
-    let report = report(
+    let mut report = report(
         &trained,
         &mut inputs,
         &prepared,
@@ -413,7 +414,7 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
     if let Some((t, _)) = &trained.tuned {
         metrics.extend(t.outcome.history.iter().cloned());
     }
-    let html = run_html(&dest, &config, &report, &metrics);
+    let html = run_html(&dest, &config, &mut report, &metrics);
     let contents = run::RunContents {
         config: &config,
         classes: &dataset.classes,

@@ -55,6 +55,21 @@ pub struct TrainReport {
 }
 
 impl Report for TrainReport {
+    /// Warnings, damaged cache entries that were recomputed, and the skipped files.
+    fn notes(&self) -> Vec<String> {
+        let mut notes = crate::eval::warning_lines(&self.warnings);
+        notes.extend(
+            self.damaged_cache_entries
+                .iter()
+                .map(|c| format!("warning: damaged cache entry recomputed: {c}")),
+        );
+        notes.extend(crate::workflow::skipped_notes(
+            &self.skipped,
+            self.ignored_files.len(),
+        ));
+        notes
+    }
+
     fn render_text(&self) -> String {
         let val = match &self.validation {
             Some(r) => format!(
