@@ -1,7 +1,7 @@
 //! End-to-end tests of the `tl` binary on generated data and the tiny fixture backbone.
 mod common;
 use common::{color_dataset, read_json, tiny, walk, Tl};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn train(tl: &Tl, data: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let tiny = tiny();
@@ -90,9 +90,17 @@ fn unbuilt_nothing_and_help_has_examples() {
     }
 }
 
-#[test]
-fn train_writes_a_complete_run_and_learns() {
-    let tl = Tl::new();
+/// A run trained on three colour classes (seed 3, a quarter for validation).
+struct ColourRun {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    run: PathBuf,
+    /// stderr of the training, the data folder written DATA.
+    stderr: String,
+    stdout: String,
+}
+
+fn colour_run(tl: &Tl) -> ColourRun {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     color_dataset(&data, &["blue", "green", "red"], 16, 1);
@@ -114,19 +122,45 @@ fn train_writes_a_complete_run_and_learns() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ColourRun {
+        stderr: String::from_utf8_lossy(&out.stderr).replace(data.to_str().unwrap(), "DATA"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        _tmp: tmp,
+        data,
+        run,
+    }
+}
+
+#[test]
+fn train_writes_a_complete_run_and_learns() {
+    let tl = Tl::new();
+    let ColourRun {
+        run,
+        stderr,
+        stdout,
+        ..
+    } = &colour_run(&tl);
     // The status lines, compared whole where they hold no timing.
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(data.to_str().unwrap(), "DATA");
+    // Progress first; the report's warnings after the run.
     let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
     assert_eq!(
-        lines[1], "dataset DATA (ImageFolder): 3 classes, 36 train / 12 val images",
+        lines[0], "dataset DATA (ImageFolder): 3 classes, 36 train / 12 val images",
         "{stderr}"
     );
     assert!(
-        lines[2].starts_with("features: 0 cached, 48 computed ("),
+        lines[1].starts_with("features: 0 cached, 48 computed ("),
         "{stderr}"
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        lines[2],
+        "warning: backbone 'tiny' has random weights (exported with --weights none): use it for shapes and speed, not accuracy"
+    );
     assert_eq!(
         stdout.lines().next().unwrap(),
         format!("run: {}", run.display())
@@ -163,22 +197,21 @@ fn train_writes_a_complete_run_and_learns() {
         "colour classes should be separable, got {val_acc}"
     );
     assert_eq!(report["extraction"]["computed"], 48);
+}
 
-    // eval: text and JSON agree with the data.
-    let text = tl.ok(&["eval", run.to_str().unwrap(), data.to_str().unwrap()]);
+#[test]
+fn eval_of_the_validation_split_gives_the_runs_own_accuracy() {
+    let tl = Tl::new();
+    let c = colour_run(&tl);
+    let (run, data) = (c.run.to_str().unwrap(), c.data.to_str().unwrap());
+    let report = read_json(&c.run.join("report.json"));
+    let text = tl.ok(&["eval", run, data]);
     assert!(
         text.contains("confusion matrix") && text.contains("precision"),
         "{text}"
     );
-    let json: serde_json::Value = serde_json::from_str(&tl.ok(&[
-        "eval",
-        run.to_str().unwrap(),
-        data.to_str().unwrap(),
-        "--json",
-        "--split",
-        "val",
-    ]))
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&tl.ok(&["eval", run, data, "--json", "--split", "val"])).unwrap();
     assert_eq!(json["report"]["images"], 12);
     // Exactly the validation images of training: the same accuracy as report.json.
     assert_eq!(json["report"]["accuracy"], report["val_accuracy"]);
@@ -189,20 +222,26 @@ fn train_writes_a_complete_run_and_learns() {
         .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
         .sum();
     assert_eq!(total, 12);
+}
 
-    // predict: files and folders, text and JSON.
+#[test]
+fn predict_takes_files_and_folders_as_text_and_json() {
+    let tl = Tl::new();
+    let c = colour_run(&tl);
+    let run = c.run.to_str().unwrap();
+    let red = c.data.join("red/red_1.jpg");
     let out = tl.ok(&[
         "predict",
-        run.to_str().unwrap(),
-        data.join("red/red_1.jpg").to_str().unwrap(),
-        data.join("blue").to_str().unwrap(),
+        run,
+        red.to_str().unwrap(),
+        c.data.join("blue").to_str().unwrap(),
     ]);
     assert_eq!(out.lines().count(), 17, "{out}");
     let json: serde_json::Value = serde_json::from_str(&tl.ok(&[
         "predict",
         "--run",
-        run.to_str().unwrap(),
-        data.join("red/red_1.jpg").to_str().unwrap(),
+        run,
+        red.to_str().unwrap(),
         "--json",
         "-k",
         "2",
@@ -210,15 +249,19 @@ fn train_writes_a_complete_run_and_learns() {
     .unwrap();
     assert_eq!(json["predictions"][0]["class"], "red");
     assert_eq!(json["predictions"][0]["top"].as_array().unwrap().len(), 2);
+}
 
-    // The run folder is never overwritten without asking.
+#[test]
+fn an_existing_run_folder_is_not_overwritten_without_force() {
+    let tl = Tl::new();
+    let c = colour_run(&tl);
     let err = tl.fails(&[
         "train",
         "--backbone",
         tiny().to_str().unwrap(),
-        data.to_str().unwrap(),
+        c.data.to_str().unwrap(),
         "--out",
-        run.to_str().unwrap(),
+        c.run.to_str().unwrap(),
     ]);
     assert!(err.contains("--force"), "{err}");
 }
