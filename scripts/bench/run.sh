@@ -42,7 +42,7 @@ case "$section" in
         exec "$PY" "$HERE/core.py" "$@" ;;
     onnx)
         scripts/setup.sh >/dev/null
-        exec "$PY" "$HERE/onnx.py" "$@" ;;
+        exec "$PY" "$HERE/engine.py" "$@" ;;
     int8)
         scripts/setup.sh >/dev/null
         exec "$PY" "$HERE/int8.py" "$@" ;;
