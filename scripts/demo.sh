@@ -80,6 +80,11 @@ else
     echo "no photos at $TL_DEMO_OOD (TL_DEMO_OOD): skipped"
 fi
 
+step "4c. explain: where the run looked (CAM heat maps over the photos; report.html shows them beside its worst images), and what one layer sees (--maps)"
+"$TL" explain --run "$OUT/run" "$CAT_IMG" "$DOG_IMG" -o "$OUT/explain" --force
+"$TL" explain --run "$OUT/run-finetuned" "$CAT_IMG" --class "$FIRST_CLASS,$LAST_CLASS" -o "$OUT/explain-finetuned" --force
+"$TL" explain --backbone mobilenet_v2 "$CAT_IMG" --maps --layer features.4 --channels 32 -o "$OUT/explain" --force
+
 step "5. dream: what does the network think a '$FIRST_CLASS' looks like?"
 "$TL" dream --run "$OUT/run" --class "$FIRST_CLASS" --steps "$TL_DEMO_DREAM_STEPS" --save-every 64 -o "$OUT/dream_${FIRST_CLASS}.png" --force
 "$TL" dream --backbone mobilenet_v2 --class "Siamese cat" --steps "$TL_DEMO_DREAM_STEPS" -o "$OUT/dream_siamese.png" --force

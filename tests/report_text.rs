@@ -692,3 +692,40 @@ fn doctor() {
         })
     });
 }
+
+#[test]
+fn explain() {
+    use tl::inspect::explain::Method;
+    use tl::inspect::heatmap::CropBox;
+    use tl::workflow::explain::{ExplainReport, ExplainedClass, ExplainedImage};
+    check("explain", &|| {
+        text(&ExplainReport {
+            network: "run runs/cats (mobilenet_v2)".into(),
+            images: vec![ExplainedImage {
+                path: p("photos/tabby.jpg"),
+                width: 500,
+                height: 375,
+                crop: CropBox {
+                    x: 93.5,
+                    y: 11.0,
+                    width: 327.1,
+                    height: 328.1,
+                },
+                top: top(&[("cat", 0.9912), ("dog", 0.0088)]),
+                classes: vec![ExplainedClass {
+                    class: "cat".into(),
+                    index: 0,
+                    probability: 0.9912,
+                    method: Method::Cam,
+                    layer: "features.18".into(),
+                    overlay: p("explained/tabby.cat.png"),
+                    map: p("explained/tabby.cat.safetensors"),
+                }],
+                grid: None,
+                channels: vec![],
+            }],
+            skipped: skipped(),
+            warnings: vec![],
+        })
+    });
+}

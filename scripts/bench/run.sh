@@ -15,6 +15,7 @@
 #   cache-scale   the feature cache at 10k–1M entries (§12)
 #   audit         tl audit on planted problems (§13; ARGS: --seed, --src)
 #   audit-scale   tl audit at 20k–100k entries (§13)
+#   explain       faithfulness of tl explain's maps, CAM against Grad-CAM (§18)
 #   dream-attack  dreams and attacks with MobileNetV2 (§14; ~3 min)
 #   dream         do dreams transfer to EfficientNet-Lite0? (§15, §16)
 #   compare       export, reports and compare (§17)
@@ -27,7 +28,7 @@ cd "$ROOT"
 HERE=scripts/bench
 PY=.venv/bin/python
 section="${1:-}"
-[ -n "$section" ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$section" ] || { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 export_real_and_random() {
     [ -f backbones/mobilenet_v2.json ] || "$PY" scripts/export_backbones.py mobilenet_v2 --weights ../shared/models/mobilenet_v2-imagenet.safetensors
@@ -68,5 +69,6 @@ case "$section" in
     audit-scale) exec bash "$HERE/audit_scale.sh" "$@" ;;
     dream-attack) exec bash "$HERE/dream_attack.sh" "$@" ;;
     compare) exec bash "$HERE/compare.sh" "$@" ;;
+    explain) exec bash "$HERE/explain.sh" "$@" ;;
     *) echo "bench: unknown section '$section' (run scripts/bench/run.sh for the list)" >&2; exit 2 ;;
 esac

@@ -9,6 +9,7 @@ mod cache;
 mod compare;
 mod dream;
 mod eval;
+mod explain;
 mod export;
 mod extract;
 mod predict;
@@ -140,6 +141,12 @@ pub enum Command {
         after_help = "Examples:\n  tl attack dog.jpg --backbone mobilenet_v2 --target tabby --eps 4/255 -o dog_as_tabby.png\n  tl attack dogs/ --run runs/catsdogs --target cat --eps 1/255,2/255,4/255 -o adversarial/"
     )]
     Attack(attack::AttackArgs),
+    /// Where a run looked when it scored a class (CAM / Grad-CAM heat maps over the photo),
+    /// or what a layer sees in a photo (`--maps`: its feature maps).
+    #[command(
+        after_help = "Examples:\n  tl explain --run runs/pets cat.jpg -o explained/\n  tl explain --run runs/pets cat.jpg --class dog,cat --method gradcam -o explained/\n  tl explain --backbone vgg16 cat.jpg --maps --layer features.4 -o maps/"
+    )]
+    Explain(explain::ExplainArgs),
     /// Write a trained run as one TorchScript (or ONNX) file with a JSON sidecar, for use without tl.
     #[command(
         after_help = "Examples:\n  tl export runs/pets -o pets.pt\n  tl export runs/pets -o pets.onnx --format onnx --python .venv/bin/python\n\nThe model takes [N,3,H,W] float32 RGB in [0,1], resized and centre-cropped as the sidecar\nsays (normalisation is inside), and returns softmax probabilities in the sidecar's class order\nand, for runs that judge unknown images, a second output: the unknown score (unknown above\nthe sidecar's threshold)."
@@ -284,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(a) => predict::run(&rt, a),
         Command::Dream(a) => dream::run(&rt, a),
         Command::Attack(a) => attack::run(&rt, a),
+        Command::Explain(a) => explain::run(&rt, a),
         Command::Bench(a) => bench::run(&rt, a),
         Command::Export(a) => export::run(a),
         Command::Report(a) => report::run(a),

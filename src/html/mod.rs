@@ -5,6 +5,6 @@ pub mod charts;
 pub mod markup;
 pub mod page;
 
-pub use page::{GalleryImage, ReportPage, TablePage};
+pub use page::{GalleryImage, HeatPair, ReportPage, TablePage};
 
 pub use markup::{escape, thumbnail};

@@ -38,6 +38,18 @@ pub struct ReportPage<'a> {
     pub calibration: Option<(&'a Calibration, &'a Calibration, f64)>,
     /// Unknown scores against the threshold, and a sentence about them.
     pub unknown: Option<(ScoreHistogram, String)>,
+    /// Heat maps of the worst-classified images, in `results.top_losses` order (None where
+    /// an image could not be mapped; empty: none made).
+    pub heat: Vec<Option<HeatPair>>,
+}
+
+/// Where the network looked in one image: overlays for the true and the predicted class.
+#[derive(Clone, Debug)]
+pub struct HeatPair {
+    pub true_class: image::RgbImage,
+    pub predicted: image::RgbImage,
+    /// "CAM" or "Grad-CAM".
+    pub method: String,
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}\
@@ -47,7 +59,7 @@ th{background:#f5f5f5}td.l,th.l{text-align:left}.headline{display:flex;gap:1.5em
 .figure{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:9em}.figure .v{font-size:1.8em;font-weight:600}\
 .figure .k{color:#666;font-size:.9em}.charts{display:flex;flex-wrap:wrap;gap:1em}\
 .grid{display:flex;flex-wrap:wrap;gap:.8em}.card{width:180px;font-size:.85em}.card img{max-width:180px;max-height:180px;display:block}\
-.bad{color:#b00}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}\
+.set{display:flex;gap:.4em;padding:.3em;border:1px solid #eee;border-radius:6px}.bad{color:#b00}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}\
 table.cm td{min-width:2em;text-align:center}table.cm th{font-weight:normal;font-size:.85em}";
 
 impl ReportPage<'_> {
@@ -62,7 +74,7 @@ impl ReportPage<'_> {
         if let Some(r) = self.results {
             body += &confusion(r);
             body += &per_class(r);
-            body += &worst_images(r);
+            body += &worst_images(r, &self.heat);
         }
         body += &self.gallery_section();
         if let Some(config) = &self.config {
@@ -293,14 +305,19 @@ fn per_class(r: &ClassificationReport) -> String {
     s + "</table>\n"
 }
 
-fn worst_images(r: &ClassificationReport) -> String {
+fn worst_images(r: &ClassificationReport, heat: &[Option<HeatPair>]) -> String {
     if r.top_losses.is_empty() {
         return String::new();
     }
-    let mut s = String::from(
-        "<h2>Worst-classified images</h2>\n<p>Highest loss first.</p>\n<div class=\"grid\">\n",
-    );
-    for t in &r.top_losses {
+    let intro = match heat.iter().flatten().next() {
+        Some(h) => format!(
+            "Highest loss first; beside each photo, where the network looked ({}) for the true class and for the predicted one.",
+            h.method
+        ),
+        None => "Highest loss first.".into(),
+    };
+    let mut s = format!("<h2>Worst-classified images</h2>\n<p>{intro}</p>\n<div class=\"grid\">\n");
+    for (i, t) in r.top_losses.iter().enumerate() {
         let caption = format!(
             "<b>true:</b> {} ({:.3})<br><b>predicted:</b> {} ({:.3})<br><span title=\"{path}\">{name}</span>",
             escape(&t.true_class),
@@ -310,9 +327,38 @@ fn worst_images(r: &ClassificationReport) -> String {
             path = escape(&t.path.to_string()),
             name = escape(&t.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
         );
+        let mapped = matches!(heat.get(i), Some(Some(_)));
+        if mapped {
+            // The photo and its two maps stay together on one line.
+            s += "<div class=\"set\">";
+        }
         s += &card(t.path.as_path(), 180, &caption);
+        if let Some(Some(h)) = heat.get(i) {
+            for (img, what, class) in [
+                (&h.true_class, "true", &t.true_class),
+                (&h.predicted, "predicted", &t.predicted),
+            ] {
+                let caption = format!("<b>{what}:</b> {}", escape(class));
+                s += &image_card(img, 180, &caption);
+            }
+        }
+        if mapped {
+            s += "</div>\n";
+        }
     }
     s + "</div>\n"
+}
+
+/// An image in memory with a caption.
+fn image_card(img: &image::RgbImage, size: u32, caption: &str) -> String {
+    let picture = match super::markup::image_uri(img, size) {
+        Ok(uri) => format!("<img src=\"{uri}\" alt=\"heat map\">"),
+        Err(why) => format!(
+            "<div class=\"bad\">not shown: {}</div>",
+            escape(&why.to_string())
+        ),
+    };
+    format!("<div class=\"card\">{picture}<div>{caption}</div></div>\n")
 }
 
 /// A page of one table and its charts (`tl compare`).

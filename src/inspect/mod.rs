@@ -5,5 +5,7 @@ pub mod attack;
 pub mod classes;
 pub mod classifier;
 pub mod dream;
+pub mod explain;
+pub mod heatmap;
 
 pub use classifier::{Classifier, NetworkChoice};

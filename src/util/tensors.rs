@@ -6,6 +6,14 @@ use tch::{Device, Kind, Tensor};
 
 /// Serialise named tensors (float32, float16 or int64) to the safetensors format.
 pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    to_safetensors_with(named, None)
+}
+
+/// [`to_safetensors`] with string metadata in the file's header.
+pub fn to_safetensors_with(
+    named: &[(String, Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(named.len());
     for (name, t) in named {
         let t = t.detach().to_device(Device::Cpu).contiguous();
@@ -52,7 +60,7 @@ pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
                 .map_err(|e| TlError::invalid(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, &None)
+    safetensors::serialize(views, &metadata)
         .map_err(|e| TlError::invalid(format!("cannot serialise tensors: {e}")))
 }
 

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod doctor;
 pub mod dream;
 pub mod evaluate;
+pub mod explain;
 pub mod export;
 pub mod extract;
 pub mod finetune;

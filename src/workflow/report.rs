@@ -6,7 +6,7 @@ use crate::error::{Result, TlError};
 use crate::eval::{ClassCount, Report};
 use crate::head::EpochMetrics;
 use crate::html::charts::ScoreHistogram;
-use crate::html::{GalleryImage, ReportPage};
+use crate::html::{GalleryImage, HeatPair, ReportPage};
 use crate::run::{Run, METRICS, REPORT, REPORT_HTML};
 use crate::util::{refuse_overwrite, write_atomic, FilePath};
 use serde::Serialize;
@@ -56,7 +56,17 @@ pub fn report(s: &ReportSettings) -> Result<HtmlWritten> {
     let gallery = gallery(s.include.as_deref())?;
     let results: TrainReport = crate::util::read_json(&run.dir.join(REPORT))?;
     let metrics = read_metrics(&run.dir.join(METRICS))?;
-    let html = run_page(&run.dir, &run.config, &results, &metrics, gallery.clone())?;
+    let losses = results.validation.as_ref().map(|v| v.top_losses.as_slice());
+    let heat = super::explain::loss_maps(&run, losses.unwrap_or_default(), tch::Device::Cpu)
+        .unwrap_or_default();
+    let html = run_page(
+        &run.dir,
+        &run.config,
+        &results,
+        &metrics,
+        gallery.clone(),
+        heat,
+    )?;
     write_atomic(&out, html.as_bytes())?;
     Ok(HtmlWritten {
         path: FilePath(out),
@@ -108,7 +118,8 @@ pub fn write_eval_page(
 ) -> Result<HtmlWritten> {
     refuse_overwrite(out, force)?;
     let gallery = gallery(include)?;
-    let html = eval_page(e, gallery.clone())?;
+    let heat = loss_maps_or_none(&e.run, &e.report.top_losses);
+    let html = eval_page(e, gallery.clone(), heat)?;
     write_atomic(out, html.as_bytes())?;
     Ok(HtmlWritten {
         path: FilePath(out.to_path_buf()),
@@ -117,8 +128,23 @@ pub fn write_eval_page(
     })
 }
 
+/// Heat maps of an evaluation's worst images through its run (none if the run cannot be
+/// opened or mapped: the page is made without them).
+fn loss_maps_or_none(
+    run: &Path,
+    losses: &[crate::eval::metrics::TopLoss],
+) -> Vec<Option<HeatPair>> {
+    Run::open(run)
+        .and_then(|r| super::explain::loss_maps(&r, losses, tch::Device::Cpu))
+        .unwrap_or_default()
+}
+
 /// The page of an evaluation (`tl eval --report`).
-pub fn eval_page(e: &EvalReport, gallery: Vec<GalleryImage>) -> Result<String> {
+pub fn eval_page(
+    e: &EvalReport,
+    gallery: Vec<GalleryImage>,
+    heat: Vec<Option<HeatPair>>,
+) -> Result<String> {
     let r = &e.report;
     let facts = vec![
         ("run".to_string(), e.run.to_string()),
@@ -155,6 +181,7 @@ pub fn eval_page(e: &EvalReport, gallery: Vec<GalleryImage>) -> Result<String> {
             .as_ref()
             .map(|c| (&c.before, &c.after, c.temperature)),
         unknown: e.unknown.as_ref().map(eval_histogram),
+        heat,
         ..Default::default()
     }
     .render()

@@ -324,6 +324,29 @@ fn report(
     }
 }
 
+/// report.html again, now that the run exists to map its worst images through (their heat
+/// maps beside them); the page without them stays if that cannot be done.
+fn add_heat_maps(
+    dest: &Path,
+    config: &RunConfig,
+    report: &TrainReport,
+    metrics: &[head::EpochMetrics],
+    device: tch::Device,
+) {
+    let Some(losses) = report.validation.as_ref().map(|v| &v.top_losses) else {
+        return;
+    };
+    let heat = run::Run::open(dest)
+        .and_then(|r| super::explain::loss_maps(&r, losses, device))
+        .unwrap_or_default();
+    if heat.iter().all(Option::is_none) {
+        return;
+    }
+    if let Ok(html) = page::run_page(dest, config, report, metrics, Vec::new(), heat) {
+        let _ = crate::util::write_atomic(&dest.join(run::REPORT_HTML), html.as_bytes());
+    }
+}
+
 /// report.html; a page that cannot be made costs a warning (in the report), not the run.
 fn run_html(
     dest: &Path,
@@ -331,7 +354,7 @@ fn run_html(
     report: &mut TrainReport,
     metrics: &[head::EpochMetrics],
 ) -> Option<String> {
-    match page::run_page(dest, config, report, metrics, Vec::new()) {
+    match page::run_page(dest, config, report, metrics, Vec::new(), Vec::new()) {
         Ok(html) => Some(html),
         Err(e) => {
             report
@@ -431,6 +454,9 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
             let _ = std::fs::remove_dir(&dest);
         }
         return Err(e);
+    }
+    if html.is_some() {
+        add_heat_maps(&dest, &config, &report, &metrics, rt.device);
     }
     Ok(report)
 }

@@ -4,7 +4,7 @@ use super::TrainReport;
 use crate::error::Result;
 use crate::head::EpochMetrics;
 use crate::html::charts::ScoreHistogram;
-use crate::html::{GalleryImage, ReportPage};
+use crate::html::{GalleryImage, HeatPair, ReportPage};
 use crate::run::RunConfig;
 use std::path::Path;
 
@@ -15,6 +15,7 @@ pub(crate) fn run_page(
     results: &TrainReport,
     metrics: &[EpochMetrics],
     gallery: Vec<GalleryImage>,
+    heat: Vec<Option<HeatPair>>,
 ) -> Result<String> {
     let mut facts = vec![
         ("run".to_string(), dir.display().to_string()),
@@ -72,6 +73,7 @@ pub(crate) fn run_page(
             .as_ref()
             .map(|c| (&c.before, &c.after, c.temperature)),
         unknown: results.unknown.as_ref().map(run_histogram),
+        heat,
     }
     .render()
 }

@@ -1,0 +1,599 @@
+//! `tl explain`: for each photo, where a run looked when it scored a class (a heat map laid
+//! over the photo, and the raw map), or what one layer of the backbone makes of the photo
+//! (`--maps`: a grid of its feature maps, strongest first).
+//!
+//! Files written per image `NAME` into the output folder: `NAME.CLASS.png` (the overlay, at
+//! the photo's own resolution) and `NAME.CLASS.safetensors` (`map`: float32 `[crop, crop]`,
+//! the raw signed map in the coordinates of the crop the network saw — the overlay shows its
+//! positive part, scaled to its maximum; `crop`: float32 `[x, y,
+//! width, height]`, that crop's place in the photo's pixels; the method, layer and class in
+//! the header's metadata); with `--maps`, `NAME.maps.LAYER.png`.
+use super::SkippedFile;
+use crate::data::decode::decode_rgb;
+use crate::data::preprocess::{resized_tensor, save_image, PreprocessConfig};
+use crate::error::{Result, SkipReason, TlError};
+use crate::eval::{ClassProb, Report};
+use crate::features::backbone::{BackboneSpec, LayerNet};
+use crate::features::cut::{BackboneCut, FeatureNet, Unfreeze};
+use crate::head::Head;
+use crate::html::HeatPair;
+use crate::inspect::explain::{normalised, to_crop, MapNet, Method, MethodChoice};
+use crate::inspect::heatmap::{self, CropBox};
+use crate::inspect::NetworkChoice;
+use crate::run::Run;
+use crate::runtime::Runtime;
+use crate::util::{refuse_overwrite, FilePath};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Opacity of the heat over the photo.
+const OVERLAY_ALPHA: f32 = 0.45;
+
+#[derive(Clone, Debug)]
+pub struct ExplainSettings {
+    /// A run (class maps and feature maps) or a backbone (feature maps only).
+    pub network: NetworkChoice,
+    pub images: Vec<PathBuf>,
+    /// Classes by name or index; empty: the predicted class of each image.
+    pub classes: Vec<String>,
+    pub method: MethodChoice,
+    /// The layer (names as `tl dream --list-layers`); None: the last one that has a map.
+    pub layer: Option<String>,
+    /// The output folder (made if missing).
+    pub out: PathBuf,
+    pub force: bool,
+    /// Draw the layer's feature maps instead of class maps.
+    pub maps: bool,
+    /// Feature maps in the grid.
+    pub channels: usize,
+}
+
+/// One class's map of one image.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplainedClass {
+    pub class: String,
+    pub index: usize,
+    /// The calibrated probability of the class.
+    pub probability: f64,
+    pub method: Method,
+    pub layer: String,
+    pub overlay: FilePath,
+    pub map: FilePath,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplainedImage {
+    pub path: FilePath,
+    pub width: u32,
+    pub height: u32,
+    /// Where the network's crop lies in the photo (its pixels).
+    pub crop: CropBox,
+    /// The most probable classes.
+    pub top: Vec<ClassProb>,
+    pub classes: Vec<ExplainedClass>,
+    /// `--maps`: the grid of feature maps, and the channels in it (strongest first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<FilePath>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplainReport {
+    pub network: String,
+    pub images: Vec<ExplainedImage>,
+    pub skipped: Vec<SkippedFile>,
+    pub warnings: Vec<String>,
+}
+
+impl Report for ExplainReport {
+    fn render_text(&self) -> String {
+        let mut s = String::new();
+        for im in &self.images {
+            let top = im
+                .top
+                .iter()
+                .map(|c| format!("{} {:.3}", c.class, c.probability))
+                .collect::<Vec<_>>()
+                .join(", ");
+            match top.is_empty() {
+                true => s += &format!("{}\n", im.path),
+                false => s += &format!("{}  ({top})\n", im.path),
+            }
+            for c in &im.classes {
+                let method = match c.method {
+                    Method::Cam => "CAM",
+                    Method::GradCam => "Grad-CAM",
+                };
+                s += &format!(
+                    "  {} p={:.3}: {method} at {} -> {}\n",
+                    c.class, c.probability, c.layer, c.overlay
+                );
+            }
+            if let Some(g) = &im.grid {
+                s += &format!("  {} feature maps -> {g}\n", im.channels.len());
+            }
+        }
+        s
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let mut notes = crate::eval::warning_lines(&self.warnings);
+        notes.extend(self.skipped.iter().map(|s| format!("skipped: {s}")));
+        notes
+    }
+}
+
+/// What a class map is computed from, loaded once.
+struct Loaded {
+    description: String,
+    preprocess: PreprocessConfig,
+    classes: Vec<String>,
+    /// The run's head and feature network (None for a backbone: feature maps only).
+    run: Option<(Head, FeatureNet)>,
+    layers: Option<LayerNet>,
+    /// The cut for Grad-CAM where the layer file cannot serve (VGG, fine-tuned runs).
+    cut: Option<(Option<crate::features::backbone::LoadedModule>, CutTop)>,
+    warning: Option<String>,
+}
+
+/// A top for Grad-CAM: the run's own (fine-tuned), or the backbone's original one; with the
+/// name of the layer whose output it takes.
+enum CutTop {
+    Run(String),
+    Loaded(crate::features::cut::TrainableTop, String),
+}
+
+pub fn explain(rt: &Runtime, s: &ExplainSettings) -> Result<ExplainReport> {
+    if s.images.is_empty() {
+        return Err(TlError::invalid("give at least one image"));
+    }
+    if s.out.exists() && !s.out.is_dir() {
+        return Err(TlError::bad_path(&s.out, "exists and is not a folder"));
+    }
+    let files = crate::data::expand_inputs(&s.images)?;
+    let loaded = load(rt, s)?;
+    std::fs::create_dir_all(&s.out).map_err(|e| TlError::io(&s.out, e))?;
+    let mut report = ExplainReport {
+        network: loaded.description.clone(),
+        images: Vec::new(),
+        skipped: Vec::new(),
+        warnings: loaded.warning.iter().cloned().collect(),
+    };
+    let names = output_stems(&files);
+    for (path, stem) in files.iter().zip(&names) {
+        match explain_one(&loaded, s, path, stem, rt.device) {
+            Ok(done) => report.images.push(done),
+            Err(e @ TlError::Decode { .. }) | Err(e @ TlError::Io { .. })
+                if e.path() == Some(path.as_path()) =>
+            {
+                report.skipped.push(SkippedFile {
+                    path: FilePath(path.clone()),
+                    reason: SkipReason::of(&e),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if report.images.is_empty() {
+        let why: Vec<String> = report.skipped.iter().map(|s| s.to_string()).collect();
+        return Err(TlError::invalid(format!(
+            "no image could be explained: {}",
+            why.join("; ")
+        )));
+    }
+    Ok(report)
+}
+
+fn load(rt: &Runtime, s: &ExplainSettings) -> Result<Loaded> {
+    let device = rt.device;
+    match &s.network {
+        NetworkChoice::Run(dir) => load_run(&Run::open(dir)?, s, device),
+        NetworkChoice::Backbone(name) => {
+            if !s.maps {
+                return Err(TlError::invalid(
+                    "class maps need a trained run (--run RUN); a backbone alone gives feature maps (--maps)",
+                ));
+            }
+            let spec = BackboneSpec::resolve(name, &rt.backbones)?;
+            Ok(Loaded {
+                description: format!("backbone {}", spec.name),
+                preprocess: spec.preprocess(),
+                classes: spec.class_names().to_vec(),
+                run: None,
+                layers: Some(spec.load_layers(device)?),
+                cut: None,
+                warning: spec.weights_warning(),
+            })
+        }
+        NetworkChoice::Exported(path) => Err(TlError::invalid(format!(
+            "{}: an exported model has no layers to explain; use the run it was exported from",
+            path.display()
+        ))),
+    }
+}
+
+fn load_run(run: &Run, s: &ExplainSettings, device: Device) -> Result<Loaded> {
+    let spec = run.backbone()?;
+    let layers = match spec.load_layers(device) {
+        Ok(l) => Some(l),
+        Err(e) if s.maps => return Err(e),
+        Err(_) => None,
+    };
+    let features = run.feature_net(device)?;
+    let cut = match (&features, &run.config.finetune) {
+        // A fine-tuned run: Grad-CAM through its own tuned top.
+        (FeatureNet::Cut { .. }, Some(f)) => Some((
+            None,
+            CutTop::Run(layer_before(&f.first_block, layers.as_ref())),
+        )),
+        _ => None,
+    };
+    Ok(Loaded {
+        description: format!("run {} ({})", run.dir.display(), run.config.backbone.name),
+        preprocess: run.config.preprocess,
+        classes: run.classes.clone(),
+        run: Some((run.load_head(device)?, features)),
+        layers,
+        cut,
+        warning: spec.weights_warning(),
+    })
+    .and_then(|mut l| {
+        if l.cut.is_none() && !s.maps {
+            l.cut = original_cut(&spec, device, l.layers.as_ref())?;
+        }
+        Ok(l)
+    })
+}
+
+/// The backbone's own one-block cut, for Grad-CAM on frozen runs whose features are not a
+/// pooled layer (None when the backbone has no cut exported).
+fn original_cut(
+    spec: &BackboneSpec,
+    device: Device,
+    layers: Option<&LayerNet>,
+) -> Result<Option<(Option<crate::features::backbone::LoadedModule>, CutTop)>> {
+    let Ok(cut) = BackboneCut::resolve(spec, Unfreeze::Blocks(1)) else {
+        return Ok(None);
+    };
+    let trunk = match &cut.trunk {
+        Some(t) => Some(t.load_features(device)?),
+        None => None,
+    };
+    let name = layer_before(&cut.cut.first_block, layers);
+    Ok(Some((trunk, CutTop::Loaded(cut.load_top(device)?, name))))
+}
+
+/// The name of the layer whose output feeds the block `first_block`.
+fn layer_before(first_block: &str, layers: Option<&LayerNet>) -> String {
+    layers
+        .and_then(|l| l.names.iter().position(|n| n == first_block))
+        .and_then(|i| i.checked_sub(1))
+        .and_then(|i| layers.map(|l| l.names[i].clone()))
+        .unwrap_or_else(|| match first_block {
+            // Every block trains: the map is on the image itself.
+            _ if layers.is_some_and(|l| l.names.first().is_some_and(|n| n == first_block)) => {
+                "image".to_string()
+            }
+            _ => format!("input of {first_block}"),
+        })
+}
+
+/// File stems for the inputs, numbered where two share one.
+fn output_stems(inputs: &[PathBuf]) -> Vec<String> {
+    let mut seen = std::collections::HashMap::new();
+    inputs
+        .iter()
+        .map(|p| {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "image".into());
+            let n = seen.entry(stem.clone()).or_insert(0usize);
+            *n += 1;
+            if *n == 1 {
+                stem
+            } else {
+                format!("{stem}-{n}")
+            }
+        })
+        .collect()
+}
+
+/// A name safe in a file name: letters, digits, `-`, `_`, `.`; anything else `_`.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn explain_one(
+    l: &Loaded,
+    s: &ExplainSettings,
+    path: &Path,
+    stem: &str,
+    device: Device,
+) -> Result<ExplainedImage> {
+    let img = decode_rgb(path)?;
+    let x = resized_tensor(&img, &l.preprocess).to_device(device);
+    let probs = match &l.run {
+        Some((head, features)) => tch::no_grad(|| -> Result<Vec<f32>> {
+            let p = head.probabilities(&features.forward(&x)?).get(0);
+            Vec::<f32>::try_from(&p.to_kind(Kind::Float))
+                .map_err(|e| TlError::torch("probabilities", e))
+        })?,
+        None => Vec::new(),
+    };
+    let mut done = ExplainedImage {
+        path: FilePath(path.to_path_buf()),
+        width: img.width(),
+        height: img.height(),
+        crop: CropBox::of(img.width(), img.height(), &l.preprocess),
+        top: top_classes(&probs, &l.classes, 3),
+        classes: Vec::new(),
+        grid: None,
+        channels: Vec::new(),
+    };
+    if s.maps {
+        let (grid, channels) = feature_grid(l, s, &x, stem)?;
+        done.grid = Some(grid);
+        done.channels = channels;
+        return Ok(done);
+    }
+    for class in wanted_classes(s, &l.classes, &probs)? {
+        done.classes
+            .push(class_map(l, s, &img, &x, stem, class, probs[class] as f64)?);
+    }
+    Ok(done)
+}
+
+fn top_classes(probs: &[f32], classes: &[String], k: usize) -> Vec<ClassProb> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| ClassProb {
+            class: classes.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            index: i,
+            probability: probs[i] as f64,
+        })
+        .collect()
+}
+
+/// The classes asked for (by name or index), or the predicted one.
+fn wanted_classes(s: &ExplainSettings, classes: &[String], probs: &[f32]) -> Result<Vec<usize>> {
+    if s.classes.is_empty() {
+        let best = (0..probs.len())
+            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+            .ok_or_else(|| TlError::invalid("the run gave no probabilities"))?;
+        return Ok(vec![best]);
+    }
+    s.classes
+        .iter()
+        .map(|q| crate::inspect::classes::resolve(q, classes).map(|r| r.index))
+        .collect()
+}
+
+/// The map net for this run and layer: the layer file for pooled frozen runs, else the cut.
+fn map_net<'a>(l: &'a Loaded, x: &Tensor, layer: Option<&str>) -> Result<(MapNet<'a>, usize)> {
+    let Some((head, features)) = &l.run else {
+        return Err(TlError::invalid("class maps need a trained run"));
+    };
+    if let (Some(layers), FeatureNet::Frozen(f)) = (&l.layers, features) {
+        if pooled(layers, f, x)? {
+            let index = match layer {
+                Some(name) => layers.index_of(name)?,
+                None => layers.names.len() - 1,
+            };
+            return Ok((MapNet::Pooled { layers, head }, index));
+        }
+    }
+    let net = match (&l.cut, features) {
+        (Some((_, CutTop::Run(name))), FeatureNet::Cut { trunk, top }) => MapNet::Cut {
+            trunk: trunk.as_ref(),
+            top,
+            head,
+            layer: name.clone(),
+        },
+        (Some((trunk, CutTop::Loaded(top, name))), _) => MapNet::Cut {
+            trunk: trunk.as_ref(),
+            top,
+            head,
+            layer: name.clone(),
+        },
+        _ => {
+            return Err(TlError::invalid(
+                "this run's backbone has neither a pooled layer file nor a fine-tuning cut to take maps from; re-export it with scripts/export_backbones.py",
+            ))
+        }
+    };
+    let names = net.layer_names();
+    if let Some(name) = layer.filter(|n| !names.iter().any(|m| m == n)) {
+        return Err(TlError::invalid(format!(
+            "no map at layer '{name}' for this run (its features are not a pooled layer, or its top is fine-tuned); maps are taken at: {}",
+            names.join(", ")
+        )));
+    }
+    Ok((net, 0))
+}
+
+/// Whether the run's features are the mean of the layer file's last layer (checked on the
+/// image itself).
+fn pooled(
+    layers: &LayerNet,
+    features: &crate::features::backbone::LoadedModule,
+    x: &Tensor,
+) -> Result<bool> {
+    tch::no_grad(|| {
+        let acts = layers.forward(x)?;
+        let Some(last) = acts.last() else {
+            return Ok(false);
+        };
+        let gap = last.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let f = features.forward(x)?;
+        if gap.size() != f.size() {
+            return Ok(false);
+        }
+        let diff = (&gap - &f).abs().max().double_value(&[]);
+        let scale = f.abs().max().double_value(&[]).max(1.0);
+        Ok(diff <= 1e-4 * scale)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn class_map(
+    l: &Loaded,
+    s: &ExplainSettings,
+    img: &image::RgbImage,
+    x: &Tensor,
+    stem: &str,
+    class: usize,
+    probability: f64,
+) -> Result<ExplainedClass> {
+    let (net, layer) = map_net(l, x, s.layer.as_deref())?;
+    let m = net.class_map(x, class, s.method, layer)?;
+    let side = l.preprocess.crop as i64;
+    let raw = to_crop(&m.map.to_device(Device::Cpu), side);
+    let name = l
+        .classes
+        .get(class)
+        .cloned()
+        .unwrap_or_else(|| class.to_string());
+    let overlay = s.out.join(format!("{stem}.{}.png", file_safe(&name)));
+    let map_file = s
+        .out
+        .join(format!("{stem}.{}.safetensors", file_safe(&name)));
+    for f in [&overlay, &map_file] {
+        refuse_overwrite(f, s.force)?;
+    }
+    let picture = heatmap::overlay(img, &normalised(&raw), &l.preprocess, OVERLAY_ALPHA)?;
+    save_image(&picture, &overlay)?;
+    let crop = CropBox::of(img.width(), img.height(), &l.preprocess);
+    let meta = std::collections::HashMap::from([
+        (
+            "method".to_string(),
+            format!("{:?}", m.method).to_lowercase(),
+        ),
+        ("layer".to_string(), m.layer.clone()),
+        ("class".to_string(), name.clone()),
+        (
+            "image".to_string(),
+            img.width().to_string() + "x" + &img.height().to_string(),
+        ),
+    ]);
+    let crop_t =
+        Tensor::from_slice(&[crop.x, crop.y, crop.width, crop.height]).to_kind(Kind::Float);
+    let bytes = crate::util::tensors::to_safetensors_with(
+        &[
+            ("map".into(), raw.to_kind(Kind::Float)),
+            ("crop".into(), crop_t),
+        ],
+        Some(meta),
+    )?;
+    crate::util::write_atomic(&map_file, &bytes)?;
+    Ok(ExplainedClass {
+        class: name,
+        index: class,
+        probability,
+        method: m.method,
+        layer: m.layer,
+        overlay: FilePath(overlay),
+        map: FilePath(map_file),
+    })
+}
+
+/// The grid of the layer's strongest feature maps for this image.
+fn feature_grid(
+    l: &Loaded,
+    s: &ExplainSettings,
+    x: &Tensor,
+    stem: &str,
+) -> Result<(FilePath, Vec<i64>)> {
+    let layers = l
+        .layers
+        .as_ref()
+        .ok_or_else(|| TlError::invalid("this backbone has no layer file"))?;
+    let index = match &s.layer {
+        Some(name) => layers.index_of(name)?,
+        None => layers.names.len() / 2,
+    };
+    let acts = tch::no_grad(|| layers.forward(x))?;
+    let a = acts[index].to_device(Device::Cpu);
+    let order = crate::inspect::explain::strongest_channels(&a, s.channels.max(1))?;
+    let idx: Vec<i64> = order.iter().map(|(c, _)| *c).collect();
+    let maps = a.get(0).index_select(0, &Tensor::from_slice(&idx));
+    let h = a.size()[2].max(1) as u32;
+    let tile = if h >= 64 {
+        h.min(128)
+    } else {
+        h * (64 / h).max(1)
+    };
+    let out = s.out.join(format!(
+        "{stem}.maps.{}.png",
+        file_safe(&layers.names[index])
+    ));
+    refuse_overwrite(&out, s.force)?;
+    save_image(&heatmap::grid(&maps, tile)?, &out)?;
+    Ok((FilePath(out), idx))
+}
+
+/// Heat maps (true and predicted class) of the worst-classified images through `run`, for
+/// its report pages; None where an image cannot be read or mapped.
+pub(crate) fn loss_maps(
+    run: &Run,
+    losses: &[crate::eval::metrics::TopLoss],
+    device: Device,
+) -> Result<Vec<Option<HeatPair>>> {
+    let settings = ExplainSettings {
+        network: NetworkChoice::Run(run.dir.clone()),
+        images: Vec::new(),
+        classes: Vec::new(),
+        method: MethodChoice::Auto,
+        layer: None,
+        out: PathBuf::new(),
+        force: false,
+        maps: false,
+        channels: 0,
+    };
+    let l = load_run(run, &settings, device)?;
+    Ok(losses
+        .iter()
+        .map(|t| heat_pair(&l, t, device).ok())
+        .collect())
+}
+
+fn heat_pair(l: &Loaded, t: &crate::eval::metrics::TopLoss, device: Device) -> Result<HeatPair> {
+    let img = decode_rgb(&t.path)?;
+    let x = resized_tensor(&img, &l.preprocess).to_device(device);
+    let (net, layer) = map_net(l, &x, None)?;
+    let side = l.preprocess.crop as i64;
+    let overlay_of = |name: &str| -> Result<(image::RgbImage, Method)> {
+        let class = l
+            .classes
+            .iter()
+            .position(|c| c == name)
+            .ok_or_else(|| TlError::invalid(format!("no class '{name}' in the run")))?;
+        let m = net.class_map(&x, class, MethodChoice::Auto, layer)?;
+        let raw = to_crop(&m.map.to_device(Device::Cpu), side);
+        let picture = heatmap::overlay(&img, &normalised(&raw), &l.preprocess, OVERLAY_ALPHA)?;
+        Ok((picture, m.method))
+    };
+    let (true_class, method) = overlay_of(&t.true_class)?;
+    let (predicted, _) = overlay_of(&t.predicted)?;
+    Ok(HeatPair {
+        true_class,
+        predicted,
+        method: match method {
+            Method::Cam => "CAM".into(),
+            Method::GradCam => "Grad-CAM".into(),
+        },
+    })
+}
