@@ -378,6 +378,41 @@ fn class_counts(classes: &[String], f: &FeatureSet) -> Vec<ClassCount> {
         .collect()
 }
 
+/// config.json of the run: what was trained, on what, how.
+#[allow(clippy::too_many_arguments)]
+fn config_of(
+    rt: &Runtime,
+    s: &TrainSettings,
+    spec: &BackboneSpec,
+    sha: &str,
+    prepared: &Prepared,
+    inputs: &Inputs,
+    trained: &Trained,
+    split: Option<&BackboneCut>,
+) -> Result<RunConfig> {
+    let finetune = match (&trained.tuned, split) {
+        (Some((t, _)), Some(sp)) => Some(super::finetune::record(sp, t)?),
+        _ => None,
+    };
+    let facts = RunFacts {
+        spec,
+        sha,
+        prepared,
+        features: &inputs.features,
+        cache_dir: inputs.views.cache_dir.clone(),
+        finetune,
+        engine: inputs.views.plain.stats.engine,
+        calibrated: trained.calibrated.as_ref(),
+    };
+    Ok(run_config(
+        rt,
+        s,
+        facts,
+        trained.head_config.clone(),
+        trained.train_config.clone(),
+    ))
+}
+
 pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
     let started = Instant::now();
     s.validate()?;
@@ -398,27 +433,16 @@ pub fn train(rt: &Runtime, s: &TrainSettings) -> Result<TrainReport> {
         save_features(path, &inputs.features)?;
     }
     let trained = fit_and_tune(rt, s, &spec, split.as_ref(), &mut inputs, &dataset.classes)?;
-    let finetune = match (&trained.tuned, &split) {
-        (Some((t, _)), Some(sp)) => Some(super::finetune::record(sp, t)?),
-        _ => None,
-    };
-    let facts = RunFacts {
-        spec: &spec,
-        sha: &sha,
-        prepared: &prepared,
-        features: &inputs.features,
-        cache_dir: inputs.views.cache_dir.clone(),
-        finetune,
-        engine: inputs.views.plain.stats.engine,
-        calibrated: trained.calibrated.as_ref(),
-    };
-    let config = run_config(
+    let config = config_of(
         rt,
         s,
-        facts,
-        trained.head_config.clone(),
-        trained.train_config.clone(),
-    );
+        &spec,
+        &sha,
+        &prepared,
+        &inputs,
+        &trained,
+        split.as_ref(),
+    )?;
     let reserved = s.out.is_none();
     let dest = match &s.out {
         Some(out) => out.clone(),
