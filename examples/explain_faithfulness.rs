@@ -92,6 +92,7 @@ fn main() -> tl::error::Result<()> {
     let net = MapNet::Pooled {
         layers: &layers,
         head: &head,
+        last_onnx: None,
     };
     let last = layers.names.len() - 1;
     let val = run.split()?.map(|s| s.val).unwrap_or_default();

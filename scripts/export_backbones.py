@@ -18,6 +18,7 @@ For each model name this writes, into the backbones folder:
   NAME.features.onnx  the feature extractor and the classifier as ONNX (opset 17, dynamic
   NAME.classifier.onnx  batch), from the eager model, for `tl --engine onnx`; checked in ONNX
                       Runtime against eager when it is installed (--no-onnx: not written)
+  NAME.last_layer.onnx  the last block's output [N,C,h,w], for `tl explain`'s CAM on ONNX Runtime
 
 Blocks, counted from the top: MobileNetV2's final 1x1 conv and its inverted-residual blocks;
 ResNet's bottlenecks (layer4, then layer3, ...); VGG's conv layers (each with its ReLU and any
@@ -485,7 +486,8 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
         extra = [out_dir / f for cut in cuts for f in cut_files(name, cut) if f]
         extra.append(out_dir / f"{name}.layers.pt")
         if onnx:
-            extra += [out_dir / f"{name}.features.onnx", out_dir / f"{name}.classifier.onnx"]
+            extra += [out_dir / f"{name}.features.onnx", out_dir / f"{name}.classifier.onnx",
+                      out_dir / f"{name}.last_layer.onnx"]
         for path in (sidecar_path, features_path, classifier_path, *extra):
             if path.exists():
                 raise ExportError(f"{path}: already exists (use --force to overwrite)")
@@ -521,6 +523,15 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
             "features": export_onnx(features_eager, example, want_feats, out_dir / f"{name}.features.onnx"),
             "classifier": export_onnx(model, example, want_logits, out_dir / f"{name}.classifier.onnx"),
         }
+        if layers:
+            # The last block's output alone: `tl explain` takes CAM's maps from it on ONNX Runtime.
+            import copy
+            _, blocks, _ = split_blocks(arch, model)
+            last = nn.Sequential(*copy.deepcopy(blocks)).eval()
+            with torch.no_grad():
+                want_last = last(example)
+            onnx_files["last_layer"] = export_onnx(last, example, want_last,
+                                                   out_dir / f"{name}.last_layer.onnx")
 
     sidecar = {
         "format": SIDECAR_FORMAT,

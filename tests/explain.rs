@@ -316,3 +316,53 @@ fn bad_layers_unreadable_images_and_existing_outputs_are_clean_errors() {
         "--force",
     ]);
 }
+
+#[test]
+fn cam_on_onnx_runtime_agrees_with_libtorch() {
+    let tl = Tl::new();
+    let st = setup(&tl);
+    let (a, b) = (st.tmp.path().join("onnx"), st.tmp.path().join("torch"));
+    let on_onnx = explain_json(
+        &tl,
+        &[
+            "--engine",
+            "onnx",
+            "--run",
+            s(&st.run),
+            s(&st.photo),
+            "--class",
+            "0,1,2",
+            "-o",
+            s(&a),
+        ],
+    );
+    let on_torch = explain_json(
+        &tl,
+        &[
+            "--engine",
+            "torch",
+            "--run",
+            s(&st.run),
+            s(&st.photo),
+            "--class",
+            "0,1,2",
+            "-o",
+            s(&b),
+        ],
+    );
+    for k in 0..3 {
+        let (x, y) = (
+            &on_onnx["images"][0]["classes"][k],
+            &on_torch["images"][0]["classes"][k],
+        );
+        assert_eq!(
+            (x["engine"].as_str(), y["engine"].as_str()),
+            (Some("onnx"), Some("torch"))
+        );
+        let (m1, _) = map_of(x["map"].as_str().unwrap());
+        let (m2, _) = map_of(y["map"].as_str().unwrap());
+        let scale = m2.abs().max().double_value(&[]).max(1.0);
+        let diff = (&m1 - &m2).abs().max().double_value(&[]);
+        assert!(diff <= 1e-4 * scale, "class {k}: {diff} (scale {scale})");
+    }
+}

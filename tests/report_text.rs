@@ -718,6 +718,7 @@ fn explain() {
                     probability: 0.9912,
                     method: Method::Cam,
                     layer: "features.18".into(),
+                    engine: Engine::Onnx,
                     overlay: p("explained/tabby.cat.png"),
                     map: p("explained/tabby.cat.safetensors"),
                 }],

@@ -63,6 +63,9 @@ pub struct LayersFile {
 pub struct OnnxExports {
     pub features: Option<OnnxFile>,
     pub classifier: Option<OnnxFile>,
+    /// The last block's output `[N,C,h,w]` (`tl explain`'s CAM); absent in older exports.
+    #[serde(default)]
+    pub last_layer: Option<OnnxFile>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -358,6 +361,20 @@ impl BackboneSpec {
 }
 
 impl BackboneSpec {
+    /// `NAME.last_layer.onnx`, checked against its sidecar, if the export has one.
+    pub fn last_layer_onnx(&self) -> Result<Option<PathBuf>> {
+        let rec = self
+            .sidecar
+            .as_ref()
+            .and_then(|s| s.onnx.last_layer.as_ref());
+        let (Some(rec), Some(sidecar)) = (rec, self.sidecar_path.as_deref()) else {
+            return Ok(None);
+        };
+        let path = crate::util::fs::parent_dir(sidecar).join(&rec.file);
+        verified_hash(&path, Some(&rec.sha256), Some(sidecar))?;
+        Ok(Some(path))
+    }
+
     /// The network that returns every block's output (for channel visualisation).
     pub fn load_layers(&self, device: Device) -> Result<LayerNet> {
         let record = self.sidecar.as_ref().and_then(|s| s.layers.as_ref());

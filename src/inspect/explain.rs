@@ -17,6 +17,8 @@
 use crate::error::{Result, TlError, TorchContext};
 use crate::features::backbone::{LayerNet, LoadedModule};
 use crate::features::cut::TrainableTop;
+use crate::features::onnx::OnnxModel;
+use crate::features::Engine;
 use crate::head::Head;
 use serde::Serialize;
 use tch::{Kind, Tensor};
@@ -45,6 +47,8 @@ pub enum MapNet<'a> {
     Pooled {
         layers: &'a LayerNet,
         head: &'a Head,
+        /// The last layer on ONNX Runtime (CAM's maps from it instead of libtorch).
+        last_onnx: Option<&'a std::sync::Mutex<OnnxModel>>,
     },
     /// Trunk (frozen; None when every block trains) → top → head: Grad-CAM on the trunk's
     /// output.
@@ -63,6 +67,8 @@ pub struct ClassMap {
     pub map: Tensor,
     pub method: Method,
     pub layer: String,
+    /// The library that computed the layer's activations.
+    pub engine: Engine,
 }
 
 impl MapNet<'_> {
@@ -77,7 +83,7 @@ impl MapNet<'_> {
     /// Whether CAM is exact here: a pooled backbone, a linear head, the last layer.
     pub fn cam_exact(&self, layer: usize) -> bool {
         match self {
-            MapNet::Pooled { layers, head } => {
+            MapNet::Pooled { layers, head, .. } => {
                 head.config.hidden == 0 && layer + 1 == layers.names.len()
             }
             MapNet::Cut { .. } => false,
@@ -108,36 +114,85 @@ impl MapNet<'_> {
                 )))
             }
         };
-        let map = match (method, self) {
-            (Method::Cam, MapNet::Pooled { layers, head }) => cam(layers, head, x, class)?,
-            (_, MapNet::Pooled { layers, head }) => pooled_gradcam(layers, head, x, class, layer)?,
+        let (map, engine) = match (method, self) {
+            (
+                Method::Cam,
+                MapNet::Pooled {
+                    layers,
+                    head,
+                    last_onnx,
+                },
+            ) => cam(layers, head, *last_onnx, x, class)?,
+            (_, MapNet::Pooled { layers, head, .. }) => (
+                pooled_gradcam(layers, head, x, class, layer)?,
+                Engine::Torch,
+            ),
             (
                 _,
                 MapNet::Cut {
                     trunk, top, head, ..
                 },
-            ) => cut_gradcam(*trunk, top, head, x, class)?,
+            ) => (cut_gradcam(*trunk, top, head, x, class)?, Engine::Torch),
         };
         Ok(ClassMap {
             map,
             method,
             layer: name,
+            engine,
         })
     }
 }
 
+/// The last layer's activations `[1,C,h,w]` of `x`: from ONNX Runtime when given, else
+/// from the layer file.
+fn last_layer(
+    layers: &LayerNet,
+    onnx: Option<&std::sync::Mutex<OnnxModel>>,
+    x: &Tensor,
+) -> Result<(Tensor, Engine)> {
+    if let Some(model) = onnx {
+        let x = x
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let s = x.size();
+        let data = Vec::<f32>::try_from(&x.flatten(0, -1)).torch_ctx(|| "image".into())?;
+        let shape = [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize];
+        let mut m = model.lock().unwrap_or_else(|e| e.into_inner());
+        let (dims, values) = m.run(&data, shape)?;
+        let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+        if dims.len() != 4 {
+            return Err(TlError::corrupt(&m.path, "expected an [N,C,h,w] output"));
+        }
+        return Ok((
+            Tensor::from_slice(&values).view(dims.as_slice()),
+            Engine::Onnx,
+        ));
+    }
+    let acts = tch::no_grad(|| layers.forward(x))?;
+    let last = acts
+        .into_iter()
+        .last()
+        .ok_or_else(|| TlError::invalid("the layer file returned no layer"))?;
+    Ok((last, Engine::Torch))
+}
+
 /// `head(a) − head(0)` at every position `a` of the last layer: `[h, w]`.
-fn cam(layers: &LayerNet, head: &Head, x: &Tensor, class: usize) -> Result<Tensor> {
+fn cam(
+    layers: &LayerNet,
+    head: &Head,
+    onnx: Option<&std::sync::Mutex<OnnxModel>>,
+    x: &Tensor,
+    class: usize,
+) -> Result<(Tensor, Engine)> {
+    let (last, engine) = last_layer(layers, onnx, x)?;
+    let last = last.to_device(head.device());
     tch::no_grad(|| {
-        let acts = layers.forward(x)?;
-        let last = acts
-            .last()
-            .ok_or_else(|| TlError::invalid("the layer file returned no layer"))?;
         let (c, h, w) = (last.size()[1], last.size()[2], last.size()[3]);
         let positions = last.get(0).reshape([c, h * w]).transpose(0, 1);
         let zero = Tensor::zeros([1, c], (Kind::Float, positions.device()));
         let scores = head.forward(&positions) - head.forward(&zero);
-        Ok(scores.select(1, class as i64).reshape([h, w]))
+        Ok((scores.select(1, class as i64).reshape([h, w]), engine))
     })
 }
 

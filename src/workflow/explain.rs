@@ -58,6 +58,9 @@ pub struct ExplainedClass {
     pub probability: f64,
     pub method: Method,
     pub layer: String,
+    /// The library that computed the layer's activations (CAM runs on ONNX Runtime where the
+    /// backbone has `NAME.last_layer.onnx` and the engine is auto or onnx on the CPU).
+    pub engine: crate::features::Engine,
     pub overlay: FilePath,
     pub map: FilePath,
 }
@@ -106,8 +109,12 @@ impl Report for ExplainReport {
                     Method::Cam => "CAM",
                     Method::GradCam => "Grad-CAM",
                 };
+                let engine = match c.engine {
+                    crate::features::Engine::Onnx => " (ONNX Runtime)",
+                    crate::features::Engine::Torch => "",
+                };
                 s += &format!(
-                    "  {} p={:.3}: {method} at {} -> {}\n",
+                    "  {} p={:.3}: {method} at {}{engine} -> {}\n",
                     c.class, c.probability, c.layer, c.overlay
                 );
             }
@@ -135,6 +142,8 @@ struct Loaded {
     layers: Option<LayerNet>,
     /// The cut for Grad-CAM where the layer file cannot serve (VGG, fine-tuned runs).
     cut: Option<(Option<crate::features::backbone::LoadedModule>, CutTop)>,
+    /// The last layer on ONNX Runtime, for CAM.
+    last_onnx: Option<std::sync::Mutex<crate::features::onnx::OnnxModel>>,
     warning: Option<String>,
 }
 
@@ -189,7 +198,13 @@ pub fn explain(rt: &Runtime, s: &ExplainSettings) -> Result<ExplainReport> {
 fn load(rt: &Runtime, s: &ExplainSettings) -> Result<Loaded> {
     let device = rt.device;
     match &s.network {
-        NetworkChoice::Run(dir) => load_run(&Run::open(dir)?, s, device),
+        NetworkChoice::Run(dir) => {
+            let onnx_threads = match (rt.engine, device) {
+                (crate::runtime::EngineChoice::Torch, _) | (_, Device::Cuda(_)) => None,
+                _ => Some(rt.threads),
+            };
+            load_run(&Run::open(dir)?, s, device, onnx_threads)
+        }
         NetworkChoice::Backbone(name) => {
             if !s.maps {
                 return Err(TlError::invalid(
@@ -204,6 +219,7 @@ fn load(rt: &Runtime, s: &ExplainSettings) -> Result<Loaded> {
                 run: None,
                 layers: Some(spec.load_layers(device)?),
                 cut: None,
+                last_onnx: None,
                 warning: spec.weights_warning(),
             })
         }
@@ -214,7 +230,14 @@ fn load(rt: &Runtime, s: &ExplainSettings) -> Result<Loaded> {
     }
 }
 
-fn load_run(run: &Run, s: &ExplainSettings, device: Device) -> Result<Loaded> {
+/// A run's parts for maps; `onnx_threads`: CAM's last layer on ONNX Runtime with that many
+/// threads where the backbone has it and the library loads (None: libtorch only).
+fn load_run(
+    run: &Run,
+    s: &ExplainSettings,
+    device: Device,
+    onnx_threads: Option<usize>,
+) -> Result<Loaded> {
     let spec = run.backbone()?;
     let layers = match spec.load_layers(device) {
         Ok(l) => Some(l),
@@ -237,6 +260,10 @@ fn load_run(run: &Run, s: &ExplainSettings, device: Device) -> Result<Loaded> {
         run: Some((run.load_head(device)?, features)),
         layers,
         cut,
+        last_onnx: match onnx_threads {
+            Some(threads) => last_layer_onnx(&spec, threads)?,
+            None => None,
+        },
         warning: spec.weights_warning(),
     })
     .and_then(|mut l| {
@@ -245,6 +272,22 @@ fn load_run(run: &Run, s: &ExplainSettings, device: Device) -> Result<Loaded> {
         }
         Ok(l)
     })
+}
+
+/// `NAME.last_layer.onnx` in an ONNX Runtime session, when the export has it and the library
+/// loads (otherwise libtorch computes the maps).
+fn last_layer_onnx(
+    spec: &BackboneSpec,
+    threads: usize,
+) -> Result<Option<std::sync::Mutex<crate::features::onnx::OnnxModel>>> {
+    let Some(path) = spec.last_layer_onnx()? else {
+        return Ok(None);
+    };
+    if crate::features::onnx::library().is_err() {
+        return Ok(None);
+    }
+    let model = crate::features::onnx::OnnxModel::load(&path, threads, false)?;
+    Ok(Some(std::sync::Mutex::new(model)))
 }
 
 /// The backbone's own one-block cut, for Grad-CAM on frozen runs whose features are not a
@@ -393,7 +436,12 @@ fn map_net<'a>(l: &'a Loaded, x: &Tensor, layer: Option<&str>) -> Result<(MapNet
                 Some(name) => layers.index_of(name)?,
                 None => layers.names.len() - 1,
             };
-            return Ok((MapNet::Pooled { layers, head }, index));
+            let net = MapNet::Pooled {
+                layers,
+                head,
+                last_onnx: l.last_onnx.as_ref(),
+            };
+            return Ok((net, index));
         }
     }
     let net = match (&l.cut, features) {
@@ -505,6 +553,7 @@ fn class_map(
         probability,
         method: m.method,
         layer: m.layer,
+        engine: m.engine,
         overlay: FilePath(overlay),
         map: FilePath(map_file),
     })
@@ -563,7 +612,7 @@ pub(crate) fn loss_maps(
         maps: false,
         channels: 0,
     };
-    let l = load_run(run, &settings, device)?;
+    let l = load_run(run, &settings, device, None)?;
     Ok(losses
         .iter()
         .map(|t| heat_pair(&l, t, device).ok())
