@@ -19,6 +19,8 @@ For each model name this writes, into the backbones folder:
   NAME.classifier.onnx  batch), from the eager model, for `tl --engine onnx`; checked in ONNX
                       Runtime against eager when it is installed (--no-onnx: not written)
   NAME.last_layer.onnx  the last block's output [N,C,h,w], for `tl explain`'s CAM on ONNX Runtime
+  NAME.linear.safetensors  the classifier's last layer (features -> logits), for `tl explain
+                      --backbone`
 
 Blocks, counted from the top: MobileNetV2's final 1x1 conv and its inverted-residual blocks;
 ResNet's bottlenecks (layer4, then layer3, ...); VGG's conv layers (each with its ReLU and any
@@ -421,6 +423,28 @@ def export_layers(arch: str, model: nn.Module, name: str, out_dir: Path,
             "sizes": [list(t.shape[2:]) for t in want]}
 
 
+def export_linear(model: nn.Module, name: str, out_dir: Path, feature_dim: int) -> dict | None:
+    """Write NAME.linear.safetensors: the classifier's last layer (`weight` [classes, features],
+    `bias` [classes]), which maps the feature extractor's output to the logits — what
+    `tl explain --backbone` maps the ImageNet classes through. None if it does not fit."""
+    from safetensors.torch import save_file
+    _, linear = last_linear(model)
+    if linear.in_features != feature_dim:
+        return None
+    path = out_dir / f"{name}.linear.safetensors"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"weight": linear.weight.detach().float().contiguous(),
+                   "bias": linear.bias.detach().float().contiguous()}, tmp)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"file": path.name, "sha256": sha256_file(path)}
+
+
 def cut_files(name: str, cut) -> tuple[str | None, str]:
     """(trunk file, top file) names of a cut."""
     if cut == "all":
@@ -485,6 +509,7 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
     if not force:
         extra = [out_dir / f for cut in cuts for f in cut_files(name, cut) if f]
         extra.append(out_dir / f"{name}.layers.pt")
+        extra.append(out_dir / f"{name}.linear.safetensors")
         if onnx:
             extra += [out_dir / f"{name}.features.onnx", out_dir / f"{name}.classifier.onnx",
                       out_dir / f"{name}.last_layer.onnx"]
@@ -555,6 +580,7 @@ def export(arch: str, weights: str, out_dir: Path, name: str | None = None, forc
         "cuts": cut_entries,
         "onnx": {k: v for k, v in onnx_files.items() if v},
         "layers": layers,
+        "linear": export_linear(model, name, out_dir, feature_dim),
         "frozen": True,
         "channels_last": True,
         "max_relative_error_vs_eager": max(errs.values()),

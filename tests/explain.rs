@@ -366,3 +366,33 @@ fn cam_on_onnx_runtime_agrees_with_libtorch() {
         assert!(diff <= 1e-4 * scale, "class {k}: {diff} (scale {scale})");
     }
 }
+
+#[test]
+fn a_backbones_imagenet_classifier_is_mapped_through_its_own_last_layer() {
+    let tl = Tl::new();
+    let st = setup(&tl);
+    let out = st.tmp.path().join("imagenet");
+    let j = explain_json(
+        &tl,
+        &["--backbone", s(&tiny()), s(&st.photo), "-o", s(&out)],
+    );
+    let predicted: serde_json::Value = serde_json::from_str(&tl.ok(&[
+        "predict",
+        "--backbone",
+        s(&tiny()),
+        s(&st.photo),
+        "--json",
+    ]))
+    .unwrap();
+    let (im, p) = (&j["images"][0], &predicted["predictions"][0]);
+    // The same classifier: the same top class and probability as `tl predict --backbone`.
+    assert_eq!(im["top"][0]["class"], p["class"]);
+    let (a, b) = (
+        im["top"][0]["probability"].as_f64().unwrap(),
+        p["probability"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    let c = &im["classes"][0];
+    assert_eq!(c["class"], p["class"]);
+    assert_eq!(c["method"], "cam");
+}

@@ -48,6 +48,16 @@ pub struct Sidecar {
     /// Every block's output (`tl dream --layer`); absent in older exports.
     #[serde(default)]
     pub layers: Option<LayersFile>,
+    /// `NAME.linear.safetensors`: the classifier's last layer (features → logits); absent in
+    /// older exports.
+    #[serde(default)]
+    pub linear: Option<LinearFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinearFile {
+    pub file: String,
+    pub sha256: String,
 }
 
 /// `NAME.layers.pt`: normalised images → the output of every block, bottom to top.
@@ -361,6 +371,26 @@ impl BackboneSpec {
 }
 
 impl BackboneSpec {
+    /// The classifier's last layer (`weight` `[classes, features]`, `bias` `[classes]`),
+    /// checked against the sidecar; None if the export has none.
+    pub fn linear_layer(&self) -> Result<Option<(tch::Tensor, tch::Tensor)>> {
+        let rec = self.sidecar.as_ref().and_then(|s| s.linear.as_ref());
+        let (Some(rec), Some(sidecar)) = (rec, self.sidecar_path.as_deref()) else {
+            return Ok(None);
+        };
+        let path = crate::util::fs::parent_dir(sidecar).join(&rec.file);
+        verified_hash(&path, Some(&rec.sha256), Some(sidecar))?;
+        let named: std::collections::HashMap<String, tch::Tensor> =
+            tch::Tensor::read_safetensors(&path)
+                .map_err(|e| TlError::corrupt(&path, crate::error::torch_message(&e)))?
+                .into_iter()
+                .collect();
+        match (named.get("weight"), named.get("bias")) {
+            (Some(w), Some(b)) => Ok(Some((w.shallow_clone(), b.shallow_clone()))),
+            _ => Err(TlError::corrupt(&path, "needs tensors 'weight' and 'bias'")),
+        }
+    }
+
     /// `NAME.last_layer.onnx`, checked against its sidecar, if the export has one.
     pub fn last_layer_onnx(&self) -> Result<Option<PathBuf>> {
         let rec = self

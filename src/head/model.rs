@@ -84,6 +84,39 @@ impl Head {
         })
     }
 
+    /// A linear head with these weights (`[classes, features]`) and biases, no
+    /// standardisation: a backbone's own classifier layer.
+    pub fn from_linear(weight: &Tensor, bias: &Tensor, device: Device) -> Result<Head> {
+        let [classes, features] = weight.size()[..] else {
+            return Err(TlError::invalid(
+                "a linear layer's weight must be [classes, features]",
+            ));
+        };
+        if bias.size() != [classes] {
+            return Err(TlError::invalid("a linear layer's bias must be [classes]"));
+        }
+        let head = Head::new(
+            HeadConfig {
+                hidden: 0,
+                dropout: 0.0,
+                in_dim: features,
+                num_classes: classes,
+                standardize: false,
+            },
+            device,
+        )?;
+        tch::no_grad(|| {
+            head.fc1
+                .ws
+                .shallow_clone()
+                .copy_(&weight.to_kind(Kind::Float));
+            if let Some(bs) = &head.fc1.bs {
+                bs.shallow_clone().copy_(&bias.to_kind(Kind::Float));
+            }
+        });
+        Ok(head)
+    }
+
     /// Set the standardisation statistics from training features `[N, D]`.
     pub fn set_statistics(&mut self, features: &Tensor) {
         let (mean, std) = tch::no_grad(|| {

@@ -9,15 +9,16 @@
 //! width, height]`, that crop's place in the photo's pixels; the method, layer and class in
 //! the header's metadata); with `--maps`, `NAME.maps.LAYER.png`.
 use super::SkippedFile;
+pub(crate) use net::loss_maps;
+use net::{load_run, map_net, Loaded, OVERLAY_ALPHA};
+
+mod net;
 use crate::data::decode::decode_rgb;
-use crate::data::preprocess::{resized_tensor, save_image, PreprocessConfig};
+use crate::data::preprocess::{resized_tensor, save_image};
 use crate::error::{Result, SkipReason, TlError};
 use crate::eval::{ClassProb, Report};
-use crate::features::backbone::{BackboneSpec, LayerNet};
-use crate::features::cut::{BackboneCut, FeatureNet, Unfreeze};
-use crate::head::Head;
-use crate::html::HeatPair;
-use crate::inspect::explain::{normalised, to_crop, MapNet, Method, MethodChoice};
+use crate::features::backbone::BackboneSpec;
+use crate::inspect::explain::{normalised, to_crop, Method, MethodChoice};
 use crate::inspect::heatmap::{self, CropBox};
 use crate::inspect::NetworkChoice;
 use crate::run::Run;
@@ -26,9 +27,6 @@ use crate::util::{refuse_overwrite, FilePath};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
-
-/// Opacity of the heat over the photo.
-const OVERLAY_ALPHA: f32 = 0.45;
 
 #[derive(Clone, Debug)]
 pub struct ExplainSettings {
@@ -132,28 +130,6 @@ impl Report for ExplainReport {
     }
 }
 
-/// What a class map is computed from, loaded once.
-struct Loaded {
-    description: String,
-    preprocess: PreprocessConfig,
-    classes: Vec<String>,
-    /// The run's head and feature network (None for a backbone: feature maps only).
-    run: Option<(Head, FeatureNet)>,
-    layers: Option<LayerNet>,
-    /// The cut for Grad-CAM where the layer file cannot serve (VGG, fine-tuned runs).
-    cut: Option<(Option<crate::features::backbone::LoadedModule>, CutTop)>,
-    /// The last layer on ONNX Runtime, for CAM.
-    last_onnx: Option<std::sync::Mutex<crate::features::onnx::OnnxModel>>,
-    warning: Option<String>,
-}
-
-/// A top for Grad-CAM: the run's own (fine-tuned), or the backbone's original one; with the
-/// name of the layer whose output it takes.
-enum CutTop {
-    Run(String),
-    Loaded(crate::features::cut::TrainableTop, String),
-}
-
 pub fn explain(rt: &Runtime, s: &ExplainSettings) -> Result<ExplainReport> {
     if s.images.is_empty() {
         return Err(TlError::invalid("give at least one image"));
@@ -203,124 +179,29 @@ fn load(rt: &Runtime, s: &ExplainSettings) -> Result<Loaded> {
                 (crate::runtime::EngineChoice::Torch, _) | (_, Device::Cuda(_)) => None,
                 _ => Some(rt.threads),
             };
-            load_run(&Run::open(dir)?, s, device, onnx_threads)
+            load_run(&Run::open(dir)?, s.maps, device, onnx_threads)
         }
         NetworkChoice::Backbone(name) => {
-            if !s.maps {
-                return Err(TlError::invalid(
-                    "class maps need a trained run (--run RUN); a backbone alone gives feature maps (--maps)",
-                ));
-            }
             let spec = BackboneSpec::resolve(name, &rt.backbones)?;
-            Ok(Loaded {
-                description: format!("backbone {}", spec.name),
-                preprocess: spec.preprocess(),
-                classes: spec.class_names().to_vec(),
-                run: None,
-                layers: Some(spec.load_layers(device)?),
-                cut: None,
-                last_onnx: None,
-                warning: spec.weights_warning(),
-            })
+            match s.maps {
+                true => Ok(Loaded {
+                    description: format!("backbone {}", spec.name),
+                    preprocess: spec.preprocess(),
+                    classes: spec.class_names().to_vec(),
+                    run: None,
+                    layers: Some(spec.load_layers(device)?),
+                    cut: None,
+                    last_onnx: None,
+                    warning: spec.weights_warning(),
+                }),
+                false => net::load_backbone(&spec, device),
+            }
         }
         NetworkChoice::Exported(path) => Err(TlError::invalid(format!(
             "{}: an exported model has no layers to explain; use the run it was exported from",
             path.display()
         ))),
     }
-}
-
-/// A run's parts for maps; `onnx_threads`: CAM's last layer on ONNX Runtime with that many
-/// threads where the backbone has it and the library loads (None: libtorch only).
-fn load_run(
-    run: &Run,
-    s: &ExplainSettings,
-    device: Device,
-    onnx_threads: Option<usize>,
-) -> Result<Loaded> {
-    let spec = run.backbone()?;
-    let layers = match spec.load_layers(device) {
-        Ok(l) => Some(l),
-        Err(e) if s.maps => return Err(e),
-        Err(_) => None,
-    };
-    let features = run.feature_net(device)?;
-    let cut = match (&features, &run.config.finetune) {
-        // A fine-tuned run: Grad-CAM through its own tuned top.
-        (FeatureNet::Cut { .. }, Some(f)) => Some((
-            None,
-            CutTop::Run(layer_before(&f.first_block, layers.as_ref())),
-        )),
-        _ => None,
-    };
-    Ok(Loaded {
-        description: format!("run {} ({})", run.dir.display(), run.config.backbone.name),
-        preprocess: run.config.preprocess,
-        classes: run.classes.clone(),
-        run: Some((run.load_head(device)?, features)),
-        layers,
-        cut,
-        last_onnx: match onnx_threads {
-            Some(threads) => last_layer_onnx(&spec, threads)?,
-            None => None,
-        },
-        warning: spec.weights_warning(),
-    })
-    .and_then(|mut l| {
-        if l.cut.is_none() && !s.maps {
-            l.cut = original_cut(&spec, device, l.layers.as_ref())?;
-        }
-        Ok(l)
-    })
-}
-
-/// `NAME.last_layer.onnx` in an ONNX Runtime session, when the export has it and the library
-/// loads (otherwise libtorch computes the maps).
-fn last_layer_onnx(
-    spec: &BackboneSpec,
-    threads: usize,
-) -> Result<Option<std::sync::Mutex<crate::features::onnx::OnnxModel>>> {
-    let Some(path) = spec.last_layer_onnx()? else {
-        return Ok(None);
-    };
-    if crate::features::onnx::library().is_err() {
-        return Ok(None);
-    }
-    let model = crate::features::onnx::OnnxModel::load(&path, threads, false)?;
-    Ok(Some(std::sync::Mutex::new(model)))
-}
-
-/// The backbone's own one-block cut, for Grad-CAM on frozen runs whose features are not a
-/// pooled layer (None when the backbone has no cut exported).
-fn original_cut(
-    spec: &BackboneSpec,
-    device: Device,
-    layers: Option<&LayerNet>,
-) -> Result<Option<(Option<crate::features::backbone::LoadedModule>, CutTop)>> {
-    let Ok(cut) = BackboneCut::resolve(spec, Unfreeze::Blocks(1)) else {
-        return Ok(None);
-    };
-    let trunk = match &cut.trunk {
-        Some(t) => Some(t.load_features(device)?),
-        None => None,
-    };
-    let name = layer_before(&cut.cut.first_block, layers);
-    Ok(Some((trunk, CutTop::Loaded(cut.load_top(device)?, name))))
-}
-
-/// The name of the layer whose output feeds the block `first_block`.
-fn layer_before(first_block: &str, layers: Option<&LayerNet>) -> String {
-    layers
-        .and_then(|l| l.names.iter().position(|n| n == first_block))
-        .and_then(|i| i.checked_sub(1))
-        .and_then(|i| layers.map(|l| l.names[i].clone()))
-        .unwrap_or_else(|| match first_block {
-            // Every block trains: the map is on the image itself.
-            _ if layers.is_some_and(|l| l.names.first().is_some_and(|n| n == first_block)) => {
-                "image".to_string()
-            }
-            _ => format!("input of {first_block}"),
-        })
 }
 
 /// File stems for the inputs, numbered where two share one.
@@ -425,77 +306,6 @@ fn wanted_classes(s: &ExplainSettings, classes: &[String], probs: &[f32]) -> Res
         .collect()
 }
 
-/// The map net for this run and layer: the layer file for pooled frozen runs, else the cut.
-fn map_net<'a>(l: &'a Loaded, x: &Tensor, layer: Option<&str>) -> Result<(MapNet<'a>, usize)> {
-    let Some((head, features)) = &l.run else {
-        return Err(TlError::invalid("class maps need a trained run"));
-    };
-    if let (Some(layers), FeatureNet::Frozen(f)) = (&l.layers, features) {
-        if pooled(layers, f, x)? {
-            let index = match layer {
-                Some(name) => layers.index_of(name)?,
-                None => layers.names.len() - 1,
-            };
-            let net = MapNet::Pooled {
-                layers,
-                head,
-                last_onnx: l.last_onnx.as_ref(),
-            };
-            return Ok((net, index));
-        }
-    }
-    let net = match (&l.cut, features) {
-        (Some((_, CutTop::Run(name))), FeatureNet::Cut { trunk, top }) => MapNet::Cut {
-            trunk: trunk.as_ref(),
-            top,
-            head,
-            layer: name.clone(),
-        },
-        (Some((trunk, CutTop::Loaded(top, name))), _) => MapNet::Cut {
-            trunk: trunk.as_ref(),
-            top,
-            head,
-            layer: name.clone(),
-        },
-        _ => {
-            return Err(TlError::invalid(
-                "this run's backbone has neither a pooled layer file nor a fine-tuning cut to take maps from; re-export it with scripts/export_backbones.py",
-            ))
-        }
-    };
-    let names = net.layer_names();
-    if let Some(name) = layer.filter(|n| !names.iter().any(|m| m == n)) {
-        return Err(TlError::invalid(format!(
-            "no map at layer '{name}' for this run (its features are not a pooled layer, or its top is fine-tuned); maps are taken at: {}",
-            names.join(", ")
-        )));
-    }
-    Ok((net, 0))
-}
-
-/// Whether the run's features are the mean of the layer file's last layer (checked on the
-/// image itself).
-fn pooled(
-    layers: &LayerNet,
-    features: &crate::features::backbone::LoadedModule,
-    x: &Tensor,
-) -> Result<bool> {
-    tch::no_grad(|| {
-        let acts = layers.forward(x)?;
-        let Some(last) = acts.last() else {
-            return Ok(false);
-        };
-        let gap = last.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-        let f = features.forward(x)?;
-        if gap.size() != f.size() {
-            return Ok(false);
-        }
-        let diff = (&gap - &f).abs().max().double_value(&[]);
-        let scale = f.abs().max().double_value(&[]).max(1.0);
-        Ok(diff <= 1e-4 * scale)
-    })
-}
-
 #[allow(clippy::too_many_arguments)]
 fn class_map(
     l: &Loaded,
@@ -592,57 +402,4 @@ fn feature_grid(
     refuse_overwrite(&out, s.force)?;
     save_image(&heatmap::grid(&maps, tile)?, &out)?;
     Ok((FilePath(out), idx))
-}
-
-/// Heat maps (true and predicted class) of the worst-classified images through `run`, for
-/// its report pages; None where an image cannot be read or mapped.
-pub(crate) fn loss_maps(
-    run: &Run,
-    losses: &[crate::eval::metrics::TopLoss],
-    device: Device,
-) -> Result<Vec<Option<HeatPair>>> {
-    let settings = ExplainSettings {
-        network: NetworkChoice::Run(run.dir.clone()),
-        images: Vec::new(),
-        classes: Vec::new(),
-        method: MethodChoice::Auto,
-        layer: None,
-        out: PathBuf::new(),
-        force: false,
-        maps: false,
-        channels: 0,
-    };
-    let l = load_run(run, &settings, device, None)?;
-    Ok(losses
-        .iter()
-        .map(|t| heat_pair(&l, t, device).ok())
-        .collect())
-}
-
-fn heat_pair(l: &Loaded, t: &crate::eval::metrics::TopLoss, device: Device) -> Result<HeatPair> {
-    let img = decode_rgb(&t.path)?;
-    let x = resized_tensor(&img, &l.preprocess).to_device(device);
-    let (net, layer) = map_net(l, &x, None)?;
-    let side = l.preprocess.crop as i64;
-    let overlay_of = |name: &str| -> Result<(image::RgbImage, Method)> {
-        let class = l
-            .classes
-            .iter()
-            .position(|c| c == name)
-            .ok_or_else(|| TlError::invalid(format!("no class '{name}' in the run")))?;
-        let m = net.class_map(&x, class, MethodChoice::Auto, layer)?;
-        let raw = to_crop(&m.map.to_device(Device::Cpu), side);
-        let picture = heatmap::overlay(&img, &normalised(&raw), &l.preprocess, OVERLAY_ALPHA)?;
-        Ok((picture, m.method))
-    };
-    let (true_class, method) = overlay_of(&t.true_class)?;
-    let (predicted, _) = overlay_of(&t.predicted)?;
-    Ok(HeatPair {
-        true_class,
-        predicted,
-        method: match method {
-            Method::Cam => "CAM".into(),
-            Method::GradCam => "Grad-CAM".into(),
-        },
-    })
 }
