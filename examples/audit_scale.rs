@@ -134,6 +134,7 @@ fn audit(root: &Path, n: usize, dim: usize) {
             schedule: Schedule::Cosine,
             patience: 0,
             seed: 0,
+            balance: Default::default(),
         },
         l2: None,
         seed: 0,

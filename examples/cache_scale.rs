@@ -105,6 +105,7 @@ fn train(root: &Path, n: usize, dim: usize) {
         schedule: Schedule::Constant,
         patience: 0,
         seed: 0,
+        balance: Default::default(),
     };
     let head = HeadConfig {
         hidden: 0,

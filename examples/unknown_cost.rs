@@ -54,6 +54,7 @@ fn main() {
         schedule: Schedule::Cosine,
         patience: 10,
         seed: 0,
+        balance: Default::default(),
     };
     let head_config = HeadConfig {
         hidden: 0,

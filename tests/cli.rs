@@ -651,3 +651,61 @@ fn a_changed_backbone_invalidates_the_run() {
     let err = tl.fails(&["eval", tmp.path().to_str().unwrap(), data.to_str().unwrap()]);
     assert!(err.contains("not a tl run folder"), "{err}");
 }
+
+#[test]
+fn imbalanced_classes_lead_with_balanced_accuracy_and_balance_is_recorded() {
+    let tl = Tl::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["blue", "green", "red"], 24, 1);
+    // Blue keeps 24 images, green and red 6: 4× fewer.
+    for class in ["green", "red"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(data.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in &files[6..] {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    for (balance, run) in [
+        ("none", "r-none"),
+        ("weights", "r-weights"),
+        ("sampler", "r-sampler"),
+    ] {
+        let run = tmp.path().join(run);
+        let out = tl.ok(&[
+            "train",
+            "--backbone",
+            tiny().to_str().unwrap(),
+            data.to_str().unwrap(),
+            "--balance",
+            balance,
+            "--out",
+            run.to_str().unwrap(),
+            "-q",
+        ]);
+        let line = out.lines().nth(1).unwrap();
+        assert!(
+            line.contains("val balanced accuracy")
+                && line.contains("macro-F1")
+                && line.contains(&format!("--balance {balance}")),
+            "{out}"
+        );
+        assert_eq!(read_json(&run.join("report.json"))["balance"], balance);
+        assert_eq!(
+            read_json(&run.join("config.json"))["train"]["balance"],
+            balance
+        );
+    }
+    let err = tl.fails(&[
+        "train",
+        "--backbone",
+        tiny().to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--balance",
+        "equal",
+    ]);
+    assert!(err.contains("--balance"), "{err}");
+}

@@ -375,6 +375,7 @@ fn the_head_trains_the_same_on_rows_streamed_from_the_cache() {
         schedule: Schedule::Cosine,
         patience: 0,
         seed: 3,
+        balance: Default::default(),
     };
     let head = HeadConfig {
         hidden: 0,

@@ -16,6 +16,7 @@
 #   audit         tl audit on planted problems (§13; ARGS: --seed, --src)
 #   audit-scale   tl audit at 20k–100k entries (§13)
 #   explain       faithfulness of tl explain's maps, CAM against Grad-CAM (§18)
+#   balance       --balance on pets with 5 breeds cut to 2 training photos (§19)
 #   dream-attack  dreams and attacks with MobileNetV2 (§14; ~3 min)
 #   dream         do dreams transfer to EfficientNet-Lite0? (§15, §16)
 #   compare       export, reports and compare (§17)
@@ -28,7 +29,7 @@ cd "$ROOT"
 HERE=scripts/bench
 PY=.venv/bin/python
 section="${1:-}"
-[ -n "$section" ] || { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$section" ] || { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 export_real_and_random() {
     [ -f backbones/mobilenet_v2.json ] || "$PY" scripts/export_backbones.py mobilenet_v2 --weights ../shared/models/mobilenet_v2-imagenet.safetensors
@@ -53,6 +54,9 @@ case "$section" in
     audit)
         scripts/setup.sh >/dev/null
         exec "$PY" "$HERE/audit.py" "$@" ;;
+    balance)
+        scripts/setup.sh >/dev/null
+        exec "$PY" "$HERE/balance.py" "$@" ;;
     dream)
         scripts/setup.sh
         [ -f backbones/mobilenet_v2.json ] || { echo "bench dream: export MobileNetV2 first (scripts/demo.sh does)" >&2; exit 1; }

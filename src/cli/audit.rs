@@ -89,6 +89,7 @@ impl AuditArgs {
                     schedule: Schedule::Cosine,
                     patience: 0,
                     seed: self.seed,
+                    balance: Default::default(),
                 },
                 l2: None,
                 seed: self.seed,

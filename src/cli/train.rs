@@ -2,7 +2,16 @@
 use super::{emit, values, CacheArgs};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use tl::head::{Optimisation, OptimizerKind, Schedule};
+use tl::head::{Balance, Optimisation, OptimizerKind, Schedule};
+use tl::workflow::train::BalanceChoice;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BalanceArg {
+    Auto,
+    None,
+    Weights,
+    Sampler,
+}
 use tl::runtime::Runtime;
 use tl::workflow::train::{FinetuneSettings, TrainSettings, ValidationChoice, L2};
 
@@ -67,6 +76,12 @@ pub struct TrainOptions {
     /// logistic regression; `auto` is 1/(training images), scikit-learn's C=1.
     #[arg(long, default_value = "auto", value_parser = values::l2)]
     pub l2: L2,
+    /// Unequal classes: `weights` weighs each class's loss by N/(K·n_k), `sampler` draws
+    /// each epoch's rows class-balanced, `auto` weighs when the largest class has 3× the
+    /// images of the smallest, `none` treats every image alike (the default: neither helped
+    /// the rare classes on average in BENCHMARKS.md §19).
+    #[arg(long, value_enum, default_value_t = BalanceArg::None)]
+    pub balance: BalanceArg,
     /// Standardise features (training-set mean/std, stored with the head) before the head.
     #[arg(long)]
     pub standardize: bool,
@@ -171,6 +186,12 @@ impl TrainOptions {
                 patience: self.patience,
             },
             l2: self.l2,
+            balance: match self.balance {
+                BalanceArg::Auto => BalanceChoice::Auto,
+                BalanceArg::None => BalanceChoice::Fixed(Balance::None),
+                BalanceArg::Weights => BalanceChoice::Fixed(Balance::Weights),
+                BalanceArg::Sampler => BalanceChoice::Fixed(Balance::Sampler),
+            },
             batch_size: self.batch_size,
             amp: self.amp,
             out: self.out.clone(),

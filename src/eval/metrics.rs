@@ -201,16 +201,42 @@ impl ClassificationReport {
         }
     }
 
+    /// The mean over classes of F1.
+    pub fn macro_f1(&self) -> f64 {
+        let n = self.per_class.len().max(1) as f64;
+        self.per_class.iter().map(|c| c.f1).sum::<f64>() / n
+    }
+
+    /// Whether the largest class has at least 3× the images of the smallest (then balanced
+    /// accuracy — the mean per-class accuracy — and macro-F1 lead the figures).
+    pub fn imbalanced(&self) -> bool {
+        let supports = self.per_class.iter().map(|c| c.support).filter(|&s| s > 0);
+        let (lo, hi) = supports.fold((usize::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+        hi > 0 && hi as f64 >= 3.0 * lo as f64
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "images: {}   accuracy: {:.2}%   mean per-class accuracy: {:.2}%   loss: {:.4}",
-            self.images,
-            100.0 * self.accuracy,
-            100.0 * self.mean_class_accuracy,
-            self.loss
-        );
+        if self.imbalanced() {
+            let _ = writeln!(
+                s,
+                "images: {}   balanced accuracy: {:.2}%   macro-F1: {:.4}   accuracy: {:.2}%   loss: {:.4} (imbalanced classes)",
+                self.images,
+                100.0 * self.mean_class_accuracy,
+                self.macro_f1(),
+                100.0 * self.accuracy,
+                self.loss
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "images: {}   accuracy: {:.2}%   mean per-class accuracy: {:.2}%   loss: {:.4}",
+                self.images,
+                100.0 * self.accuracy,
+                100.0 * self.mean_class_accuracy,
+                self.loss
+            );
+        }
         let width = self
             .per_class
             .iter()
@@ -344,7 +370,7 @@ mod tests {
         assert_eq!(r.top_losses[0].path.0, PathBuf::from("2.jpg"));
         // The whole rendering, compared as text (it is stable: no paths, no timings).
         let expected = "\
-images: 4   accuracy: 75.00%   mean per-class accuracy: 83.33%   loss: 0.5108
+images: 4   balanced accuracy: 83.33%   macro-F1: 0.7333   accuracy: 75.00%   loss: 0.5108 (imbalanced classes)
 
 class  precision  recall     f1  support
 cat        1.000   0.667  0.800        3

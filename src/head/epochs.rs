@@ -89,6 +89,27 @@ pub struct EpochPlan {
     pub epoch_zero: bool,
     /// Record training images per second in the metrics.
     pub rate: bool,
+    /// Draw each epoch's rows with replacement, row i with probability ∝ `row_weights[i]`
+    /// (class-balanced sampling); None: every row once, shuffled.
+    pub row_weights: Option<Vec<f64>>,
+}
+
+/// `n` row indices drawn with replacement, row i with probability ∝ `weights[i]`.
+fn weighted_draw(weights: &[f64], rng: &mut SplitMix64) -> Vec<i64> {
+    let mut cumulative = Vec::with_capacity(weights.len());
+    let mut total = 0.0;
+    for &w in weights {
+        total += w.max(0.0);
+        cumulative.push(total);
+    }
+    (0..weights.len())
+        .map(|_| {
+            let u = rng.uniform(0.0, total);
+            cumulative
+                .partition_point(|&c| c <= u)
+                .min(weights.len() - 1) as i64
+        })
+        .collect()
 }
 
 pub struct EpochsRun {
@@ -111,7 +132,10 @@ pub fn run_epochs(runner: &mut dyn EpochRunner, plan: &EpochPlan) -> Result<Epoc
     for epoch in 1..=plan.epochs {
         let t0 = Instant::now();
         let lr = learning_rate(plan.schedule, plan.lr, epoch, plan.epochs);
-        rng.shuffle(&mut order);
+        match &plan.row_weights {
+            Some(w) => order = weighted_draw(w, &mut rng),
+            None => rng.shuffle(&mut order),
+        }
         let (train_loss, train_accuracy) = runner.train(epoch, &order, lr)?;
         let train_seconds = t0.elapsed().as_secs_f64();
         let val = runner.validate()?;
@@ -229,6 +253,33 @@ impl EarlyStopping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_draws_follow_the_weights_and_never_pick_a_zero() {
+        let cases: [(&[f64], [f64; 3]); 3] = [
+            (&[1.0, 0.0, 3.0], [0.25, 0.0, 0.75]),
+            (&[1.0, 1.0, 1.0], [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]),
+            (&[0.0, 2.0, 0.0], [0.0, 1.0, 0.0]),
+        ];
+        for (weights, expected) in cases {
+            let mut rng = SplitMix64::new(7);
+            let mut counts = [0usize; 3];
+            for _ in 0..2000 {
+                for i in weighted_draw(weights, &mut rng) {
+                    counts[i as usize] += 1;
+                }
+            }
+            let total: usize = counts.iter().sum();
+            assert_eq!(total, 2000 * weights.len());
+            for (c, e) in counts.iter().zip(expected) {
+                let share = *c as f64 / total as f64;
+                assert!((share - e).abs() < 0.02, "{weights:?}: {counts:?}");
+                if e == 0.0 {
+                    assert_eq!(*c, 0, "{weights:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn learning_rate_table() {

@@ -188,6 +188,7 @@ pub fn finetune(
         shuffle_seed: cfg.seed ^ 0x5EED_F1E7,
         epoch_zero: true,
         rate: true,
+        row_weights: None,
     };
     let mut trainer = Trainer {
         opt_top: adam(&top.vs, cfg.lr)?,

@@ -12,6 +12,7 @@ pub use crate::features::rows::{CachedRows, Labelled, Rows, StreamedRows, Tensor
 pub use finetune::{finetune, FinetuneConfig, FinetuneOutcome};
 pub use model::{Head, HeadConfig};
 pub use train::{
-    train_head, EpochMetrics, Optimisation, OptimizerKind, Schedule, TrainConfig, TrainOutcome,
+    train_head, Balance, EpochMetrics, Optimisation, OptimizerKind, Schedule, TrainConfig,
+    TrainOutcome,
 };
 pub use unknown::UnknownJudge;

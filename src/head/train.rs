@@ -19,6 +19,19 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// How unequal classes are treated in training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Every training row counts the same.
+    #[default]
+    None,
+    /// The loss of a row of class k is weighted by N / (K · n_k): each class weighs the same.
+    Weights,
+    /// Each epoch draws N rows with replacement, a row of class k with probability ∝ 1/n_k.
+    Sampler,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub epochs: usize,
@@ -35,6 +48,9 @@ pub struct TrainConfig {
     /// Epochs without validation-loss improvement before stopping; 0 disables.
     pub patience: usize,
     pub seed: u64,
+    /// Unequal classes (runs made before this field: none).
+    #[serde(default)]
+    pub balance: Balance,
 }
 
 /// How the head is optimised, as the user sets it: everything but the L2 penalty and the
@@ -69,6 +85,7 @@ impl Optimisation {
             schedule: self.schedule,
             patience: self.patience,
             seed,
+            balance: Balance::None,
         }
     }
 }
@@ -172,6 +189,7 @@ fn run_epoch(
     cfg: &TrainConfig,
     train: &dyn Rows,
     order: &[i64],
+    class_weights: Option<&Tensor>,
 ) -> Result<(f64, f64)> {
     let n = order.len();
     let (mut loss_sum, mut correct) = (0.0, 0i64);
@@ -180,7 +198,7 @@ fn run_epoch(
         let logits = head.forward_t(&x, true);
         let ce = logits.cross_entropy_loss::<Tensor>(
             &y,
-            None,
+            class_weights.map(Tensor::shallow_clone),
             Reduction::Mean,
             -100,
             cfg.label_smoothing,
@@ -205,12 +223,21 @@ struct HeadEpochs<'a> {
     train: &'a dyn Rows,
     val: Option<&'a dyn Rows>,
     bar: indicatif::ProgressBar,
+    /// `Balance::Weights`: the loss weight of each class.
+    class_weights: Option<Tensor>,
 }
 
 impl EpochRunner for HeadEpochs<'_> {
     fn train(&mut self, _epoch: usize, order: &[i64], lr: f64) -> Result<(f64, f64)> {
         self.opt.set_lr(lr);
-        run_epoch(self.head, &mut self.opt, self.cfg, self.train, order)
+        run_epoch(
+            self.head,
+            &mut self.opt,
+            self.cfg,
+            self.train,
+            order,
+            self.class_weights.as_ref(),
+        )
     }
 
     fn validate(&mut self) -> Result<Option<(f64, f64)>> {
@@ -228,6 +255,70 @@ impl EpochRunner for HeadEpochs<'_> {
         self.bar.set_message(m.summary());
         self.bar.inc(1);
     }
+}
+
+/// The label of every training row.
+fn row_labels(train: &dyn Rows) -> Result<Vec<i64>> {
+    let all: Vec<i64> = (0..train.len() as i64).collect();
+    let mut out = Vec::with_capacity(all.len());
+    for chunk in all.chunks(65536) {
+        let y = train
+            .labels(chunk, Device::Cpu)
+            .ok_or_else(|| TlError::invalid("training rows without labels"))?;
+        out.extend(Vec::<i64>::try_from(&y).map_err(|e| TlError::torch("labels", e))?);
+    }
+    Ok(out)
+}
+
+/// What `balance` changes: the loss weight of each class, or each row's chance of being
+/// drawn.
+fn balancing(
+    balance: Balance,
+    train: &dyn Rows,
+    classes: usize,
+    device: Device,
+) -> Result<(Option<Tensor>, Option<Vec<f64>>)> {
+    if balance == Balance::None {
+        return Ok((None, None));
+    }
+    let labels = row_labels(train)?;
+    let mut counts = vec![0usize; classes];
+    for &y in &labels {
+        if let Some(c) = counts.get_mut(y as usize) {
+            *c += 1;
+        }
+    }
+    let weights = balanced_weights(&counts);
+    Ok(match balance {
+        Balance::Weights => (
+            Some(
+                Tensor::from_slice(&weights)
+                    .to_kind(Kind::Float)
+                    .to_device(device),
+            ),
+            None,
+        ),
+        _ => (
+            None,
+            Some(labels.iter().map(|&y| weights[y as usize]).collect()),
+        ),
+    })
+}
+
+/// N / (K · n_k) for each class present (K: classes present); 0 for absent classes.
+pub fn balanced_weights(counts: &[usize]) -> Vec<f64> {
+    let present = counts.iter().filter(|&&c| c > 0).count().max(1) as f64;
+    let n: usize = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| {
+            if c > 0 {
+                n as f64 / (present * c as f64)
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 pub fn train_head(
@@ -249,6 +340,8 @@ pub fn train_head(
         let (mean, std) = train.moments(device)?;
         head.set_moments(&mean, &std);
     }
+    let (class_weights, row_weights) =
+        balancing(cfg.balance, train, head.config.num_classes as usize, device)?;
     let plan = EpochPlan {
         stage: "head",
         epochs: cfg.epochs,
@@ -259,6 +352,7 @@ pub fn train_head(
         shuffle_seed: cfg.seed,
         epoch_zero: false,
         rate: false,
+        row_weights,
     };
     let mut runner = HeadEpochs {
         opt: build_optimizer(&head, cfg)?,
@@ -267,6 +361,7 @@ pub fn train_head(
         train,
         val,
         bar: progress::bar(cfg.epochs as u64, "train", show_progress),
+        class_weights,
     };
     let ran = run_epochs(&mut runner, &plan)?;
     runner.bar.finish_and_clear();
@@ -284,4 +379,33 @@ pub fn train_head(
         best_epoch: ran.best_epoch,
         stopped_early: ran.stopped_early,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_weights;
+
+    #[test]
+    fn balanced_weights_give_every_present_class_the_same_total() {
+        let cases: [(&[usize], &[f64]); 4] = [
+            (&[10, 10], &[1.0, 1.0]),
+            (&[30, 10], &[40.0 / 60.0, 2.0]),
+            (&[8, 2, 0], &[10.0 / 16.0, 2.5, 0.0]),
+            (&[0, 0], &[0.0, 0.0]),
+        ];
+        for (counts, expected) in cases {
+            let w = balanced_weights(counts);
+            for (a, b) in w.iter().zip(expected.iter()) {
+                assert!((a - b).abs() < 1e-12, "{counts:?}: {w:?}");
+            }
+            // n_k · w_k is the same for every class present: N / K.
+            let totals: Vec<f64> = counts
+                .iter()
+                .zip(&w)
+                .filter(|(&c, _)| c > 0)
+                .map(|(&c, &x)| c as f64 * x)
+                .collect();
+            assert!(totals.windows(2).all(|t| (t[0] - t[1]).abs() < 1e-9));
+        }
+    }
 }

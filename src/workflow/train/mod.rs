@@ -22,7 +22,7 @@ use crate::runtime::Runtime;
 use crate::util::FilePath;
 use inputs::{inputs, prepare_dataset, save_features, Inputs, Prepared};
 pub use report::{extraction_line, Timing, TrainReport};
-pub use settings::{TrainSettings, ValidationChoice, L2};
+pub use settings::{imbalance_ratio, BalanceChoice, TrainSettings, ValidationChoice, L2};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -39,7 +39,13 @@ fn fit(
         num_classes: n_classes as i64,
         standardize: s.standardize,
     };
-    let config = s.head_config(f.train_len());
+    let mut counts = vec![0usize; n_classes];
+    for &y in &f.train.y {
+        if let Some(c) = counts.get_mut(y as usize) {
+            *c += 1;
+        }
+    }
+    let config = s.head_config(f.train_len(), &counts);
     let (train, val) = (f.train_source(), f.val_source());
     let has_val = !f.val.y.is_empty();
     let outcome = head::train_head(
@@ -321,6 +327,7 @@ fn report(
         calibration: calibrated.and_then(|c| c.calibration_summary.clone()),
         unknown: calibrated.map(|c| c.unknown_summary.clone()),
         review: prepared.review.as_ref().map(|(a, _)| a.clone()),
+        balance: t.train_config.balance,
     }
 }
 

@@ -49,9 +49,19 @@ pub struct TrainReport {
     pub calibration: Option<CalibrationSummary>,
     /// How "unknown" is judged.
     pub unknown: Option<UnknownSummary>,
+    /// How unequal classes were treated in training.
+    pub balance: crate::head::Balance,
     /// What the review file changed (files excluded, relabelled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<crate::data::review::Applied>,
+}
+
+impl TrainReport {
+    /// Whether the training classes are imbalanced (largest ≥ 3× the smallest).
+    pub fn imbalanced(&self) -> bool {
+        let counts: Vec<usize> = self.classes.iter().filter_map(|c| c.train).collect();
+        super::settings::imbalance_ratio(&counts) >= super::settings::IMBALANCE_RATIO
+    }
 }
 
 impl Report for TrainReport {
@@ -72,6 +82,14 @@ impl Report for TrainReport {
 
     fn render_text(&self) -> String {
         let val = match &self.validation {
+            Some(r) if self.imbalanced() => format!(
+                ", val balanced accuracy {:.2}%, macro-F1 {:.4} (accuracy {:.2}%) on {} images; classes imbalanced, --balance {}",
+                100.0 * r.mean_class_accuracy,
+                r.macro_f1(),
+                100.0 * r.accuracy,
+                r.images,
+                format!("{:?}", self.balance).to_lowercase()
+            ),
             Some(r) => format!(
                 ", val accuracy {:.2}% (mean per-class {:.2}%) on {} images",
                 100.0 * r.accuracy,

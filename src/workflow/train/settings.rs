@@ -1,7 +1,7 @@
 //! `tl train`'s settings, and everything that can be checked before any image is read.
 use crate::error::{Result, TlError};
 use crate::features::CacheSettings;
-use crate::head::{self, Optimisation, TrainConfig};
+use crate::head::{self, Balance, Optimisation, TrainConfig};
 use crate::run::{self};
 use crate::util::refuse_overwrite;
 use crate::workflow::calibrate::UnknownSettings;
@@ -13,6 +13,29 @@ use std::path::PathBuf;
 pub enum L2 {
     Auto,
     Fixed(f64),
+}
+
+/// `--balance`: how unequal classes are treated; `Auto` weighs the loss when the largest
+/// class has at least [`IMBALANCE_RATIO`] times the images of the smallest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BalanceChoice {
+    Auto,
+    Fixed(Balance),
+}
+
+/// Largest / smallest class from which `--balance auto` weighs the loss (and reports lead
+/// with balanced accuracy).
+pub const IMBALANCE_RATIO: f64 = 3.0;
+
+/// Largest / smallest number of images over the classes that have any (1 for none).
+pub fn imbalance_ratio(counts: &[usize]) -> f64 {
+    let present = counts.iter().filter(|&&c| c > 0);
+    let (lo, hi) = present.fold((usize::MAX, 0), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    if hi == 0 {
+        1.0
+    } else {
+        hi as f64 / lo as f64
+    }
 }
 
 /// How the validation images are chosen when the layout does not say.
@@ -36,6 +59,7 @@ pub struct TrainSettings {
     /// How the head is optimised (its penalty is `l2`, its seed `seed`).
     pub training: Optimisation,
     pub l2: L2,
+    pub balance: BalanceChoice,
     /// Feature-extraction batch size.
     pub batch_size: usize,
     pub amp: bool,
@@ -62,7 +86,7 @@ pub struct TrainSettings {
 impl TrainSettings {
     /// Everything that can be checked before any image is read.
     pub fn validate(&self) -> Result<()> {
-        self.head_config(1).validate()?;
+        self.head_config(1, &[]).validate()?;
         crate::head::unknown::check_accept(self.unknown.accept)?;
         if let ValidationChoice::Fraction(f) = self.validation {
             if !(f > 0.0 && f < 1.0) {
@@ -135,12 +159,20 @@ impl TrainSettings {
 impl TrainSettings {
     /// The head's configuration for `training_rows` rows (every view): the automatic
     /// penalty is 1/rows, scikit-learn's C=1 on the (enlarged) training set.
-    pub fn head_config(&self, training_rows: usize) -> TrainConfig {
+    pub fn head_config(&self, training_rows: usize, class_counts: &[usize]) -> TrainConfig {
         let l2 = match self.l2 {
             L2::Auto => 1.0 / training_rows.max(1) as f64,
             L2::Fixed(v) => v,
         };
-        self.training.config(l2, self.seed)
+        let mut config = self.training.config(l2, self.seed);
+        config.balance = match self.balance {
+            BalanceChoice::Fixed(b) => b,
+            BalanceChoice::Auto if imbalance_ratio(class_counts) >= IMBALANCE_RATIO => {
+                Balance::Weights
+            }
+            BalanceChoice::Auto => Balance::None,
+        };
+        config
     }
 
     /// The fine-tuning stage's configuration (`l2` as the head's).
