@@ -57,6 +57,27 @@ pub struct TrainReport {
 }
 
 impl TrainReport {
+    /// ", val accuracy … on N images" (balanced accuracy first when the classes are unequal).
+    fn validation_line(&self) -> String {
+        match &self.validation {
+            Some(r) if self.imbalanced() => format!(
+                ", val balanced accuracy {:.2}%, macro-F1 {:.4} (accuracy {:.2}%) on {} images; classes imbalanced, --balance {}",
+                100.0 * r.mean_class_accuracy,
+                r.macro_f1(),
+                100.0 * r.accuracy,
+                r.images,
+                format!("{:?}", self.balance).to_lowercase()
+            ),
+            Some(r) => format!(
+                ", val accuracy {:.2}% (mean per-class {:.2}%) on {} images",
+                100.0 * r.accuracy,
+                100.0 * r.mean_class_accuracy,
+                r.images
+            ),
+            None => String::new(),
+        }
+    }
+
     /// Whether the training classes are imbalanced (largest ≥ 3× the smallest).
     pub fn imbalanced(&self) -> bool {
         let counts: Vec<usize> = self.classes.iter().filter_map(|c| c.train).collect();
@@ -81,23 +102,7 @@ impl Report for TrainReport {
     }
 
     fn render_text(&self) -> String {
-        let val = match &self.validation {
-            Some(r) if self.imbalanced() => format!(
-                ", val balanced accuracy {:.2}%, macro-F1 {:.4} (accuracy {:.2}%) on {} images; classes imbalanced, --balance {}",
-                100.0 * r.mean_class_accuracy,
-                r.macro_f1(),
-                100.0 * r.accuracy,
-                r.images,
-                format!("{:?}", self.balance).to_lowercase()
-            ),
-            Some(r) => format!(
-                ", val accuracy {:.2}% (mean per-class {:.2}%) on {} images",
-                100.0 * r.accuracy,
-                100.0 * r.mean_class_accuracy,
-                r.images
-            ),
-            None => String::new(),
-        };
+        let val = self.validation_line();
         let tuned = match &self.finetune {
             Some(f) => format!(
                 "fine-tuned the top {} block(s) from {}: best epoch {}/{}{}{}, {:.1} img/s\n",
