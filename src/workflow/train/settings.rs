@@ -16,7 +16,7 @@ pub enum L2 {
 }
 
 /// `--balance`: how unequal classes are treated; `Auto` weighs the loss when the largest
-/// class has at least [`IMBALANCE_RATIO`] times the images of the smallest.
+/// class has at least `IMBALANCE_RATIO` (3) times the images of the smallest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BalanceChoice {
     Auto,
