@@ -42,21 +42,13 @@ case "$section" in
         scripts/setup.sh
         export_real_and_random
         exec "$PY" "$HERE/core.py" "$@" ;;
-    onnx)
+    onnx|int8|unknown|audit|balance)
+        # A Python script of the section's name (the ONNX Runtime one is engine.py: a file
+        # named onnx.py would shadow the onnx package for the scripts beside it).
         scripts/setup.sh >/dev/null
-        exec "$PY" "$HERE/engine.py" "$@" ;;
-    int8)
-        scripts/setup.sh >/dev/null
-        exec "$PY" "$HERE/int8.py" "$@" ;;
-    unknown)
-        scripts/setup.sh >/dev/null
-        exec "$PY" "$HERE/unknown.py" "$@" ;;
-    audit)
-        scripts/setup.sh >/dev/null
-        exec "$PY" "$HERE/audit.py" "$@" ;;
-    balance)
-        scripts/setup.sh >/dev/null
-        exec "$PY" "$HERE/balance.py" "$@" ;;
+        script=$section
+        [ "$section" = onnx ] && script=engine
+        exec "$PY" "$HERE/$script.py" "$@" ;;
     dream)
         scripts/setup.sh
         [ -f backbones/mobilenet_v2.json ] || { echo "bench dream: export MobileNetV2 first (scripts/demo.sh does)" >&2; exit 1; }

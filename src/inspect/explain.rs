@@ -31,6 +31,16 @@ pub enum Method {
     GradCam,
 }
 
+impl Method {
+    /// The method's name in text: "CAM" or "Grad-CAM".
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Cam => "CAM",
+            Method::GradCam => "Grad-CAM",
+        }
+    }
+}
+
 /// `--method`: `auto` is CAM where it is exact, Grad-CAM otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MethodChoice {

@@ -113,23 +113,11 @@ pub struct AttackReport {
     pub many: bool,
 }
 
+/// Output file names for the inputs: their stems (numbered where two share one) as PNG.
 fn output_names(inputs: &[PathBuf]) -> Vec<String> {
-    let mut seen = std::collections::HashMap::new();
-    inputs
-        .iter()
-        .map(|p| {
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_else(|| "image".into());
-            let n = seen.entry(stem.clone()).or_insert(0usize);
-            *n += 1;
-            if *n == 1 {
-                format!("{stem}.png")
-            } else {
-                format!("{stem}-{n}.png")
-            }
-        })
+    super::output_stems(inputs)
+        .into_iter()
+        .map(|stem| format!("{stem}.png"))
         .collect()
 }
 

@@ -180,3 +180,24 @@ pub(crate) fn skipped_notes(skipped: &[SkippedFile], ignored: usize) -> Vec<Stri
     }
     notes
 }
+
+/// File stems for the inputs, numbered where two share one.
+pub(crate) fn output_stems(inputs: &[PathBuf]) -> Vec<String> {
+    let mut seen = std::collections::HashMap::new();
+    inputs
+        .iter()
+        .map(|p| {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "image".into());
+            let n = seen.entry(stem.clone()).or_insert(0usize);
+            *n += 1;
+            if *n == 1 {
+                stem
+            } else {
+                format!("{stem}-{n}")
+            }
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@
 //! the header's metadata); with `--maps`, `NAME.maps.LAYER.png`.
 use super::SkippedFile;
 pub(crate) use net::loss_maps;
-use net::{load_run, map_net, Loaded, OVERLAY_ALPHA};
+use net::{load_run, map_net, Loaded};
 
 mod net;
 use crate::data::decode::decode_rgb;
@@ -18,7 +18,7 @@ use crate::data::preprocess::{resized_tensor, save_image};
 use crate::error::{Result, SkipReason, TlError};
 use crate::eval::{ClassProb, Report};
 use crate::features::backbone::BackboneSpec;
-use crate::inspect::explain::{normalised, to_crop, Method, MethodChoice};
+use crate::inspect::explain::{MapNet, Method, MethodChoice};
 use crate::inspect::heatmap::{self, CropBox};
 use crate::inspect::NetworkChoice;
 use crate::run::Run;
@@ -103,10 +103,7 @@ impl Report for ExplainReport {
                 false => s += &format!("{}  ({top})\n", im.path),
             }
             for c in &im.classes {
-                let method = match c.method {
-                    Method::Cam => "CAM",
-                    Method::GradCam => "Grad-CAM",
-                };
+                let method = c.method.label();
                 let engine = match c.engine {
                     crate::features::Engine::Onnx => " (ONNX Runtime)",
                     crate::features::Engine::Torch => "",
@@ -146,7 +143,7 @@ pub fn explain(rt: &Runtime, s: &ExplainSettings) -> Result<ExplainReport> {
         skipped: Vec::new(),
         warnings: loaded.warning.iter().cloned().collect(),
     };
-    let names = output_stems(&files);
+    let names = super::output_stems(&files);
     for (path, stem) in files.iter().zip(&names) {
         match explain_one(&loaded, s, path, stem, rt.device) {
             Ok(done) => report.images.push(done),
@@ -204,27 +201,6 @@ fn load(rt: &Runtime, s: &ExplainSettings) -> Result<Loaded> {
     }
 }
 
-/// File stems for the inputs, numbered where two share one.
-fn output_stems(inputs: &[PathBuf]) -> Vec<String> {
-    let mut seen = std::collections::HashMap::new();
-    inputs
-        .iter()
-        .map(|p| {
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_else(|| "image".into());
-            let n = seen.entry(stem.clone()).or_insert(0usize);
-            *n += 1;
-            if *n == 1 {
-                stem
-            } else {
-                format!("{stem}-{n}")
-            }
-        })
-        .collect()
-}
-
 /// A name safe in a file name: letters, digits, `-`, `_`, `.`; anything else `_`.
 fn file_safe(name: &str) -> String {
     name.chars()
@@ -271,9 +247,13 @@ fn explain_one(
         done.channels = channels;
         return Ok(done);
     }
-    for class in wanted_classes(s, &l.classes, &probs)? {
+    let classes = wanted_classes(s, &l.classes, &probs)?;
+    // One map net per image: whether the backbone is pooled is checked once.
+    let at = map_net(l, &x, s.layer.as_deref())?;
+    for class in classes {
+        let probability = probs[class] as f64;
         done.classes
-            .push(class_map(l, s, &img, &x, stem, class, probs[class] as f64)?);
+            .push(class_map(l, s, (&img, &x), &at, stem, class, probability)?);
     }
     Ok(done)
 }
@@ -306,20 +286,16 @@ fn wanted_classes(s: &ExplainSettings, classes: &[String], probs: &[f32]) -> Res
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn class_map(
     l: &Loaded,
     s: &ExplainSettings,
-    img: &image::RgbImage,
-    x: &Tensor,
+    (img, x): (&image::RgbImage, &Tensor),
+    (net, layer): &(MapNet, usize),
     stem: &str,
     class: usize,
     probability: f64,
 ) -> Result<ExplainedClass> {
-    let (net, layer) = map_net(l, x, s.layer.as_deref())?;
-    let m = net.class_map(x, class, s.method, layer)?;
-    let side = l.preprocess.crop as i64;
-    let raw = to_crop(&m.map.to_device(Device::Cpu), side);
+    let m = net.class_map(x, class, s.method, *layer)?;
     let name = l
         .classes
         .get(class)
@@ -332,7 +308,7 @@ fn class_map(
     for f in [&overlay, &map_file] {
         refuse_overwrite(f, s.force)?;
     }
-    let picture = heatmap::overlay(img, &normalised(&raw), &l.preprocess, OVERLAY_ALPHA)?;
+    let (raw, picture) = net::rendered(l, img, &m)?;
     save_image(&picture, &overlay)?;
     let crop = CropBox::of(img.width(), img.height(), &l.preprocess);
     let meta = std::collections::HashMap::from([

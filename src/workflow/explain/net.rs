@@ -9,14 +9,14 @@ use crate::features::cut::{BackboneCut, FeatureNet, TrainableTop, Unfreeze};
 use crate::features::onnx::OnnxModel;
 use crate::head::Head;
 use crate::html::HeatPair;
-use crate::inspect::explain::{normalised, to_crop, MapNet, Method, MethodChoice};
+use crate::inspect::explain::{normalised, to_crop, ClassMap, MapNet, Method, MethodChoice};
 use crate::inspect::heatmap;
 use crate::run::Run;
 use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// Opacity of the heat over the photo.
-pub(super) const OVERLAY_ALPHA: f32 = 0.45;
+const OVERLAY_ALPHA: f32 = 0.45;
 
 /// What a class map is computed from, loaded once.
 pub(super) struct Loaded {
@@ -246,7 +246,6 @@ fn heat_pair(l: &Loaded, t: &crate::eval::metrics::TopLoss, device: Device) -> R
     let img = decode_rgb(&t.path)?;
     let x = resized_tensor(&img, &l.preprocess).to_device(device);
     let (net, layer) = map_net(l, &x, None)?;
-    let side = l.preprocess.crop as i64;
     let overlay_of = |name: &str| -> Result<(image::RgbImage, Method)> {
         let class = l
             .classes
@@ -254,8 +253,7 @@ fn heat_pair(l: &Loaded, t: &crate::eval::metrics::TopLoss, device: Device) -> R
             .position(|c| c == name)
             .ok_or_else(|| TlError::invalid(format!("no class '{name}' in the run")))?;
         let m = net.class_map(&x, class, MethodChoice::Auto, layer)?;
-        let raw = to_crop(&m.map.to_device(Device::Cpu), side);
-        let picture = heatmap::overlay(&img, &normalised(&raw), &l.preprocess, OVERLAY_ALPHA)?;
+        let (_, picture) = rendered(l, &img, &m)?;
         Ok((picture, m.method))
     };
     let (true_class, method) = overlay_of(&t.true_class)?;
@@ -263,9 +261,17 @@ fn heat_pair(l: &Loaded, t: &crate::eval::metrics::TopLoss, device: Device) -> R
     Ok(HeatPair {
         true_class,
         predicted,
-        method: match method {
-            Method::Cam => "CAM".into(),
-            Method::GradCam => "Grad-CAM".into(),
-        },
+        method: method.label().into(),
     })
+}
+
+/// A class map in the crop's coordinates (raw), and laid over the photo.
+pub(super) fn rendered(
+    l: &Loaded,
+    img: &image::RgbImage,
+    m: &ClassMap,
+) -> Result<(Tensor, image::RgbImage)> {
+    let raw = to_crop(&m.map.to_device(Device::Cpu), l.preprocess.crop as i64);
+    let picture = heatmap::overlay(img, &normalised(&raw), &l.preprocess, OVERLAY_ALPHA)?;
+    Ok((raw, picture))
 }
