@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end: export MobileNetV2 with real ImageNet weights, train a
-# Cats-vs-Dogs head on frozen features, audit the photos, evaluate it, fine-tune the top blocks, predict, dream an "ideal cat", and
+# Cats-vs-Dogs head on frozen features, audit the photos, evaluate it, fine-tune the top blocks,
+# choose settings by cross-validation (tl tune), predict, dream an "ideal cat", and
 # fool the network with an imperceptible perturbation of a dog photo; then export the model
 # (TorchScript, ONNX), write the HTML report and a backbone comparison.
 # Settings: configs/demo.env (each can be overridden from the environment).
@@ -62,6 +63,9 @@ step "3. evaluate on the held-out half"
 step "3b. fine-tune the top block with the head (the frozen trunk's output is cached)"
 "$TL" train --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --out "$OUT/run-finetuned" --force --finetune -q
 "$TL" eval "$OUT/run-finetuned" "$DATA" --split val --tta flip --top-losses 3
+
+step "3c. tune: choose the settings by 5-fold cross-validation of the training half (head settings, views, fine-tuning) within a budget, then train with them"
+"$TL" tune --backbone mobilenet_v2 "$DATA" --val-split "$TL_DEMO_VAL_SPLIT" --seed "$TL_DEMO_SEED" --budget "$TL_DEMO_TUNE_BUDGET" --out "$OUT/run-tuned" --force
 
 CLASSES=$(ls "$DATA")
 FIRST_CLASS=$(echo "$CLASSES" | sed -n 1p)

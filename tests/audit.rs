@@ -3,7 +3,7 @@
 //! round-trips through `tl train --review` and a second audit, leaks across a run's split are
 //! flagged, and bad input fails cleanly naming the file.
 mod common;
-use common::{read_json, Tl};
+use common::{clean_dataset, flat_image, hsv, read_json, Rng, Tl};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -14,62 +14,6 @@ const NEAR: &str = "0.9999";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn hsv(h: f64, s: f64, v: f64) -> [u8; 3] {
-    let c = v * s;
-    let x = c * (1.0 - ((h / 60.0) % 2.0 - 1.0).abs());
-    let (r, g, b) = match (h / 60.0) as u32 {
-        0 => (c, x, 0.0),
-        1 => (x, c, 0.0),
-        2 => (0.0, c, x),
-        3 => (0.0, x, c),
-        4 => (x, 0.0, c),
-        _ => (c, 0.0, x),
-    };
-    let m = v - c;
-    [r, g, b].map(|t| ((t + m) * 255.0).round() as u8)
-}
-
-/// A flat colour with a little noise, of a random size.
-fn flat_image(rng: &mut Rng, rgb: [u8; 3]) -> image::RgbImage {
-    let (w, h) = (64 + (rng.next() % 96) as u32, 64 + (rng.next() % 96) as u32);
-    let mut img = image::RgbImage::new(w, h);
-    for p in img.pixels_mut() {
-        let n = (rng.next() % 25) as i32 - 12;
-        *p = image::Rgb(rgb.map(|c| (c as i32 + n).clamp(0, 255) as u8));
-    }
-    img
-}
-
-/// `red/` (hues 0, 20, 40°) and `blue/` (200, 220, 240°), 16 images each, every one its own
-/// shade (hue × saturation × value on a grid: random shades can fall too close together for
-/// the tiny network to tell apart), of a random size with random noise.
-fn clean_dataset(dir: &Path, seed: u64) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    for (class, hues) in [("red", [0.0, 20.0, 40.0]), ("blue", [200.0, 220.0, 240.0])] {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        let shades = hues
-            .iter()
-            .flat_map(|&h| [0.55, 1.0].map(move |s| (h, s)))
-            .flat_map(|(h, s)| [0.45, 0.7, 1.0].map(move |v| (h, s, v)));
-        for (i, (h, s, v)) in shades.take(16).enumerate() {
-            let img = flat_image(&mut rng, hsv(h, s, v));
-            img.save(dir.join(class).join(format!("{class}_{i}.jpg")))
-                .unwrap();
-        }
-    }
 }
 
 /// What was planted, by path.

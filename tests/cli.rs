@@ -673,6 +673,7 @@ fn imbalanced_classes_lead_with_balanced_accuracy_and_balance_is_recorded() {
         ("none", "r-none"),
         ("weights", "r-weights"),
         ("sampler", "r-sampler"),
+        ("logit", "r-logit"),
     ] {
         let run = tmp.path().join(run);
         let out = tl.ok(&[
@@ -699,6 +700,18 @@ fn imbalanced_classes_lead_with_balanced_accuracy_and_balance_is_recorded() {
             balance
         );
     }
+    // The default (auto) adjusts the logits when the classes are this unequal.
+    let run = tmp.path().join("r-auto");
+    tl.ok(&[
+        "train",
+        "--backbone",
+        tiny().to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(read_json(&run.join("report.json"))["balance"], "logit");
     let err = tl.fails(&[
         "train",
         "--backbone",

@@ -211,6 +211,105 @@ fn train() {
     });
 }
 
+/// A trial with its fold scores (losses 0.1 + the trial's index/100).
+fn scored(
+    i: usize,
+    trial: tl::workflow::tune::search::Trial,
+    scores: &[f64],
+) -> tl::workflow::tune::search::Scored {
+    tl::workflow::tune::search::Scored {
+        trial,
+        scores: scores.to_vec(),
+        losses: vec![0.1 + i as f64 / 100.0; scores.len()],
+        seconds: 0.5 * (i + 1) as f64,
+    }
+}
+
+#[test]
+fn tune() {
+    use tl::workflow::train::tuning::Tuning;
+    use tl::workflow::train::TrainReport;
+    use tl::workflow::tune::search::Trial;
+    let base = Trial::default_for(false);
+    check("tune", &|| {
+        text(&TrainReport {
+            run: p("runs/tuned"),
+            best_epoch: 12,
+            epochs_run: 22,
+            stopped_early: true,
+            train_accuracy: 0.99,
+            val_accuracy: Some(0.98),
+            validation: Some(classification()),
+            views: 4,
+            tuning: Some(Tuning {
+                folds: 3,
+                grouped_images: 2,
+                trials: vec![
+                    scored(0, base.clone(), &[0.9, 0.92, 0.91]),
+                    scored(
+                        1,
+                        Trial {
+                            hidden: 512,
+                            ..base.clone()
+                        },
+                        &[0.95],
+                    ),
+                    scored(
+                        2,
+                        Trial {
+                            lr: 0.003,
+                            ..base.clone()
+                        },
+                        &[0.93, 0.92, 0.94],
+                    ),
+                    scored(
+                        3,
+                        Trial {
+                            views: 4,
+                            lr: 0.003,
+                            ..base.clone()
+                        },
+                        &[0.94, 0.92, 0.95],
+                    ),
+                ],
+                chosen: 2,
+                budget_seconds: 600.0,
+                search_seconds: 42.0,
+                notes: vec![
+                    "--finetune 1 not tried: estimated 700 s, 400 s of the budget left".into(),
+                ],
+            }),
+            ..TrainReport::default()
+        })
+    });
+}
+
+#[test]
+fn cv() {
+    use tl::workflow::tune::{CvReport, FoldAssignment};
+    check("cv", &|| {
+        text(&CvReport {
+            data: p("data/pets"),
+            backbone: "mobilenet_v2".into(),
+            folds: 3,
+            images: 6,
+            grouped_images: 2,
+            fold_scores: vec![0.9, 0.95, 0.85],
+            fold_losses: vec![0.3, 0.2, 0.4],
+            mean: 0.9,
+            std: 0.05,
+            se: 0.0289,
+            loss: 0.3,
+            seconds: 1.25,
+            assignments: vec![FoldAssignment {
+                path: p("data/pets/a.jpg"),
+                fold: 1,
+            }],
+            warnings: vec!["3 file(s) skipped".into()],
+        })
+    });
+}
+
 #[test]
 fn eval() {
     use tl::workflow::evaluate::{

@@ -171,6 +171,28 @@ pub fn audit(
     })
 }
 
+/// Groups of byte-identical and near-duplicate rows of `x` (cosine similarity at or above
+/// `threshold` among each row's nearest neighbours), as a group id per row: folds built on
+/// them keep a photo and its resized or recompressed copy on one side.
+pub fn duplicate_groups(x: &Tensor, keys: &[String], threshold: f64) -> Result<Vec<usize>> {
+    let n = keys.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let unit = normalise(x.to_kind(Kind::Float).copy());
+    let near = neighbors::nearest(&unit, 5.min(n - 1).max(1))?;
+    let sides = vec![None; n];
+    let images = Images {
+        features: Tensor::new(),
+        labels: &[],
+        keys,
+        sides: &sides,
+        classes: &[],
+    };
+    let pairs = near_pairs(&near, &images, threshold);
+    Ok(labels::groups(n, &exact_groups(keys), &pairs))
+}
+
 /// `[n, d]` float rows filled 4,096 at a time into one tensor (allocated untouched, so
 /// pages count as they are filled): rows read one by one are never held twice over.
 pub fn matrix(n: usize, d: usize, rows: impl Iterator<Item = Vec<f32>>) -> Tensor {

@@ -15,6 +15,7 @@ mod extract;
 mod predict;
 mod report;
 mod train;
+mod tune;
 mod values;
 
 use clap::{Args, Parser, Subcommand};
@@ -99,6 +100,18 @@ pub enum Command {
         after_help = "Examples:\n  tl train --backbone mobilenet_v2 data/PetImages --val-split 0.2\n  tl train --backbone vgg16 data/oxford-pets --epochs 50 --hidden 512 --out runs/pets"
     )]
     Train(train::TrainArgs),
+    /// Choose `tl train`'s settings by cross-validation on cached features (head settings,
+    /// class balancing, views, fine-tuning) within a time budget, then train the run.
+    #[command(
+        after_help = "Examples:\n  tl tune --backbone mobilenet_v2 data/PetImages --budget 10m --out runs/tuned\n  tl tune --backbone mobilenet_v2 data/pets --folds 3 --no-finetune --views-to-try 1"
+    )]
+    Tune(tune::TuneArgs),
+    /// The K-fold cross-validated balanced accuracy of given `tl train` settings on the
+    /// training images (near-duplicates kept in one fold); nothing is written.
+    #[command(
+        after_help = "Examples:\n  tl cv --backbone mobilenet_v2 data/PetImages --folds 5\n  tl cv --backbone mobilenet_v2 data/PetImages --hidden 512 --views 4"
+    )]
+    Cv(tune::CvArgs),
     /// Find what is wrong in a dataset before training: unreadable files, exact and near
     /// duplicates, train/validation leaks, likely label errors, outliers, imbalance.
     #[command(
@@ -284,6 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Doctor(a) => emit(&tl::workflow::doctor::doctor(&rt), a.json),
         Command::Train(a) => train::run(&rt, a),
+        Command::Tune(a) => tune::run_tune(&rt, a),
+        Command::Cv(a) => tune::run_cv(&rt, a),
         Command::Audit(a) => audit::run(&rt, a),
         Command::Extract(a) => extract::run(&rt, a),
         Command::Cache(a) => cache::run(a),

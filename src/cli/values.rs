@@ -214,3 +214,68 @@ impl EngineArg {
         }
     }
 }
+
+/// A duration: `90s`, `10m`, `1h`, `1h30m` or plain seconds; in seconds, > 0.
+pub fn duration(s: &str) -> Parsed<f64> {
+    let text = s.trim();
+    if let Ok(v) = text.parse::<f64>() {
+        return if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err("must be a duration > 0 (e.g. 90s, 10m, 1h)".into())
+        };
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    for c in text.chars() {
+        match c {
+            '0'..='9' | '.' => number.push(c),
+            'h' | 'm' | 's' if !number.is_empty() => {
+                let v: f64 = number
+                    .parse()
+                    .map_err(|_| BadValue(format!("'{s}' is not a duration")))?;
+                total += v * match c {
+                    'h' => 3600.0,
+                    'm' => 60.0,
+                    _ => 1.0,
+                };
+                number.clear();
+            }
+            _ => {
+                return Err(BadValue(format!(
+                    "'{s}' is not a duration (e.g. 90s, 10m, 1h)"
+                )))
+            }
+        }
+    }
+    if !(number.is_empty() && total.is_finite() && total > 0.0) {
+        return Err(BadValue(format!(
+            "'{s}' is not a duration > 0 (e.g. 90s, 10m, 1h)"
+        )));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_table() {
+        let cases: &[(&str, Option<f64>)] = &[
+            ("90", Some(90.0)),
+            ("90s", Some(90.0)),
+            ("10m", Some(600.0)),
+            ("1h30m", Some(5400.0)),
+            ("1.5m", Some(90.0)),
+            ("0", None),
+            ("-5", None),
+            ("10x", None),
+            ("m", None),
+            ("10m5", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(duration(text).ok(), *want, "{text}");
+        }
+    }
+}

@@ -41,6 +41,46 @@ pub struct ReportPage<'a> {
     /// Heat maps of the worst-classified images, in `results.top_losses` order (None where
     /// an image could not be mapped; empty: none made).
     pub heat: Vec<Option<HeatPair>>,
+    /// More tables after the summary (e.g. `tl tune`'s trials).
+    pub tables: Vec<Table>,
+}
+
+/// A titled table of text cells; `marked` rows are shown bold.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    pub title: String,
+    /// A sentence above the table.
+    pub note: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub marked: Vec<usize>,
+}
+
+impl Table {
+    fn render(&self) -> String {
+        let mut s = format!(
+            "<h2>{}</h2>\n<p>{}</p>\n<table>\n<tr>",
+            escape(&self.title),
+            escape(&self.note)
+        );
+        for h in &self.header {
+            let _ = write!(s, "<th class=\"l\">{}</th>", escape(h));
+        }
+        s += "</tr>\n";
+        for (i, row) in self.rows.iter().enumerate() {
+            let (open, close) = if self.marked.contains(&i) {
+                ("<b>", "</b>")
+            } else {
+                ("", "")
+            };
+            s += "<tr>";
+            for cell in row {
+                let _ = write!(s, "<td class=\"l\">{open}{}{close}</td>", escape(cell));
+            }
+            s += "</tr>\n";
+        }
+        s + "</table>\n"
+    }
 }
 
 /// Where the network looked in one image: overlays for the true and the predicted class.
@@ -68,6 +108,9 @@ impl ReportPage<'_> {
         let mut body = format!("<h1>{}</h1>\n", escape(&self.title));
         body += &self.headline();
         body += &self.facts_table();
+        for t in &self.tables {
+            body += &t.render();
+        }
         body += &self.dataset();
         body += &self.curves_section()?;
         body += &self.trust_section()?;

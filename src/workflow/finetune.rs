@@ -39,7 +39,7 @@ pub struct FinetuneSummary {
 }
 
 /// What the second stage needs from the first.
-pub(super) struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub rt: &'a Runtime,
     pub cfg: FinetuneConfig,
     pub unfreeze: Unfreeze,
@@ -50,7 +50,7 @@ pub(super) struct Context<'a> {
     pub preprocess: PreprocessConfig,
 }
 
-pub(super) struct Tuned {
+pub(crate) struct Tuned {
     pub top: TrainableTop,
     pub unfreeze: Unfreeze,
     pub blocks: usize,
@@ -106,7 +106,7 @@ impl Tuned {
 }
 
 /// Train the top and the head; `head` ends with the fine-tuned weights.
-pub(super) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -> Result<Tuned> {
+pub(crate) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -> Result<Tuned> {
     let cfg = ctx.cfg.clone();
     let f = ctx.features;
     let (train_rows, val_rows): (Box<dyn Rows>, Box<dyn Rows>) = match ctx.rows {

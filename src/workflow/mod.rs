@@ -17,6 +17,7 @@ pub mod finetune;
 pub mod predict;
 pub mod report;
 pub mod train;
+pub mod tune;
 
 use crate::data::Sample;
 use crate::error::{PerImage, SkipReason};

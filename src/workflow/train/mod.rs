@@ -5,6 +5,7 @@ mod inputs;
 pub(crate) mod page;
 mod report;
 mod settings;
+pub mod tuning;
 
 pub use super::calibrate::{CalibrationSummary, UnknownSettings, UnknownSummary};
 pub use super::finetune::{FinetuneSettings, FinetuneSummary};
@@ -20,13 +21,16 @@ use crate::head::{
 use crate::run::{self, BackboneRecord, DataRecord, DatasetSplit, ExtractRecord, RunConfig};
 use crate::runtime::Runtime;
 use crate::util::FilePath;
-use inputs::{inputs, prepare_dataset, save_features, Inputs, Prepared};
+pub(crate) use inputs::{inputs, prepare_dataset, save_features, Inputs, Prepared};
 pub use report::{extraction_line, Timing, TrainReport};
-pub use settings::{imbalance_ratio, BalanceChoice, TrainSettings, ValidationChoice, L2};
+pub use settings::{
+    imbalance_ratio, BalanceChoice, TrainSettings, ValidationChoice, IMBALANCE_RATIO, L2,
+};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-fn fit(
+/// The head on `f`'s training rows, early-stopped on its validation rows.
+pub(crate) fn fit(
     s: &TrainSettings,
     rt: &Runtime,
     f: &FeatureSet,
@@ -328,6 +332,7 @@ fn report(
         unknown: calibrated.map(|c| c.unknown_summary.clone()),
         review: prepared.review.as_ref().map(|(a, _)| a.clone()),
         balance: t.train_config.balance,
+        tuning: s.tuning.clone(),
     }
 }
 

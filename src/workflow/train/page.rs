@@ -74,6 +74,7 @@ pub(crate) fn run_page(
             .map(|c| (&c.before, &c.after, c.temperature)),
         unknown: results.unknown.as_ref().map(run_histogram),
         heat,
+        tables: results.tuning.iter().map(trial_table).collect(),
     }
     .render()
 }
@@ -96,6 +97,41 @@ fn run_histogram(u: &crate::workflow::calibrate::UnknownSummary) -> (ScoreHistog
         u.calibrated_on
     );
     (histogram, sentence)
+}
+
+/// `tl tune`'s trials as a table, best mean first (the chosen one in bold).
+fn trial_table(t: &crate::workflow::train::tuning::Tuning) -> crate::html::page::Table {
+    let order = t.ranked();
+    crate::html::page::Table {
+        title: "Tuning".into(),
+        note: format!(
+            "{} trials, {}-fold cross-validation of the training images ({} kept in one fold with a near-duplicate); the chosen settings (bold) are the cheapest within one standard error of the best. {:.0} s of a {:.0} s budget.{}",
+            t.trials.len(),
+            t.folds,
+            t.grouped_images,
+            t.search_seconds,
+            t.budget_seconds,
+            t.notes.iter().map(|n| format!(" {n}.")).collect::<String>()
+        ),
+        header: ["settings", "folds", "balanced accuracy", "± std", "loss", "seconds"]
+            .map(String::from)
+            .to_vec(),
+        rows: order
+            .iter()
+            .map(|&i| {
+                let x = &t.trials[i];
+                vec![
+                    format!("{}{}", x.trial.flags(), if i == 0 { " (defaults)" } else { "" }),
+                    x.scores.len().to_string(),
+                    format!("{:.2}%", 100.0 * x.mean()),
+                    format!("{:.2}", 100.0 * x.std()),
+                    format!("{:.4}", x.mean_loss()),
+                    format!("{:.1}", x.seconds),
+                ]
+            })
+            .collect(),
+        marked: order.iter().position(|&i| i == t.chosen).into_iter().collect(),
+    }
 }
 
 fn backbone_fact(config: &RunConfig) -> String {

@@ -54,6 +54,9 @@ pub struct TrainReport {
     /// What the review file changed (files excluded, relabelled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<crate::data::review::Applied>,
+    /// How `tl tune` chose the settings (runs trained by `tl tune` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<super::tuning::Tuning>,
 }
 
 impl TrainReport {
@@ -156,8 +159,13 @@ impl Report for TrainReport {
             ),
             None => String::new(),
         };
+        let search = self
+            .tuning
+            .as_ref()
+            .map(|t| t.render_text())
+            .unwrap_or_default();
         format!(
-            "run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\n{review}{tuned}{calibrated}{unknown}time: {} total ({} features, {} head{tune_time})\n",
+            "{search}run: {}\nbest epoch {}/{}{}: train accuracy {:.2}%{val}\n{review}{tuned}{calibrated}{unknown}time: {} total ({} features, {} head{tune_time})\n",
             self.run,
             self.best_epoch,
             self.epochs_run,

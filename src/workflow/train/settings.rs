@@ -15,15 +15,16 @@ pub enum L2 {
     Fixed(f64),
 }
 
-/// `--balance`: how unequal classes are treated; `Auto` weighs the loss when the largest
-/// class has at least `IMBALANCE_RATIO` (3) times the images of the smallest.
+/// `--balance`: how unequal classes are treated; `Auto` adjusts the logits in training
+/// (`Balance::Logit`) when the largest class has at least `IMBALANCE_RATIO` (3) times the
+/// images of the smallest, and leaves the loss alone otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BalanceChoice {
     Auto,
     Fixed(Balance),
 }
 
-/// Largest / smallest class from which `--balance auto` weighs the loss (and reports lead
+/// Largest / smallest class from which `--balance auto` adjusts the logits (and reports lead
 /// with balanced accuracy).
 pub const IMBALANCE_RATIO: f64 = 3.0;
 
@@ -81,6 +82,8 @@ pub struct TrainSettings {
     pub unknown: UnknownSettings,
     /// A review file from `tl audit --review`: its decisions (exclude, relabel) applied.
     pub review: Option<PathBuf>,
+    /// Set by `tl tune`: how these settings were chosen (recorded in the report).
+    pub tuning: Option<super::tuning::Tuning>,
 }
 
 impl TrainSettings {
@@ -168,7 +171,7 @@ impl TrainSettings {
         config.balance = match self.balance {
             BalanceChoice::Fixed(b) => b,
             BalanceChoice::Auto if imbalance_ratio(class_counts) >= IMBALANCE_RATIO => {
-                Balance::Weights
+                Balance::Logit
             }
             BalanceChoice::Auto => Balance::None,
         };
@@ -176,7 +179,7 @@ impl TrainSettings {
     }
 
     /// The fine-tuning stage's configuration (`l2` as the head's).
-    pub(super) fn finetune_config(&self, f: &FinetuneSettings, l2: f64) -> head::FinetuneConfig {
+    pub(crate) fn finetune_config(&self, f: &FinetuneSettings, l2: f64) -> head::FinetuneConfig {
         head::FinetuneConfig {
             epochs: f.epochs,
             batch_size: f.batch_size,
