@@ -4,7 +4,9 @@ use super::train::TrainOptions;
 use super::{emit, values};
 use clap::Args;
 use std::path::PathBuf;
+use tl::features::Unfreeze;
 use tl::runtime::Runtime;
+use tl::workflow::train::FinetuneSettings;
 use tl::workflow::tune::{CvSettings, TuneSettings};
 
 #[derive(Args, Debug)]
@@ -55,12 +57,20 @@ pub struct CvArgs {
 }
 
 pub fn run_tune(rt: &Runtime, args: &TuneArgs) -> anyhow::Result<()> {
+    let o = &args.options;
     let settings = TuneSettings {
-        train: args.options.settings(&args.data, &args.backbone),
+        train: o.settings(&args.data, &args.backbone),
         folds: args.folds,
         budget_seconds: args.budget,
         views: args.views_to_try,
-        finetune: !args.no_finetune,
+        // The --finetune-* flags say how a fine-tuned trial fine-tunes.
+        finetune: (!args.no_finetune).then_some(FinetuneSettings {
+            unfreeze: Unfreeze::Blocks(1),
+            lr: o.finetune_lr,
+            epochs: o.finetune_epochs,
+            batch_size: o.finetune_batch_size,
+            patience: o.finetune_patience,
+        }),
         near_duplicate: args.near_duplicate,
     };
     let report = tl::workflow::tune::tune(rt, &settings)?;

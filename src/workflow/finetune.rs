@@ -23,6 +23,20 @@ pub struct FinetuneSettings {
     pub patience: usize,
 }
 
+impl Default for FinetuneSettings {
+    /// `tl train --finetune`'s defaults: the last block, the head's learning rate / 100,
+    /// 10 epochs of 32 images, patience 3.
+    fn default() -> Self {
+        FinetuneSettings {
+            unfreeze: Unfreeze::Blocks(1),
+            lr: None,
+            epochs: 10,
+            batch_size: 32,
+            patience: 3,
+        }
+    }
+}
+
 /// What the fine-tuning stage did.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FinetuneSummary {

@@ -149,8 +149,14 @@ pub(crate) fn fold_set(
 }
 
 /// `tl train`'s settings for `trial` on `rows` training rows (the penalty is a multiple of
-/// the automatic one, 1/rows).
-pub(crate) fn settings_for(base: &TrainSettings, trial: &Trial, rows: usize) -> TrainSettings {
+/// the automatic one, 1/rows; a fine-tuned trial fine-tunes the last block as `finetune`
+/// says).
+pub(crate) fn settings_for(
+    base: &TrainSettings,
+    trial: &Trial,
+    rows: usize,
+    finetune: &FinetuneSettings,
+) -> TrainSettings {
     let mut s = base.clone();
     s.l2 = L2::Fixed(trial.l2_scale / rows.max(1) as f64);
     s.training.lr = trial.lr;
@@ -160,13 +166,7 @@ pub(crate) fn settings_for(base: &TrainSettings, trial: &Trial, rows: usize) -> 
     s.views = trial.views;
     s.finetune = trial.finetune.then(|| FinetuneSettings {
         unfreeze: crate::features::Unfreeze::Blocks(1),
-        ..base.finetune.clone().unwrap_or(FinetuneSettings {
-            unfreeze: crate::features::Unfreeze::Blocks(1),
-            lr: None,
-            epochs: 10,
-            batch_size: 32,
-            patience: 3,
-        })
+        ..finetune.clone()
     });
     s
 }
@@ -181,6 +181,8 @@ pub(crate) struct TierInputs<'a> {
     pub row_image: Vec<usize>,
     pub cut: Option<&'a BackboneCut>,
     pub classes: &'a [String],
+    /// How fine-tuned trials fine-tune.
+    pub finetune: &'a FinetuneSettings,
 }
 
 /// The settings `trial` or, without one, the base settings (as `tl cv` runs them) trained
@@ -200,7 +202,7 @@ pub(crate) fn run_fold(
         )));
     }
     let s = match trial {
-        Some(trial) => settings_for(t.base, trial, fs.train_len()),
+        Some(trial) => settings_for(t.base, trial, fs.train_len(), t.finetune),
         None => t.base.clone(),
     };
     let (_, config, mut outcome) = fit(&s, t.rt, &fs, t.classes.len())?;

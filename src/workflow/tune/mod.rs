@@ -22,6 +22,7 @@ use crate::error::{Result, TlError};
 use crate::features::cut::BackboneCut;
 use crate::features::{BackboneSpec, Unfreeze};
 use crate::runtime::Runtime;
+use crate::workflow::finetune::FinetuneSettings;
 use crate::workflow::train::tuning::Tuning;
 use crate::workflow::train::{self, inputs, prepare_dataset, TrainReport, TrainSettings};
 use cv::{Folds, TierInputs};
@@ -39,10 +40,16 @@ pub struct TuneSettings {
     pub budget_seconds: f64,
     /// Views per training image to try (1: none).
     pub views: usize,
-    /// Try fine-tuning the backbone's last block.
-    pub finetune: bool,
+    /// How to fine-tune the backbone's last block when trying it (its `unfreeze` is always
+    /// the last block); None: not tried.
+    pub finetune: Option<FinetuneSettings>,
     /// Cosine similarity from which two training images share a fold.
     pub near_duplicate: f64,
+}
+
+/// How a fine-tuned trial fine-tunes (`tl train`'s defaults when not tried).
+fn finetune_how(s: &TuneSettings) -> FinetuneSettings {
+    s.finetune.clone().unwrap_or_default()
 }
 
 /// Share of the budget kept for the final run.
@@ -243,9 +250,9 @@ fn views_tier(search: &mut Search, tier: &TierInputs, ctx: &mut Extraction) -> R
 /// Tier 3: the best head settings with the backbone's last block fine-tuned.
 fn finetune_tier(search: &mut Search, tier: &TierInputs, ctx: &mut Extraction) -> Result<()> {
     let s = search.s;
-    if !s.finetune {
+    let Some(how) = &s.finetune else {
         return Ok(());
-    }
+    };
     let Some(best) = search.best(1).pop() else {
         return Ok(());
     };
@@ -265,15 +272,13 @@ fn finetune_tier(search: &mut Search, tier: &TierInputs, ctx: &mut Extraction) -
     let n = tier.inputs.features.train.y.len() as f64;
     let k = search.folds.k as f64;
     let all_images = n + tier.inputs.features.val.y.len() as f64;
-    let epochs = cv::settings_for(&s.train, &trial, 1)
-        .finetune
-        .map_or(10, |f| f.epochs) as f64;
+    let epochs = how.epochs as f64;
     let estimate = all_images * image_seconds(tier.inputs)
         + k * epochs * n * (k - 1.0) / k / ASSUMED_FINETUNE_RATE;
     if !fits(search, "--finetune 1", estimate) {
         return Ok(());
     }
-    let with = cv::settings_for(&s.train, &trial, 1);
+    let with = cv::settings_for(&s.train, &trial, 1, how);
     let extracted = ctx.inputs(&with, Some(&cut))?;
     let tier = TierInputs {
         row_image: cv::row_images(&extracted.features)?,
@@ -336,6 +341,7 @@ pub fn tune(rt: &Runtime, s: &TuneSettings) -> Result<TrainReport> {
         warnings,
     };
     let (plain, folds, imbalanced) = plain_features(&mut ctx, &s.train, s.folds, s.near_duplicate)?;
+    let how = finetune_how(s);
     let mut search = Search {
         rt: &quiet,
         s,
@@ -353,6 +359,7 @@ pub fn tune(rt: &Runtime, s: &TuneSettings) -> Result<TrainReport> {
         row_image: cv::row_images(&plain.features)?,
         cut: None,
         classes: &prepared.dataset.classes,
+        finetune: &how,
     };
     head_tier(&mut search, &tier, imbalanced)?;
     views_tier(&mut search, &tier, &mut ctx)?;
@@ -367,7 +374,7 @@ pub fn tune(rt: &Runtime, s: &TuneSettings) -> Result<TrainReport> {
     let images = plain.features.train.y.len();
     drop(tier);
     drop(plain);
-    let mut settings = cv::settings_for(&s.train, &trial, images * trial.views);
+    let mut settings = cv::settings_for(&s.train, &trial, images * trial.views, &how);
     settings.tuning = Some(Tuning {
         folds: s.folds,
         grouped_images: search.folds.grouped_images,
@@ -439,6 +446,8 @@ pub fn cross_validate(rt: &Runtime, s: &CvSettings) -> Result<CvReport> {
         progress: false,
         ..rt.clone()
     };
+    // `tl cv` runs the base settings as they are (their own fine-tuning, if any).
+    let how = s.train.finetune.clone().unwrap_or_default();
     let tier = TierInputs {
         rt: &quiet,
         base: &s.train,
@@ -447,6 +456,7 @@ pub fn cross_validate(rt: &Runtime, s: &CvSettings) -> Result<CvReport> {
         row_image: cv::row_images(&used.features)?,
         cut: cut.as_ref(),
         classes: &prepared.dataset.classes,
+        finetune: &how,
     };
     let mut scored = Scored::new(Trial::default_for(false));
     for fold in 0..folds.k {
