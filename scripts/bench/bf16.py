@@ -1,6 +1,7 @@
 """Groundwork for issue #28: MobileNetV2 (the shared real weights) traced and frozen as the
 export does (channels-last), once in fp32 and once in bf16, on libtorch; and the eager model under
-CPU autocast (bf16 where PyTorch deems it safe). Backbone-only speed
+CPU autocast (bf16 where PyTorch deems it safe); and OpenVINO on the ONNX export when
+`openvino` is installed (the section installs it), default settings and f32. Backbone-only speed
 (batch 32, contenders alternated, medians), the features' cosine on the 1,300 cats_dogs photos
 (PIL decode + torchvision's eval transform), and a linear probe (scikit-learn logistic
 regression, C=1, on standardised features; 50/50 stratified split, seed 0) on each.
@@ -30,12 +31,38 @@ def cpu_flags() -> str:
     return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags)
 
 
+def openvino_contenders(onnx: Path, threads: int) -> dict:
+    """OpenVINO on the export's ONNX file, with its default settings (LATENCY: bf16 where the
+    CPU has it) and forced to f32; none when openvino or the file is missing."""
+    try:
+        import openvino as ov
+    except ImportError:
+        print("openvino not installed: its contenders skipped")
+        return {}
+    if not onnx.is_file():
+        print(f"{onnx} not found (scripts/demo.sh exports it): OpenVINO skipped")
+        return {}
+    core = ov.Core()
+    out = {}
+    for name, extra in (("openvino", {}), ("openvino-f32", {"INFERENCE_PRECISION_HINT": "f32"})):
+        model = core.read_model(str(onnx))
+        model.reshape([-1, 3, 224, 224])
+        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                      "INFERENCE_NUM_THREADS": threads, **extra})
+        print(f"OpenVINO {ov.__version__} {name}: inference precision "
+              f"{compiled.get_property('INFERENCE_PRECISION_HINT')}")
+        out[name] = (lambda c: lambda t: torch.from_numpy(
+            next(iter(c(t.contiguous().numpy()).values())).copy()))(compiled)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default=str(ROOT.parent / "shared/models/mobilenet_v2-imagenet.safetensors"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/cats_dogs"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--onnx", default=str(ROOT / "backbones/mobilenet_v2.features.onnx"))
     args = ap.parse_args()
     if not Path(args.weights).is_file() or not Path(args.data).is_dir():
         print("bench bf16: the shared weights or photos are not present, skipped")
@@ -57,6 +84,7 @@ def main() -> int:
 
     run = {"fp32": lambda t: fp32(t), "bf16": lambda t: bf16(t.to(torch.bfloat16)).float(),
            "autocast": autocast}
+    run.update(openvino_contenders(Path(args.onnx), args.threads))
     times = {k: [] for k in run}
     with torch.no_grad():
         for f in run.values():
@@ -67,9 +95,9 @@ def main() -> int:
                 f(x)
                 times[k].append(time.perf_counter() - t)
     rate = {k: 32 / float(np.median(v)) for k, v in times.items()}
-    print(f"backbone only, batch 32, median of {args.rounds} alternated rounds: fp32 (traced) "
-          f"{rate['fp32']:.1f} img/s, bf16 (traced) {rate['bf16']:.1f} ({rate['bf16'] / rate['fp32']:.2f}x), "
-          f"autocast bf16 (eager) {rate['autocast']:.1f} ({rate['autocast'] / rate['fp32']:.2f}x)")
+    print(f"backbone only, batch 32, median of {args.rounds} alternated rounds (x: against libtorch fp32):")
+    for k, r in rate.items():
+        print(f"  {k:<13} {r:6.1f} img/s  {r / rate['fp32']:.2f}x")
 
     tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                              transforms.Normalize(eb.IMAGENET_MEAN, eb.IMAGENET_STD)])
@@ -84,7 +112,7 @@ def main() -> int:
             for k, f in run.items():
                 feats[k].append(f(batch))
     a = torch.cat(feats["fp32"])
-    for k in ("bf16", "autocast"):
+    for k in [k for k in run if k != "fp32"]:
         cos = torch.nn.functional.cosine_similarity(a, torch.cat(feats[k]))
         print(f"features of {len(files)} photos, {k} against fp32: cosine min {cos.min():.5f}, "
               f"mean {cos.mean():.5f}, below 0.998: {int((cos < 0.998).sum())}")

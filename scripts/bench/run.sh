@@ -44,13 +44,17 @@ case "$section" in
         scripts/setup.sh
         export_real_and_random
         exec "$PY" "$HERE/core.py" "$@" ;;
-    onnx|int8|unknown|audit|balance|tune|bf16)
+    onnx|int8|unknown|audit|balance|tune)
         # A Python script of the section's name (the ONNX Runtime one is engine.py: a file
         # named onnx.py would shadow the onnx package for the scripts beside it).
         scripts/setup.sh >/dev/null
         script=$section
         [ "$section" = onnx ] && script=engine
         exec "$PY" "$HERE/$script.py" "$@" ;;
+    bf16)
+        scripts/setup.sh >/dev/null
+        "$PY" -c 'import openvino' 2>/dev/null || .venv/bin/pip install --quiet openvino==2026.4.1
+        exec "$PY" "$HERE/bf16.py" "$@" ;;
     dream)
         scripts/setup.sh
         [ -f backbones/mobilenet_v2.json ] || { echo "bench dream: export MobileNetV2 first (scripts/demo.sh does)" >&2; exit 1; }
