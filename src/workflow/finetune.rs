@@ -62,6 +62,8 @@ pub(crate) struct Context<'a> {
     /// Cached trunk outputs; None with `--finetune all`.
     pub rows: Option<&'a FeatureSet>,
     pub preprocess: PreprocessConfig,
+    /// Say what is being fine-tuned (not for each fold of a cross-validation).
+    pub announce: bool,
 }
 
 pub(crate) struct Tuned {
@@ -152,10 +154,12 @@ pub(crate) fn stage_two(ctx: &Context, mut top: TrainableTop, head: &mut Head) -
         rows: val_rows.as_ref(),
         y: &f.val_y,
     };
-    crate::progress::say(&format!(
-        "fine-tuning the top {} block(s) of {} (from {}), learning rate {}",
-        ctx.split.cut.blocks, ctx.split.total_blocks, ctx.split.cut.first_block, cfg.lr
-    ));
+    if ctx.announce {
+        crate::progress::say(&format!(
+            "fine-tuning the top {} block(s) of {} (from {}), learning rate {}",
+            ctx.split.cut.blocks, ctx.split.total_blocks, ctx.split.cut.first_block, cfg.lr
+        ));
+    }
     let t0 = Instant::now();
     let outcome = head::finetune(
         &mut top,

@@ -238,6 +238,7 @@ fn fit_and_tune(
             features: f,
             rows: inputs.rows.as_ref(),
             preprocess: spec.preprocess(),
+            announce: true,
         };
         let t = super::finetune::stage_two(&ctx, top, &mut outcome.head)?;
         let head_only = head_only_report.as_ref().map(|r| r.accuracy);

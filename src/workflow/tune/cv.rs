@@ -217,6 +217,7 @@ pub(crate) fn run_fold(
                 features: &fs,
                 rows: Some(&rows),
                 preprocess: t.spec.preprocess(),
+                announce: false,
             };
             let tuned = stage_two(&ctx, cut.load_top(t.rt.device)?, &mut outcome.head)?;
             let val = TensorRows {

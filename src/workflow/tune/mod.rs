@@ -232,6 +232,8 @@ fn views_tier(search: &mut Search, tier: &TierInputs, ctx: &mut Extraction) -> R
         inputs: &extracted,
         ..*tier
     };
+    let t = Instant::now();
+    let n = finalists.len();
     for trial in finalists {
         let trial = Trial {
             views: s.views,
@@ -241,9 +243,15 @@ fn views_tier(search: &mut Search, tier: &TierInputs, ctx: &mut Extraction) -> R
             search
                 .notes
                 .push("the budget ran out during the --views trials".into());
-            break;
+            return Ok(());
         }
     }
+    crate::progress::say(&format!(
+        "tune: {n} head settings with --views {} on {} folds ({:.1} s)",
+        s.views,
+        search.folds.k,
+        t.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -286,7 +294,14 @@ fn finetune_tier(search: &mut Search, tier: &TierInputs, ctx: &mut Extraction) -
         cut: Some(&cut),
         ..*tier
     };
-    if !search.add_and_run(&tier, trial)? {
+    let t = Instant::now();
+    if search.add_and_run(&tier, trial)? {
+        crate::progress::say(&format!(
+            "tune: the best head settings with --finetune 1 on {} folds ({:.1} s)",
+            search.folds.k,
+            t.elapsed().as_secs_f64()
+        ));
+    } else {
         search
             .notes
             .push("the budget ran out during the --finetune 1 trial".into());
