@@ -62,6 +62,15 @@ fn cv(tl: &Tl, data: &Path, seed: &str) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// `class/file` of an image path.
+fn short(p: &Path) -> String {
+    format!(
+        "{}/{}",
+        p.parent().unwrap().file_name().unwrap().to_string_lossy(),
+        p.file_name().unwrap().to_string_lossy()
+    )
+}
+
 fn folds_by_name(r: &Value) -> BTreeMap<String, u64> {
     r["assignments"]
         .as_array()
@@ -69,12 +78,7 @@ fn folds_by_name(r: &Value) -> BTreeMap<String, u64> {
         .iter()
         .map(|a| {
             let p = PathBuf::from(a["path"].as_str().unwrap());
-            let name = format!(
-                "{}/{}",
-                p.parent().unwrap().file_name().unwrap().to_string_lossy(),
-                p.file_name().unwrap().to_string_lossy()
-            );
-            (name, a["fold"].as_u64().unwrap())
+            (short(&p), a["fold"].as_u64().unwrap())
         })
         .collect()
 }
@@ -101,14 +105,7 @@ fn cv_puts_every_training_image_in_one_fold_and_keeps_copies_together() {
     assert_eq!(folds.keys().cloned().collect::<BTreeSet<_>>(), expected);
     assert_eq!(r["images"], 34);
     for (a, b) in &planted {
-        let name = |p: &Path| {
-            format!(
-                "{}/{}",
-                p.parent().unwrap().file_name().unwrap().to_string_lossy(),
-                p.file_name().unwrap().to_string_lossy()
-            )
-        };
-        assert_eq!(folds[&name(a)], folds[&name(b)], "{a:?} and {b:?} split");
+        assert_eq!(folds[&short(a)], folds[&short(b)], "{a:?} and {b:?} split");
     }
     assert_eq!(
         r["grouped_images"], 4,

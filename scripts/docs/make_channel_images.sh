@@ -2,14 +2,8 @@
 # Regenerates docs/channels.png (one channel at five depths of MobileNetV2) and
 # docs/dreams_batch.png (`--batch 3` of one class, kept apart by the diversity term); see
 # docs/README.md.
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-scripts/setup.sh >/dev/null
-TL=target/release/tl
-PY=.venv/bin/python
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+# shellcheck source=scripts/docs/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 caps=()
 for lc in features.3:5 features.6:12 features.10:7 features.13:40 features.16:100; do
     layer=${lc%%:*}; channel=${lc##*:}

@@ -2,14 +2,8 @@
 # Regenerates docs/explain.png (see docs/README.md): a run's dream of a cat, where the run
 # looks in it for 'cat' and for 'dog' (tl explain), and 16 feature maps of MobileNetV2's
 # features.4 for it (tl explain --maps). Needs ../shared (the run is trained on cats_dogs).
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-scripts/setup.sh >/dev/null
-TL=target/release/tl
-PY=.venv/bin/python
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+# shellcheck source=scripts/docs/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUN=out/docs-explain-run
 [ -f "$RUN/config.json" ] || "$TL" train --backbone mobilenet_v2 ../shared/data/cats_dogs --val-split 0.5 --seed 0 --out "$RUN" -q >/dev/null
 "$TL" dream --run "$RUN" --class cat -o "$T/cat.png" -q >/dev/null

@@ -1,13 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/dreams.png and docs/attack.png (see docs/README.md).
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-scripts/setup.sh >/dev/null
-TL=target/release/tl
-PY=.venv/bin/python
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+# shellcheck source=scripts/docs/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 caps=()
 for c in tabby "Siamese cat" zebra "golden retriever" goldfish; do
     f="$T/$(echo "$c" | tr ' ' _).png"

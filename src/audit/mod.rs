@@ -144,7 +144,7 @@ pub fn audit(
     let t = std::time::Instant::now();
     let images = &images;
     let exact_groups = exact_groups(images.keys);
-    let near_pairs = near_pairs(&near, images, cfg.near_duplicate);
+    let near_pairs = near_pairs(&near, images.keys, images.sides, cfg.near_duplicate);
     let (outliers, outlier_cutoff) = outliers(&near, images.keys, cfg);
     let groups = labels::groups(n, &exact_groups, &near_pairs);
     let (probabilities, folds) = if n >= 2 * cfg.folds.min(n) && n >= 4 {
@@ -181,15 +181,7 @@ pub fn duplicate_groups(x: &Tensor, keys: &[String], threshold: f64) -> Result<V
     }
     let unit = normalise(x.to_kind(Kind::Float).copy());
     let near = neighbors::nearest(&unit, 5.min(n - 1).max(1))?;
-    let sides = vec![None; n];
-    let images = Images {
-        features: Tensor::new(),
-        labels: &[],
-        keys,
-        sides: &sides,
-        classes: &[],
-    };
-    let pairs = near_pairs(&near, &images, threshold);
+    let pairs = near_pairs(&near, keys, &vec![None; n], threshold);
     Ok(labels::groups(n, &exact_groups(keys), &pairs))
 }
 
@@ -239,7 +231,12 @@ pub fn exact_groups(keys: &[String]) -> Vec<Vec<usize>> {
 
 /// Pairs of different files at or above `threshold`, most similar first; a leaking pair
 /// is written training image first.
-fn near_pairs(near: &neighbors::Neighbors, images: &Images, threshold: f64) -> Vec<NearPair> {
+fn near_pairs(
+    near: &neighbors::Neighbors,
+    keys: &[String],
+    sides: &[Option<Side>],
+    threshold: f64,
+) -> Vec<NearPair> {
     let mut seen = std::collections::HashSet::new();
     let mut pairs = Vec::new();
     for i in 0..near.len() {
@@ -247,15 +244,15 @@ fn near_pairs(near: &neighbors::Neighbors, images: &Images, threshold: f64) -> V
             if (s as f64) < threshold {
                 break;
             }
-            if images.keys[i] == images.keys[j] || !seen.insert((i.min(j), i.max(j))) {
+            if keys[i] == keys[j] || !seen.insert((i.min(j), i.max(j))) {
                 continue;
             }
             let (a, b) = (i.min(j), i.max(j));
             let leak = matches!(
-                (images.sides[a], images.sides[b]),
+                (sides[a], sides[b]),
                 (Some(x), Some(y)) if x != y
             );
-            let (a, b) = if leak && images.sides[a] == Some(Side::Val) {
+            let (a, b) = if leak && sides[a] == Some(Side::Val) {
                 (b, a)
             } else {
                 (a, b)

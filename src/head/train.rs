@@ -35,6 +35,18 @@ pub enum Balance {
     Logit,
 }
 
+impl std::fmt::Display for Balance {
+    /// The flag value (`--balance none|weights|sampler|logit`), as serde writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balance::None => "none",
+            Balance::Weights => "weights",
+            Balance::Sampler => "sampler",
+            Balance::Logit => "logit",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub epochs: usize,

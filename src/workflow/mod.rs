@@ -71,6 +71,17 @@ impl FeatureSet {
         }
     }
 
+    /// Readable training images of each of `classes` classes (the plain view).
+    pub fn train_counts(&self, classes: usize) -> Vec<usize> {
+        let mut counts = vec![0usize; classes];
+        for &y in &self.train.y {
+            if let Some(c) = counts.get_mut(y as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
     /// Training rows (every view).
     pub fn train_len(&self) -> usize {
         match &self.streamed {

@@ -43,13 +43,7 @@ pub(crate) fn fit(
         num_classes: n_classes as i64,
         standardize: s.standardize,
     };
-    let mut counts = vec![0usize; n_classes];
-    for &y in &f.train.y {
-        if let Some(c) = counts.get_mut(y as usize) {
-            *c += 1;
-        }
-    }
-    let config = s.head_config(f.train_len(), &counts);
+    let config = s.head_config(f.train_len(), &f.train_counts(n_classes));
     let (train, val) = (f.train_source(), f.val_source());
     let has_val = !f.val.y.is_empty();
     let outcome = head::train_head(

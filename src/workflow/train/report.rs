@@ -69,7 +69,7 @@ impl TrainReport {
                 r.macro_f1(),
                 100.0 * r.accuracy,
                 r.images,
-                format!("{:?}", self.balance).to_lowercase()
+                self.balance
             ),
             Some(r) => format!(
                 ", val accuracy {:.2}% (mean per-class {:.2}%) on {} images",

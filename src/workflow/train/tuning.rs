@@ -78,7 +78,7 @@ impl Trial {
         if self.hidden > 0 {
             out.push(format!("--hidden {}", self.hidden));
         }
-        out.push(format!("--balance {}", balance_name(self.balance)));
+        out.push(format!("--balance {}", self.balance));
         if self.views > 1 {
             out.push(format!("--views {}", self.views));
         }
@@ -86,15 +86,6 @@ impl Trial {
             out.push("--finetune 1".into());
         }
         out.join(" ")
-    }
-}
-
-pub fn balance_name(b: Balance) -> &'static str {
-    match b {
-        Balance::None => "none",
-        Balance::Weights => "weights",
-        Balance::Sampler => "sampler",
-        Balance::Logit => "logit",
     }
 }
 
@@ -129,27 +120,37 @@ impl Scored {
 
     /// Sample standard deviation over the folds (0 with one fold).
     pub fn std(&self) -> f64 {
-        let n = self.scores.len();
-        if n < 2 {
-            return 0.0;
-        }
-        let m = self.mean();
-        let var = self.scores.iter().map(|s| (s - m).powi(2)).sum::<f64>() / (n - 1) as f64;
-        var.sqrt()
+        sample_std(&self.scores)
     }
 
     /// Standard error of the mean score.
     pub fn se(&self) -> f64 {
-        self.std() / (self.scores.len().max(1) as f64).sqrt()
+        standard_error(&self.scores)
     }
 }
 
-fn mean(v: &[f64]) -> f64 {
+/// The mean (NaN for none).
+pub fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         f64::NAN
     } else {
         v.iter().sum::<f64>() / v.len() as f64
     }
+}
+
+/// Sample standard deviation (0 with fewer than two values).
+pub fn sample_std(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|s| (s - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+}
+
+/// Standard error of the mean.
+pub fn standard_error(v: &[f64]) -> f64 {
+    sample_std(v) / (v.len().max(1) as f64).sqrt()
 }
 
 impl Tuning {

@@ -234,11 +234,6 @@ pub(crate) fn run_fold(
 
 /// Whether the training images' classes are imbalanced (largest ≥ 3× the smallest).
 pub(crate) fn imbalanced(f: &FeatureSet, classes: usize) -> bool {
-    let mut counts = vec![0usize; classes];
-    for &y in &f.train.y {
-        if let Some(c) = counts.get_mut(y as usize) {
-            *c += 1;
-        }
-    }
-    crate::workflow::train::imbalance_ratio(&counts) >= crate::workflow::train::IMBALANCE_RATIO
+    crate::workflow::train::imbalance_ratio(&f.train_counts(classes))
+        >= crate::workflow::train::IMBALANCE_RATIO
 }

@@ -339,16 +339,28 @@ fn plain_features(
     Ok((plain, folds, imbalanced))
 }
 
+/// The backbone and the dataset with its validation side, as `tl train` opens them, and
+/// the warnings so far.
+fn open(rt: &Runtime, s: &TrainSettings) -> Result<(BackboneSpec, train::Prepared, Vec<String>)> {
+    let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?;
+    let mut warnings = Vec::new();
+    let prepared = prepare_dataset(s, &mut warnings)?;
+    Ok((spec, prepared, warnings))
+}
+
+/// `rt` without progress bars: the heads of a cross-validation train by the dozen.
+fn quiet(rt: &Runtime) -> Runtime {
+    Runtime {
+        progress: false,
+        ..rt.clone()
+    }
+}
+
 pub fn tune(rt: &Runtime, s: &TuneSettings) -> Result<TrainReport> {
     s.validate()?;
     let started = Instant::now();
-    let quiet = Runtime {
-        progress: false,
-        ..rt.clone()
-    };
-    let spec = BackboneSpec::resolve(&s.train.backbone, &rt.backbones)?;
-    let mut warnings = Vec::new();
-    let prepared = prepare_dataset(&s.train, &mut warnings)?;
+    let quiet = quiet(rt);
+    let (spec, prepared, warnings) = open(rt, &s.train)?;
     let mut ctx = Extraction {
         rt,
         spec: &spec,
@@ -427,9 +439,7 @@ pub fn cross_validate(rt: &Runtime, s: &CvSettings) -> Result<CvReport> {
         ));
     }
     let started = Instant::now();
-    let spec = BackboneSpec::resolve(&s.train.backbone, &rt.backbones)?;
-    let mut warnings = Vec::new();
-    let prepared = prepare_dataset(&s.train, &mut warnings)?;
+    let (spec, prepared, warnings) = open(rt, &s.train)?;
     let mut ctx = Extraction {
         rt,
         spec: &spec,
@@ -457,10 +467,7 @@ pub fn cross_validate(rt: &Runtime, s: &CvSettings) -> Result<CvReport> {
         None
     };
     let used = full.as_ref().unwrap_or(&plain);
-    let quiet = Runtime {
-        progress: false,
-        ..rt.clone()
-    };
+    let quiet = quiet(rt);
     // `tl cv` runs the base settings as they are (their own fine-tuning, if any).
     let how = s.train.finetune.clone().unwrap_or_default();
     let tier = TierInputs {
@@ -473,17 +480,15 @@ pub fn cross_validate(rt: &Runtime, s: &CvSettings) -> Result<CvReport> {
         classes: &prepared.dataset.classes,
         finetune: &how,
     };
-    let mut scored = Scored::new(Trial::default_for(false));
-    for fold in 0..folds.k {
-        let (score, loss) = cv::run_fold(&tier, None, &folds, fold)?;
-        scored.scores.push(score);
-        scored.losses.push(loss);
-    }
+    let results = (0..folds.k)
+        .map(|fold| cv::run_fold(&tier, None, &folds, fold))
+        .collect::<Result<Vec<_>>>()?;
     Ok(CvReport::new(
-        (&s.train.data, &s.train.backbone),
+        &s.train.data,
+        &s.train.backbone,
         &folds,
         &plain.features,
-        scored,
+        results.into_iter().unzip(),
         started,
         ctx.warnings,
     ))

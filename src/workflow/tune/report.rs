@@ -1,7 +1,7 @@
 //! What `tl cv` prints: the K-fold estimate of the given settings.
 use crate::eval::Report;
 use crate::util::FilePath;
-use crate::workflow::train::tuning::Scored;
+use crate::workflow::train::tuning::{mean, sample_std, standard_error};
 use crate::workflow::tune::cv::Folds;
 use crate::workflow::FeatureSet;
 use serde::Serialize;
@@ -39,11 +39,13 @@ pub struct FoldAssignment {
 }
 
 impl CvReport {
+    /// The report of `fold_scores` and `fold_losses` (one of each per fold).
     pub(super) fn new(
-        (data, backbone): (&std::path::Path, &str),
+        data: &std::path::Path,
+        backbone: &str,
         folds: &Folds,
         f: &FeatureSet,
-        scored: Scored,
+        (fold_scores, fold_losses): (Vec<f64>, Vec<f64>),
         started: Instant,
         warnings: Vec<String>,
     ) -> CvReport {
@@ -53,12 +55,12 @@ impl CvReport {
             folds: folds.k,
             images: f.train.y.len(),
             grouped_images: folds.grouped_images,
-            mean: scored.mean(),
-            std: scored.std(),
-            se: scored.se(),
-            loss: scored.mean_loss(),
-            fold_scores: scored.scores,
-            fold_losses: scored.losses,
+            mean: mean(&fold_scores),
+            std: sample_std(&fold_scores),
+            se: standard_error(&fold_scores),
+            loss: mean(&fold_losses),
+            fold_scores,
+            fold_losses,
             seconds: started.elapsed().as_secs_f64(),
             assignments: f
                 .train

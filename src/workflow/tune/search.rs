@@ -1,7 +1,7 @@
 //! The search of `tl tune`, as pure logic: the grid of head settings, successive halving
 //! over folds, and the one-standard-error pick.
 use crate::head::Balance;
-pub use crate::workflow::train::tuning::{balance_name, Scored, Trial};
+pub use crate::workflow::train::tuning::{Scored, Trial};
 
 /// The head settings searched on the plain features: penalty × learning rate × label
 /// smoothing × linear or hidden (× no balancing or logit adjustment when the classes are
