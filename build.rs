@@ -20,8 +20,24 @@ fn main() {
         }
         // ONNX Runtime from the onnxruntime wheel installed beside torch (scripts/setup.sh):
         // its path is baked in like libtorch's rpath; TL_ONNXRUNTIME overrides it at run time.
-        if let Some(ort) = onnxruntime_lib(std::path::Path::new(&lib_dir)) {
+        let site_packages = std::path::Path::new(&lib_dir)
+            .parent()
+            .and_then(|p| p.parent());
+        if let Some(ort) =
+            site_packages.and_then(|s| newest(&s.join("onnxruntime/capi"), "libonnxruntime.so"))
+        {
             println!("cargo:rustc-env=TL_ONNXRUNTIME_LIB={}", ort.display());
+        }
+        // OpenVINO's C library from the openvino wheel, and Pillow's libjpeg-turbo (bundled in
+        // its wheel, which torchvision installs): found the same way; TL_OPENVINO and
+        // TL_LIBJPEG override them at run time.
+        if let Some(ov) =
+            site_packages.and_then(|s| newest(&s.join("openvino/libs"), "libopenvino_c.so"))
+        {
+            println!("cargo:rustc-env=TL_OPENVINO_LIB={}", ov.display());
+        }
+        if let Some(jpeg) = site_packages.and_then(|s| newest(&s.join("pillow.libs"), "libjpeg-")) {
+            println!("cargo:rustc-env=TL_LIBJPEG_LIB={}", jpeg.display());
         }
         // The Python of that environment (VENV/lib/pythonX.Y/site-packages/torch/lib →
         // VENV/bin/python): the default for `tl export`, which runs PyTorch's exporter.
@@ -35,21 +51,16 @@ fn main() {
     }
 }
 
-/// `site-packages/onnxruntime/capi/libonnxruntime.so.X.Y.Z` next to `site-packages/torch/lib`.
-fn onnxruntime_lib(torch_lib: &std::path::Path) -> Option<std::path::PathBuf> {
-    let capi = torch_lib
-        .parent()?
-        .parent()?
-        .join("onnxruntime")
-        .join("capi");
-    println!("cargo:rerun-if-changed={}", capi.display());
-    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&capi)
+/// The last (by name) file in `dir` whose name starts with `prefix`.
+fn newest(dir: &std::path::Path, prefix: &str) -> Option<std::path::PathBuf> {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                .is_some_and(|n| n.starts_with(prefix) && n.contains(".so"))
         })
         .collect();
     found.sort();

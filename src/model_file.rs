@@ -4,6 +4,7 @@
 use crate::data::PreprocessConfig;
 use crate::error::{Result, TlError};
 use crate::run::Run;
+use crate::runtime::DecodeMode;
 use crate::util::FilePath;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -41,17 +42,35 @@ pub struct InputContract {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub normalized_inside: bool,
+    /// How JPEGs were decoded before the resize: `draft` is Pillow's
+    /// `Image.draft('RGB', (resize, resize))` (DCT scaling of large photos), `full` every
+    /// pixel. (Absent in sidecars written before `--decode`: full.)
+    #[serde(default = "DecodeMode::before_draft")]
+    pub decode: DecodeMode,
+    /// The same in Python, as torchvision users write it: inputs equal to `tl`'s byte for
+    /// byte (Pillow's libjpeg-turbo and resampling).
+    #[serde(default)]
+    pub python: String,
 }
 
 impl InputContract {
-    pub fn new(p: &PreprocessConfig) -> InputContract {
+    pub fn new(p: &PreprocessConfig, decode: DecodeMode) -> InputContract {
         let side = p.crop as i64;
+        let draft = match decode {
+            DecodeMode::Draft => format!("im.draft('RGB', ({0}, {0})); ", p.resize),
+            DecodeMode::Full => String::new(),
+        };
         InputContract {
+            decode,
+            python: format!(
+                "im = PIL.Image.open(path); {draft}x = T.Compose([T.Resize({}), T.CenterCrop({}), T.ToTensor()])(im.convert('RGB')).unsqueeze(0)",
+                p.resize, p.crop
+            ),
             shape: [None, Some(3), Some(side), Some(side)],
             layout: "NCHW, RGB, float32 in [0, 1]".into(),
             resize: p.resize,
             crop: p.crop,
-            interpolation: "bilinear, antialiased (as torchvision's Resize on tensors)".into(),
+            interpolation: "bilinear, antialiased (Pillow's, as torchvision's Resize on PIL images)".into(),
             mean: p.mean,
             std: p.std,
             normalized_inside: true,
@@ -138,7 +157,7 @@ impl ModelSidecar {
             model_format: format,
             sha256,
             classes: run.classes.clone(),
-            input: InputContract::new(&run.config.preprocess),
+            input: InputContract::new(&run.config.preprocess, run.config.extract.decode),
             output: "[N, classes] float32 softmax probabilities, in the order of `classes`".into(),
             source: ExportSource {
                 run: FilePath(run.dir.clone()),

@@ -12,11 +12,27 @@ use tch::Device;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineChoice {
-    /// ONNX Runtime on the CPU when it loads and the backbone has an ONNX export; else libtorch.
+    /// On the CPU, for a backbone with an ONNX export: OpenVINO when the precision is bf16
+    /// (see [`PrecisionChoice`]) and it loads, else ONNX Runtime when it loads; else libtorch.
     #[default]
     Auto,
     Torch,
     Onnx,
+    #[serde(rename = "openvino")]
+    OpenVino,
+}
+
+/// The precision of frozen feature extraction (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    /// bf16 on a CPU with native bf16 (avx512_bf16 or AMX) where OpenVINO runs the backbone;
+    /// fp32 otherwise (and on CUDA).
+    #[default]
+    Auto,
+    Fp32,
+    /// OpenVINO in bf16 on the CPU; autocast on CUDA.
+    Bf16,
 }
 
 /// Settings for the parts of the library that run without a [`Runtime`] at hand (the
@@ -34,6 +50,40 @@ pub struct ProcessSettings {
     pub cache_segment_seconds: Option<u64>,
     /// The ONNX Runtime library (None: the one `tl` was built with).
     pub onnxruntime: Option<PathBuf>,
+    /// The OpenVINO C library, `libopenvino_c.so` (None: the one `tl` was built with).
+    pub openvino: Option<PathBuf>,
+    /// The libjpeg(-turbo) library JPEGs are decoded with (None: Pillow's, found when `tl`
+    /// was built).
+    pub libjpeg: Option<PathBuf>,
+    /// How large JPEGs are decoded (`--decode`).
+    pub decode: DecodeMode,
+}
+
+/// How JPEGs are decoded before the resize (`--decode`, `TL_DECODE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// Every pixel, as `Image.open(f).convert('RGB')`.
+    Full,
+    /// Scaled by 1/2, 1/4 or 1/8 in the DCT while the image stays at least the resize on
+    /// both sides, as Pillow's `Image.draft('RGB', (resize, resize))`: 5-10x less work on
+    /// phone photos; images under twice the resize are decoded in full either way.
+    #[default]
+    Draft,
+}
+
+impl DecodeMode {
+    /// What files written before `--decode` existed used.
+    pub fn before_draft() -> DecodeMode {
+        DecodeMode::Full
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DecodeMode::Full => "full",
+            DecodeMode::Draft => "draft",
+        }
+    }
 }
 
 static PROCESS: std::sync::OnceLock<ProcessSettings> = std::sync::OnceLock::new();
@@ -52,6 +102,7 @@ pub fn process_settings() -> &'static ProcessSettings {
 pub struct RuntimeSettings {
     pub device: DeviceChoice,
     pub engine: EngineChoice,
+    pub precision: PrecisionChoice,
     /// CPU threads for libtorch and decoding (None: all cores).
     pub threads: Option<usize>,
     /// Decoder threads (None: half the threads on CPU, all of them with CUDA).
@@ -71,6 +122,7 @@ pub struct RuntimeSettings {
 pub struct Runtime {
     pub device: Device,
     pub engine: EngineChoice,
+    pub precision: PrecisionChoice,
     pub threads: usize,
     pub decode_threads: usize,
     /// Decoder threads beside ONNX Runtime, whose idle threads sleep instead of spinning:
@@ -114,6 +166,7 @@ impl Runtime {
         Ok(Runtime {
             device,
             engine: s.engine,
+            precision: s.precision,
             threads,
             decode_threads: s.decode_threads.unwrap_or(default_decoders).max(1),
             onnx_decode_threads: s.decode_threads.unwrap_or(threads).max(1),
@@ -136,6 +189,7 @@ impl Runtime {
         Runtime::new(&RuntimeSettings {
             device: DeviceChoice::Cpu,
             engine: EngineChoice::Auto,
+            precision: PrecisionChoice::Auto,
             threads: None,
             decode_threads: None,
             backbones: BackboneStore::folder(backbones),

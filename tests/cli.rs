@@ -71,11 +71,14 @@ fn bench_measures_the_backbone_and_matmul() {
         "--matmul-size",
         "0",
     ]);
-    assert!(
-        text.starts_with("tiny: ")
-            && text.contains(" img/s on ready tensors (batch 32, 1 threads, cpu, ONNX Runtime)"),
-        "{text}"
-    );
+    // `auto`: OpenVINO in bf16 where the CPU has native bf16, else ONNX Runtime in fp32.
+    let engine = if tl::features::openvino::cpu_has_native_bf16() {
+        "OpenVINO bf16"
+    } else {
+        "ONNX Runtime"
+    };
+    let want = format!(" img/s on ready tensors (batch 32, 1 threads, cpu, {engine})");
+    assert!(text.starts_with("tiny: ") && text.contains(&want), "{text}");
     assert!(!text.contains("matmul"), "--matmul-size 0 skips it: {text}");
     let err = tl.fails(&["bench", "--backbone", "nonexistent"]);
     assert!(err.contains("backbone 'nonexistent' not found"), "{err}");

@@ -32,6 +32,8 @@ fn predictions(tl: &Tl, network: &Path, images: &Path) -> Vec<(String, f64)> {
         images.to_str().unwrap(),
         "--json",
         "-q",
+        "--precision", // as the exported file computes
+        "fp32",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["predictions"]

@@ -11,7 +11,7 @@ use tl::error::SkipReason;
 use tl::eval::calibration::{Calibration, ReliabilityBin};
 use tl::eval::metrics::{ClassMetrics, ConfusedPair, TopLoss};
 use tl::eval::{ClassCount, ClassProb, ClassificationReport, Report};
-use tl::features::{Engine, ExtractStats};
+use tl::features::{Engine, ExtractStats, Precision};
 use tl::inspect::attack::AttackOutcome;
 use tl::inspect::dream::{DreamConfig, Objective, Parametrization};
 use tl::util::FilePath;
@@ -65,7 +65,8 @@ fn text<R: Report>(r: &R) -> String {
 
 fn stats(computed: usize, cached: usize, failed: usize) -> ExtractStats {
     ExtractStats {
-        engine: Engine::Onnx,
+        engine: Engine::OpenVino,
+        precision: Precision::Bf16,
         images: computed + cached + failed,
         cached,
         computed,
@@ -749,6 +750,7 @@ fn export_report_compare_bench() {
         text(&BenchReport {
             backbone: "resnet50".into(),
             engine: Engine::Torch,
+            precision: Precision::Fp32,
             device: "cpu".into(),
             threads: 2,
             batch_size: 32,
@@ -774,6 +776,9 @@ fn doctor() {
             cudnn: None,
             libtorch_cuda_loaded: false,
             onnxruntime: Err(Unavailable("no ONNX Runtime library known".into())),
+            openvino: Ok("2026.4.1 (/work/.venv/lib/python3.11/site-packages/openvino/libs/libopenvino_c.so.2641)".into()),
+            native_bf16: true,
+            jpeg_decoder: "libjpeg-turbo from /work/.venv/lib/python3.11/site-packages/pillow.libs/libjpeg-6dc8d115.so.62.4.0 (decode draft)".into(),
             engine: "torch (ONNX Runtime not available)".into(),
             default_device: "cpu".into(),
             threads: 2,

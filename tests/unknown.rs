@@ -328,7 +328,8 @@ fn exported_models_answer_as_the_run() {
     ];
     let mut args = vec!["predict".to_string(), String::new()];
     args.extend(images.iter().map(|p| s(p).to_string()));
-    args.push("--json".into());
+    // fp32, as the exported file computes (tl's own bf16 extraction is a speed setting).
+    args.extend(["--json".into(), "--precision".into(), "fp32".into()]);
     let mut answers = |network: &Path| {
         args[1] = s(network).to_string();
         let v: serde_json::Value = serde_json::from_str(&tl.ok(&args)).unwrap();

@@ -19,6 +19,9 @@
 #   balance       --balance on pets with 5 breeds cut to 2 training photos (§19)
 #   tune          tl tune against the defaults on held-out photos (§20; ~10 min)
 #   bf16          libtorch bf16 against fp32, MobileNetV2: speed, features, probe (§21)
+#   cpu           bf16/OpenVINO engine and Pillow-exact, DCT-scaled JPEG decoding against
+#                 Python pipelines: backbone, cold extraction, 4000x3000 photos, accuracy
+#                 (§22; ~15 min; ARGS: --rounds N, parts)
 #   dream-attack  dreams and attacks with MobileNetV2 (§14; ~3 min)
 #   dream         do dreams transfer to EfficientNet-Lite0? (§15, §16)
 #   compare       export, reports and compare (§17)
@@ -31,7 +34,7 @@ cd "$ROOT"
 HERE=scripts/bench
 PY=.venv/bin/python
 section="${1:-}"
-[ -n "$section" ] || { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$section" ] || { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 export_real_and_random() {
     [ -f backbones/mobilenet_v2.json ] || "$PY" scripts/export_backbones.py mobilenet_v2 --weights ../shared/models/mobilenet_v2-imagenet.safetensors
@@ -44,7 +47,7 @@ case "$section" in
         scripts/setup.sh
         export_real_and_random
         exec "$PY" "$HERE/core.py" "$@" ;;
-    onnx|int8|unknown|audit|balance|tune)
+    onnx|int8|unknown|audit|balance|tune|cpu)
         # A Python script of the section's name (the ONNX Runtime one is engine.py: a file
         # named onnx.py would shadow the onnx package for the scripts beside it).
         scripts/setup.sh >/dev/null

@@ -73,7 +73,9 @@ def parity(tiny_features: Path, rng: np.random.Generator) -> None:
     files = []
     gen = OUT / "parity_images"
     gen.mkdir(exist_ok=True)
-    sizes = [(500, 375), (375, 500), (333, 333), (640, 427), (257, 1000), (120, 80), (1024, 768)]
+    # The last two are drafted by 2 and by 4 under --decode draft.
+    sizes = [(500, 375), (375, 500), (333, 333), (640, 427), (257, 1000), (120, 80), (1024, 768),
+             (2100, 1600)]
     for i, (w, h) in enumerate(sizes):
         path = gen / f"gen{i}.jpg"
         smooth_image(rng, w, h).save(path, "JPEG", quality=92)
@@ -87,12 +89,20 @@ def parity(tiny_features: Path, rng: np.random.Generator) -> None:
     real = []
     if SHARED.is_dir():
         for cls in ("cat", "dog"):
-            real += sorted((SHARED / cls).iterdir())[:8]
+            real += sorted((SHARED / cls).iterdir())[:10]
     else:
         print(f"make_fixtures: {SHARED} not present: parity on generated images only (real photos skipped)")
     files += real
     transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])
     pixels = torch.stack([transform(Image.open(p).convert("RGB")) for p in files])
+
+    def drafted(path: Path) -> Image.Image:
+        """The input contract of `--decode draft` (export sidecars state it)."""
+        im = Image.open(path)
+        im.draft("RGB", (256, 256))
+        return im.convert("RGB")
+
+    pixels_draft = torch.stack([transform(drafted(p)) for p in files])
     mean = torch.tensor(export_backbones.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(export_backbones.IMAGENET_STD).view(1, 3, 1, 1)
     model = torch.jit.load(str(tiny_features))
@@ -100,7 +110,8 @@ def parity(tiny_features: Path, rng: np.random.Generator) -> None:
         features = model((pixels - mean) / std)
         probe = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(7))
         probe_out = model(probe)
-    save_file({"pixels": pixels.contiguous(), "features": features.contiguous(), "probe": probe.contiguous(),
+    save_file({"pixels": pixels.contiguous(), "pixels_draft": pixels_draft.contiguous(),
+               "features": features.contiguous(), "probe": probe.contiguous(),
                "probe_features": probe_out.contiguous()}, str(OUT / "parity.safetensors"))
     (OUT / "parity.json").write_text(json.dumps({"files": [str(p) for p in files], "real": len(real)}, indent=1))
 

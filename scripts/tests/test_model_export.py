@@ -60,20 +60,27 @@ def export_and_compare(tmp: Path, run: Path, images: list[Path]) -> dict:
     tl("export", run, "-o", onnx, "--format", "onnx")
     sidecar = json.loads(Path(f"{pt}.json").read_text())
     assert sidecar["classes"] == json.loads((run / "classes.json").read_text())
-    preds = json.loads(tl("predict", run, *images, "--json", "-q", "-k", "1",
+    # fp32: the exported file is fp32 (tl's bf16 extraction is a speed setting of tl's own).
+    preds = json.loads(tl("predict", run, *images, "--json", "-q", "-k", "1", "--precision", "fp32",
                           "--save-inputs", tmp / "inputs.safetensors"))["predictions"]
     saved = load_file(str(tmp / "inputs.safetensors"))
     x, want = saved["inputs"], saved["probabilities"]
     assert x.shape == (len(images), 3, sidecar["input"]["crop"], sidecar["input"]["crop"])
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-6
+    # What a Python user following the sidecar's input contract feeds the model: the very
+    # same tensor, JPEGs included (Pillow's libjpeg-turbo, draft and resampling).
+    x_pil = contract_inputs(images, sidecar["input"])
+    assert torch.equal(x_pil, x), f"PIL inputs differ from tl's: max {float((x_pil - x).abs().max()):.3g}"
     model = torch.jit.load(str(pt))
     with torch.no_grad():
         got_ts = split_outputs(model(x))
+        pil_diff = float((split_outputs(model(x_pil))[0] - want).abs().max())
+    assert pil_diff <= 1e-5, f"PIL + torchvision: probabilities differ from tl predict by {pil_diff:.2e}"
     session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     got_onnx = split_outputs(session.run(None, {"image": x.numpy()}))
     tl_top1 = [p["top"][0]["class"] for p in preds]
     judged = sidecar.get("unknown")
-    result = {}
+    result = {"torchscript on PIL inputs": pil_diff}
     for name, (got, scores) in [("torchscript", got_ts), ("onnx", got_onnx)]:
         diff = float((got - want).abs().max())
         assert diff <= TOL, f"{name}: probabilities differ from tl predict by {diff:.2e}"
@@ -92,6 +99,21 @@ def export_and_compare(tmp: Path, run: Path, images: list[Path]) -> dict:
     assert [p["class"] for p in again] == [p["class"] for p in preds]
     assert max(abs(a["probability"] - b["probability"]) for a, b in zip(again, preds)) <= TOL
     return result
+
+
+def contract_inputs(images: list[Path], contract: dict) -> torch.Tensor:
+    """The sidecar's input contract in PIL + torchvision (its `python` line, spelled out)."""
+    from PIL import Image
+    import torchvision.transforms as T
+    assert "im.draft" in contract["python"] if contract["decode"] == "draft" else True
+    transform = T.Compose([T.Resize(contract["resize"]), T.CenterCrop(contract["crop"]), T.ToTensor()])
+    xs = []
+    for path in images:
+        im = Image.open(path)
+        if contract["decode"] == "draft":
+            im.draft("RGB", (contract["resize"], contract["resize"]))
+        xs.append(transform(im.convert("RGB")))
+    return torch.stack(xs)
 
 
 def real_photos(tmp: Path) -> list[Path]:

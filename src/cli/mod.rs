@@ -47,10 +47,22 @@ pub struct GlobalArgs {
     /// batches) by one session fed by this many decoders.
     #[arg(long, global = true, env = "TL_DECODE_THREADS", value_parser = values::threads)]
     pub decode_threads: Option<usize>,
-    /// Engine for frozen feature extraction: auto (ONNX Runtime on the CPU when it loads and
-    /// the backbone has an ONNX export, else libtorch), torch or onnx.
+    /// Engine for frozen feature extraction: auto (on the CPU, for a backbone with an ONNX
+    /// export: OpenVINO when the precision is bf16, else ONNX Runtime; else libtorch), torch,
+    /// onnx or openvino.
     #[arg(long, global = true, env = "TL_ENGINE", value_enum, default_value_t = values::EngineArg::Auto)]
     pub engine: values::EngineArg,
+    /// Precision of frozen feature extraction: auto (bf16 on a CPU with native bf16 —
+    /// avx512_bf16 or AMX — through OpenVINO; fp32 elsewhere), fp32, or bf16 (OpenVINO on
+    /// the CPU, autocast on CUDA). bf16 and fp32 features are cached apart.
+    #[arg(long, global = true, env = "TL_PRECISION", value_enum, default_value_t = values::PrecisionArg::Auto)]
+    pub precision: values::PrecisionArg,
+    /// JPEG decoding before the resize: draft (scaled by 1/2, 1/4 or 1/8 in the DCT while
+    /// the image stays at least the resize on both sides, as Pillow's
+    /// `Image.draft('RGB', (resize, resize))`; only photos of twice the resize or more are
+    /// affected) or full.
+    #[arg(long, global = true, env = "TL_DECODE", value_enum, default_value_t = values::DecodeArg::Draft)]
+    pub decode: values::DecodeArg,
     /// Folder of exported backbones (NAME.json + TorchScript files), searched first; then
     /// ./backbones when it exists, then the per-user store ($TL_HOME/backbones, default
     /// ~/.local/share/tl/backbones), where torchvision classifiers are exported on first use.
@@ -255,6 +267,7 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
     Ok(Runtime::new(&RuntimeSettings {
         device: g.device,
         engine: g.engine.setting(),
+        precision: g.precision.setting(),
         threads: g.threads,
         decode_threads: g.decode_threads,
         backbones: BackboneStore::new(&StoreSettings {
@@ -274,7 +287,7 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
 }
 
 /// The `TL_*` variables the library's process-wide parts use, read once.
-fn process_settings() -> tl::runtime::ProcessSettings {
+fn process_settings(g: &GlobalArgs) -> tl::runtime::ProcessSettings {
     let path = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
@@ -286,13 +299,16 @@ fn process_settings() -> tl::runtime::ProcessSettings {
         cache_segment_entries: number("TL_CACHE_SEGMENT_ENTRIES").map(|n: u64| n as usize),
         cache_segment_seconds: number("TL_CACHE_SEGMENT_SECONDS"),
         onnxruntime: path("TL_ONNXRUNTIME"),
+        openvino: path("TL_OPENVINO"),
+        libjpeg: path("TL_LIBJPEG"),
+        decode: g.decode.setting(),
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     // The library's running commentary, on stderr (file and class names escaped).
     tl::progress::set_sink(|line| eprintln!("{}", tl::util::text::terminal_safe(line)));
-    tl::runtime::set_process_settings(process_settings());
+    tl::runtime::set_process_settings(process_settings(&cli.global));
     let rt = runtime(&cli.global)?;
     match &cli.command {
         Command::Doctor(a) => emit(&tl::workflow::doctor::doctor(&rt), a.json),

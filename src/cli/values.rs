@@ -203,6 +203,7 @@ pub enum EngineArg {
     Auto,
     Torch,
     Onnx,
+    Openvino,
 }
 
 impl EngineArg {
@@ -211,6 +212,39 @@ impl EngineArg {
             EngineArg::Auto => tl::runtime::EngineChoice::Auto,
             EngineArg::Torch => tl::runtime::EngineChoice::Torch,
             EngineArg::Onnx => tl::runtime::EngineChoice::Onnx,
+            EngineArg::Openvino => tl::runtime::EngineChoice::OpenVino,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub fn setting(self) -> tl::runtime::PrecisionChoice {
+        match self {
+            PrecisionArg::Auto => tl::runtime::PrecisionChoice::Auto,
+            PrecisionArg::Fp32 => tl::runtime::PrecisionChoice::Fp32,
+            PrecisionArg::Bf16 => tl::runtime::PrecisionChoice::Bf16,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodeArg {
+    Full,
+    Draft,
+}
+
+impl DecodeArg {
+    pub fn setting(self) -> tl::runtime::DecodeMode {
+        match self {
+            DecodeArg::Full => tl::runtime::DecodeMode::Full,
+            DecodeArg::Draft => tl::runtime::DecodeMode::Draft,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Image files to 8-bit RGB. Grayscale, alpha, CMYK and 16-bit images are converted (alpha
+//! Image files to 8-bit RGB (JPEGs with Pillow's libjpeg-turbo where it is found: see
+//! [`super::jpeg`]). Grayscale, alpha, CMYK and 16-bit images are converted (alpha
 //! is dropped, as Pillow's `convert('RGB')` does); truncated, empty and non-image files are
 //! errors that name the file. Decoding never panics and never allocates without bound: the
 //! decoder's memory limit refuses absurd headers, and a decoder panic on a damaged file is
@@ -15,17 +16,22 @@ pub fn caught_panics() -> usize {
     CAUGHT_PANICS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The most memory one decode may allocate (a 100-megapixel 16-bit RGBA image).
-pub const MAX_DECODE_BYTES: u64 = 800 << 20;
+pub use super::jpeg::MAX_DECODE_BYTES;
 
 /// Decode an image file's bytes (`path` only names it in errors).
 pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    decode_rgb_bytes_draft(bytes, path, None)
+}
+
+/// Decode an image file's bytes; `draft`: `Some(side)` lets a JPEG be scaled in the DCT
+/// while both sides stay at least `side` (Pillow's `Image.draft('RGB', (side, side))`).
+pub fn decode_rgb_bytes_draft(bytes: &[u8], path: &Path, draft: Option<u32>) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(TlError::decode(path, SkipReason::Empty));
     }
     // A damaged file must cost one skipped image, never the run: the image crate's decoders
     // are meant not to panic, but this keeps a bug in one of them from taking `tl` down.
-    match std::panic::catch_unwind(|| decode_inner(bytes, path)) {
+    match std::panic::catch_unwind(|| decode_inner(bytes, path, draft)) {
         Ok(result) => result,
         Err(_) => {
             CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -34,7 +40,7 @@ pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     }
 }
 
-fn decode_inner(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+fn decode_inner(bytes: &[u8], path: &Path, draft: Option<u32>) -> Result<RgbImage> {
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .with_path(path)?;
@@ -43,6 +49,13 @@ fn decode_inner(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         .ok_or_else(|| TlError::decode(path, SkipReason::NotAnImage))?;
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         return Err(TlError::decode(path, SkipReason::TruncatedJpeg));
+    }
+    // Pillow's own libjpeg-turbo when it is there; a file it refuses goes to the image
+    // crate's decoder, which decides (as before libjpeg was used).
+    if format == image::ImageFormat::Jpeg {
+        if let Some(Ok(img)) = super::jpeg::decode(bytes, draft) {
+            return Ok(img);
+        }
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);

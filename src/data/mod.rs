@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod decode;
+pub mod jpeg;
 pub mod preprocess;
 pub mod resample;
 pub mod review;

@@ -2,14 +2,16 @@
 //!
 //! The resize reproduces Pillow's antialiased bilinear filter (the one torchvision's
 //! `Resize` uses on PIL images) including its 22-bit fixed-point arithmetic and its
-//! rounding between the horizontal and vertical passes, so the only difference from
-//! torchvision's eval transform left is the JPEG decoder. Only the rows and columns that
-//! survive the centre crop are computed (the passes themselves are in [`super::resample`]).
+//! rounding between the horizontal and vertical passes; with JPEGs decoded by Pillow's own
+//! libjpeg-turbo ([`super::jpeg`]) the input equals torchvision's eval transform byte for
+//! byte. Only the rows and columns that survive the centre crop are computed (the passes
+//! themselves are in [`super::resample`]).
 //!
 //! The same coefficients, in floating point, give dense resize matrices for the
 //! differentiable path used by `tl attack` (see [`ResizeMatrices`]).
 pub use super::resample::bilinear_coeffs;
 use crate::error::{Result, TlError, TorchContext};
+use crate::runtime::DecodeMode;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -77,8 +79,16 @@ impl PreprocessConfig {
     /// A short stable identifier of everything that changes the numbers.
     pub fn fingerprint(&self) -> String {
         let text = format!(
-            "v{PREPROCESS_VERSION};resize={};crop={};mean={:?};std={:?};pil-bilinear",
-            self.resize, self.crop, self.mean, self.std
+            "v{PREPROCESS_VERSION};resize={};crop={};mean={:?};std={:?};pil-bilinear;{}{}",
+            self.resize,
+            self.crop,
+            self.mean,
+            self.std,
+            super::jpeg::fingerprint_tag(),
+            match crate::runtime::process_settings().decode {
+                DecodeMode::Full => "",
+                DecodeMode::Draft => ";draft",
+            }
         );
         crate::util::hex(&blake3::hash(text.as_bytes()).as_bytes()[..6])
     }
@@ -159,14 +169,19 @@ pub fn normalize_into(hwc: &[u8], cfg: &PreprocessConfig, out: &mut [f32]) {
     }
 }
 
-/// Decode a file's bytes and preprocess the image into `out`.
+/// Decode a file's bytes and preprocess the image into `out` (JPEGs drafted to the resize
+/// under `--decode draft`).
 pub fn load_bytes_into(
     bytes: &[u8],
     path: &Path,
     cfg: &PreprocessConfig,
     out: &mut [f32],
 ) -> Result<()> {
-    let img = super::decode::decode_rgb_bytes(bytes, path)?;
+    let draft = match crate::runtime::process_settings().decode {
+        DecodeMode::Full => None,
+        DecodeMode::Draft => Some(cfg.resize),
+    };
+    let img = super::decode::decode_rgb_bytes_draft(bytes, path, draft)?;
     preprocess_into(&img, cfg, out);
     Ok(())
 }

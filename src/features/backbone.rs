@@ -6,6 +6,7 @@
 use crate::backbone_store::BackboneStore;
 use crate::data::PreprocessConfig;
 use crate::error::{IoContext, Result, TlError, TorchContext};
+pub use crate::features::openvino::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{CModule, Device};
@@ -93,6 +94,8 @@ pub enum Engine {
     #[default]
     Torch,
     Onnx,
+    #[serde(rename = "openvino")]
+    OpenVino,
 }
 
 impl Engine {
@@ -100,6 +103,15 @@ impl Engine {
         match self {
             Engine::Torch => "libtorch",
             Engine::Onnx => "ONNX Runtime",
+            Engine::OpenVino => "OpenVINO",
+        }
+    }
+
+    /// The engine and, when it is not fp32, the precision: "OpenVINO bf16".
+    pub fn label_with(self, precision: Precision) -> String {
+        match precision {
+            Precision::Fp32 => self.label().to_string(),
+            p => format!("{} {}", self.label(), p.label()),
         }
     }
 }
@@ -161,6 +173,8 @@ pub struct BackboneSpec {
     pub output_rank: usize,
     /// Which library runs `features_path` (see [`BackboneSpec::for_engine`]).
     pub engine: Engine,
+    /// The precision it runs in (bf16: OpenVINO on the CPU, autocast on CUDA).
+    pub precision: Precision,
 }
 
 pub use crate::backbone_store::list;
@@ -241,6 +255,7 @@ impl BackboneSpec {
             features_hash: Default::default(),
             output_rank: 2,
             engine: Engine::Torch,
+            precision: Precision::Fp32,
         }
     }
 
@@ -294,6 +309,7 @@ impl BackboneSpec {
             features_hash: Default::default(),
             output_rank: 2,
             engine: Engine::Torch,
+            precision: Precision::Fp32,
         })
     }
 
@@ -333,7 +349,7 @@ impl BackboneSpec {
         }
         let expected = self.sidecar.as_ref().and_then(|s| match self.engine {
             Engine::Torch => s.features_sha256.as_deref(),
-            Engine::Onnx => s.onnx.features.as_ref().map(|f| f.sha256.as_str()),
+            Engine::Onnx | Engine::OpenVino => s.onnx.features.as_ref().map(|f| f.sha256.as_str()),
         });
         let hash = verified_hash(&self.features_path, expected, self.sidecar_path.as_deref())?;
         Ok(self.features_hash.get_or_init(|| hash).clone())

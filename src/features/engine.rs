@@ -1,65 +1,171 @@
-//! Which library runs the frozen feature extractor: libtorch (TorchScript) or ONNX Runtime
-//! (the backbone's ONNX export). Both give the same features to within float rounding
-//! (tests/engine.rs); the cache keys them apart, since a key holds the model file's sha256.
+//! Which library runs the frozen feature extractor, in which precision: libtorch
+//! (TorchScript), ONNX Runtime or OpenVINO (both on the backbone's ONNX export). The fp32
+//! engines give the same features to within float rounding (tests/engine.rs); OpenVINO in
+//! bf16 (the default on CPUs with native bf16) agrees to a cosine of about 0.998 on average
+//! (BENCHMARKS.md §22). The cache keys them apart: a key holds the model file's sha256, and
+//! bf16 features have a namespace of their own.
 use super::backbone::{BackboneSpec, Engine, LoadedModule};
 use super::onnx::{self, OnnxModel};
+use super::openvino::{self, cpu_has_native_bf16, OpenVinoModel, Precision};
 use crate::data::PreprocessConfig;
-use crate::error::{Result, TlError, TorchContext};
-use crate::runtime::EngineChoice;
-use std::path::Path;
+use crate::error::{Result, TlError, TorchContext, Unavailable};
+use crate::runtime::{EngineChoice, PrecisionChoice};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Tensor};
 
 /// The fallback from `auto` to libtorch is said once per process.
 static FALLBACK_SAID: AtomicBool = AtomicBool::new(false);
+/// So is the fallback from `--precision bf16` to fp32.
+static BF16_FALLBACK_SAID: AtomicBool = AtomicBool::new(false);
+
+fn say_once(flag: &AtomicBool, line: &str) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        crate::progress::say(line);
+    }
+}
+
+/// The `--engine` value that names `choice`.
+fn engine_flag(choice: EngineChoice) -> &'static str {
+    match choice {
+        EngineChoice::Auto => "auto",
+        EngineChoice::Torch => "torch",
+        EngineChoice::Onnx => "onnx",
+        EngineChoice::OpenVino => "openvino",
+    }
+}
 
 impl BackboneSpec {
-    /// This backbone as the chosen engine runs it: the ONNX export with `onnx`, or with
-    /// `auto` on the CPU when the backbone has one and ONNX Runtime loads; else itself.
-    pub fn for_engine(&self, choice: EngineChoice, device: Device) -> Result<BackboneSpec> {
-        let onnx_file = self
+    /// This backbone as the chosen engine runs it, in the chosen precision: the ONNX export
+    /// on OpenVINO or ONNX Runtime, or itself on libtorch. `auto` on the CPU, for a backbone
+    /// with an ONNX export: OpenVINO when the precision resolves to bf16 (a CPU with native
+    /// bf16) and it loads, else ONNX Runtime when it loads, else libtorch. A bf16 that cannot
+    /// be had is a one-line note and fp32.
+    pub fn for_engine(
+        &self,
+        choice: EngineChoice,
+        precision: PrecisionChoice,
+        device: Device,
+    ) -> Result<BackboneSpec> {
+        if device != Device::Cpu {
+            return match choice {
+                EngineChoice::Onnx | EngineChoice::OpenVino => Err(TlError::invalid(format!(
+                    "--engine {} runs on the CPU; use --engine torch (or auto) with CUDA",
+                    engine_flag(choice)
+                ))),
+                _ => Ok(self.on(
+                    Engine::Torch,
+                    self.features_path.clone(),
+                    match precision {
+                        PrecisionChoice::Bf16 => Precision::Bf16,
+                        _ => Precision::Fp32,
+                    },
+                )),
+            };
+        }
+        let onnx_path = self.onnx_export();
+        let bf16 = match precision {
+            PrecisionChoice::Bf16 => true,
+            PrecisionChoice::Fp32 => false,
+            PrecisionChoice::Auto => cpu_has_native_bf16(),
+        };
+        match choice {
+            EngineChoice::Torch | EngineChoice::Onnx if precision == PrecisionChoice::Bf16 => {
+                Err(TlError::invalid(format!(
+                    "--precision bf16 on the CPU runs on OpenVINO; use --engine openvino (or auto), or --precision fp32 with --engine {}",
+                    engine_flag(choice)
+                )))
+            }
+            EngineChoice::Torch => Ok(self.clone()),
+            EngineChoice::OpenVino => {
+                let path = self.usable_export(onnx_path, openvino::library().map(|_| ()))?;
+                let precision = if bf16 { Precision::Bf16 } else { Precision::Fp32 };
+                Ok(self.on(Engine::OpenVino, path, precision))
+            }
+            EngineChoice::Onnx => {
+                let path = self.usable_export(onnx_path, onnx::library().map(|_| ()))?;
+                Ok(self.on(Engine::Onnx, path, Precision::Fp32))
+            }
+            EngineChoice::Auto => self.auto_engine(onnx_path, bf16, precision),
+        }
+    }
+
+    /// `--engine auto` on the CPU: OpenVINO for bf16, else ONNX Runtime, else libtorch.
+    fn auto_engine(
+        &self,
+        onnx_path: Option<PathBuf>,
+        bf16: bool,
+        precision: PrecisionChoice,
+    ) -> Result<BackboneSpec> {
+        if bf16 {
+            let ov = openvino::library().map(|_| ());
+            match self.usable_export(onnx_path.clone(), ov) {
+                Ok(path) => return Ok(self.on(Engine::OpenVino, path, Precision::Bf16)),
+                Err(why) if precision == PrecisionChoice::Bf16 => {
+                    say_once(
+                        &BF16_FALLBACK_SAID,
+                        &format!("note: {why}; extracting in fp32"),
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        match self.usable_export(onnx_path, onnx::library().map(|_| ())) {
+            Ok(path) => Ok(self.on(Engine::Onnx, path, Precision::Fp32)),
+            Err(why) => {
+                say_once(
+                    &FALLBACK_SAID,
+                    &format!("note: {why}; extracting with libtorch"),
+                );
+                Ok(self.clone())
+            }
+        }
+    }
+
+    /// The ONNX export the sidecar lists (feature extractors only).
+    fn onnx_export(&self) -> Option<PathBuf> {
+        let file = self
             .sidecar
             .as_ref()
             .filter(|_| self.output_rank == 2)
-            .and_then(|s| s.onnx.features.as_ref());
+            .and_then(|s| s.onnx.features.as_ref())?;
         let sidecar_dir = self
             .sidecar_path
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
-        let onnx_path = onnx_file.map(|f| sidecar_dir.join(&f.file));
-        match (choice, onnx_path) {
-            (EngineChoice::Torch, _) => Ok(self.clone()),
-            (EngineChoice::Auto, None) => Ok(self.clone()),
-            (EngineChoice::Auto, Some(_)) if device != Device::Cpu => Ok(self.clone()),
-            (EngineChoice::Onnx, _) if device != Device::Cpu => Err(TlError::invalid(
-                "--engine onnx runs on the CPU; use --engine torch (or auto) with CUDA",
-            )),
-            (EngineChoice::Onnx, None) => Err(TlError::invalid(format!(
-                "backbone '{}' has no ONNX export in its sidecar; re-export it with scripts/export_backbones.py {} --force, or use --engine torch",
-                self.name, self.name
-            ))),
-            (choice, Some(path)) => {
-                let usable = if path.is_file() {
-                    onnx::library().map(|_| ()).map_err(TlError::from)
-                } else {
-                    Err(TlError::not_found(
-                        &path,
-                        "ONNX export listed in the sidecar but not found",
-                    ))
-                };
-                match usable {
-                    Ok(()) => Ok(self.as_onnx(path)),
-                    Err(why) if choice == EngineChoice::Auto => {
-                        if !FALLBACK_SAID.swap(true, Ordering::Relaxed) {
-                            crate::progress::say(&format!("note: {why}; extracting with libtorch"));
-                        }
-                        Ok(self.clone())
-                    }
-                    Err(why) => Err(why),
-                }
-            }
+        Some(sidecar_dir.join(&file.file))
+    }
+
+    /// The ONNX export, when it is there and the engine's library loads; else why not.
+    fn usable_export(
+        &self,
+        onnx_path: Option<PathBuf>,
+        library: std::result::Result<(), Unavailable>,
+    ) -> Result<PathBuf> {
+        let path = onnx_path.ok_or_else(|| TlError::invalid(format!(
+            "backbone '{}' has no ONNX export in its sidecar; re-export it with scripts/export_backbones.py {} --force, or use --engine torch",
+            self.name, self.name
+        )))?;
+        if !path.is_file() {
+            return Err(TlError::not_found(
+                &path,
+                "ONNX export listed in the sidecar but not found",
+            ));
         }
+        library?;
+        Ok(path)
+    }
+
+    fn on(&self, engine: Engine, path: PathBuf, precision: Precision) -> BackboneSpec {
+        let mut spec = if engine == Engine::Torch {
+            self.clone()
+        } else {
+            self.as_onnx(path)
+        };
+        spec.engine = engine;
+        spec.precision = precision;
+        spec
     }
 
     fn as_onnx(&self, path: std::path::PathBuf) -> BackboneSpec {
@@ -81,6 +187,12 @@ impl BackboneSpec {
                 let model = OnnxModel::load(&self.features_path, threads, alone)?;
                 Ok(FrozenModel::Onnx(model))
             }
+            Engine::OpenVino => {
+                self.verified_features_hash()?;
+                let path = &self.features_path;
+                let model = OpenVinoModel::load(path, threads, self.precision, alone)?;
+                Ok(FrozenModel::OpenVino(model))
+            }
         }
     }
 }
@@ -89,6 +201,7 @@ impl BackboneSpec {
 pub enum FrozenModel {
     Torch(LoadedModule),
     Onnx(OnnxModel),
+    OpenVino(OpenVinoModel),
 }
 
 impl FrozenModel {
@@ -96,6 +209,7 @@ impl FrozenModel {
         match self {
             FrozenModel::Torch(m) => &m.path,
             FrozenModel::Onnx(m) => &m.path,
+            FrozenModel::OpenVino(m) => &m.path,
         }
     }
 
@@ -125,14 +239,23 @@ impl FrozenModel {
             }
             FrozenModel::Onnx(m) => {
                 let (shape, values) = m.run(data, [n, 3, side, side])?;
-                if shape.len() != 2 || shape[0] != n {
-                    return Err(TlError::corrupt(
-                        &m.path,
-                        format!("model output has shape {shape:?}; expected [batch, features]"),
-                    ));
-                }
-                Ok(values)
+                features_only(&m.path, n, shape, values)
+            }
+            FrozenModel::OpenVino(m) => {
+                let (shape, values) = m.run(data, [n, 3, side, side])?;
+                features_only(&m.path, n, shape, values)
             }
         }
     }
+}
+
+/// An engine's output, refused unless it is `[n, features]`.
+fn features_only(path: &Path, n: usize, shape: Vec<usize>, values: Vec<f32>) -> Result<Vec<f32>> {
+    if shape.len() != 2 || shape[0] != n {
+        return Err(TlError::corrupt(
+            path,
+            format!("model output has shape {shape:?}; expected [batch, features]"),
+        ));
+    }
+    Ok(values)
 }

@@ -11,11 +11,12 @@ pub mod engine;
 pub mod extract;
 pub mod loose;
 pub mod onnx;
+pub mod openvino;
 pub mod pack;
 pub mod rows;
 
 pub use crate::data::View;
-pub use backbone::{BackboneSpec, Engine};
+pub use backbone::{BackboneSpec, Engine, Precision};
 pub use cache::FeatureCache;
 pub use cut::{BackboneCut, FeatureNet, TrainableTop, Unfreeze};
 pub use engine::FrozenModel;
@@ -40,11 +41,19 @@ impl CacheSettings {
             return Ok(FeatureCache::disabled());
         }
         let root = self.dir.clone().unwrap_or_else(cache::default_root);
+        // bf16 features never mix with fp32 ones: they get their own namespace.
+        let tag = match spec.precision {
+            Precision::Fp32 => view.cache_tag(),
+            Precision::Bf16 => match view.cache_tag() {
+                plain if plain.is_empty() => "bf16".to_string(),
+                tag => format!("{tag}-bf16"),
+            },
+        };
         FeatureCache::open(
             &root,
             &spec.verified_features_hash()?,
             &spec.preprocess(),
-            &view.cache_tag(),
+            &tag,
             Some(&spec.features_path),
         )
     }

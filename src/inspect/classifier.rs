@@ -10,7 +10,7 @@ use crate::features::{FeatureNet, FrozenModel};
 use crate::head::{Head, UnknownJudge};
 use crate::model_file::{ModelFormat, ModelSidecar};
 use crate::run::Run;
-use crate::runtime::Runtime;
+use crate::runtime::{process_settings, Runtime};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
@@ -165,12 +165,31 @@ impl Classifier {
         Ok(())
     }
 
-    /// A run on the runtime's engine: libtorch, or another engine for a frozen run.
+    /// A run on the runtime's engine: libtorch, or another engine for a frozen run; a
+    /// warning when JPEGs are decoded otherwise than at training (`--decode`).
     fn run_for_inference(run: &Run, rt: &Runtime) -> Result<Classifier> {
+        let mut classifier = Classifier::run_on_engine(run, rt)?;
+        let (then, now) = (run.config.extract.decode, process_settings().decode);
+        if then != now {
+            let note = format!(
+                "the run was trained with --decode {}, this uses --decode {} (large JPEGs are decoded otherwise; pass --decode {} for the training inputs)",
+                then.label(),
+                now.label(),
+                then.label()
+            );
+            classifier.warning = Some(match classifier.warning.take() {
+                Some(w) => format!("{w}; {note}"),
+                None => note,
+            });
+        }
+        Ok(classifier)
+    }
+
+    fn run_on_engine(run: &Run, rt: &Runtime) -> Result<Classifier> {
         if run.config.finetune.is_some() {
             return Classifier::from_run(run, rt.device);
         }
-        let spec = run.on_engine(run.backbone()?, rt.engine, rt.device)?;
+        let spec = run.on_engine(run.backbone()?, rt.engine, rt.precision, rt.device)?;
         if spec.engine == crate::features::Engine::Torch {
             return Classifier::from_run(run, rt.device);
         }
@@ -187,7 +206,7 @@ impl Classifier {
                 "run {} ({} on {} + head)",
                 run.dir.display(),
                 run.config.backbone.name,
-                spec.engine.label()
+                spec.engine.label_with(spec.precision)
             ),
             device: rt.device,
             warning: spec.weights_warning(),

@@ -22,6 +22,7 @@ pub struct BenchSettings {
 pub struct BenchReport {
     pub backbone: String,
     pub engine: crate::features::Engine,
+    pub precision: crate::features::Precision,
     pub device: String,
     pub threads: usize,
     pub batch_size: i64,
@@ -41,7 +42,7 @@ impl Report for BenchReport {
             self.batch_size,
             self.threads,
             self.device,
-            self.engine.label()
+            self.engine.label_with(self.precision)
         );
         if let Some(g) = self.matmul_gflops {
             s += &format!(
@@ -65,8 +66,11 @@ pub fn bench(rt: &Runtime, s: &BenchSettings) -> Result<BenchReport> {
             "the batch size and the number of batches must be at least 1",
         ));
     }
-    let spec =
-        BackboneSpec::resolve(&s.backbone, &rt.backbones)?.for_engine(rt.engine, rt.device)?;
+    let spec = BackboneSpec::resolve(&s.backbone, &rt.backbones)?.for_engine(
+        rt.engine,
+        rt.precision,
+        rt.device,
+    )?;
     let mut module = spec.load_frozen(rt.device, rt.threads, true)?;
     let cfg = spec.preprocess();
     let side = cfg.crop as i64;
@@ -74,7 +78,7 @@ pub fn bench(rt: &Runtime, s: &BenchSettings) -> Result<BenchReport> {
         .map_err(|e| TlError::torch("allocating the input batch", e))?;
     let data = Vec::<f32>::try_from(&x.view([-1]))
         .map_err(|e| TlError::torch("reading the input batch", e))?;
-    let amp = s.amp && rt.device.is_cuda();
+    let amp = (s.amp || spec.precision == crate::features::Precision::Bf16) && rt.device.is_cuda();
     let n = s.batch_size as usize;
     // As extraction runs it: host data in, features out (on CUDA, copies included).
     let mut run = |batches: usize| -> Result<()> {
@@ -96,6 +100,7 @@ pub fn bench(rt: &Runtime, s: &BenchSettings) -> Result<BenchReport> {
     Ok(BenchReport {
         backbone: spec.name.clone(),
         engine: spec.engine,
+        precision: spec.precision,
         device: crate::device::describe(rt.device),
         threads: rt.threads,
         batch_size: s.batch_size,

@@ -1,7 +1,7 @@
 //! `tl doctor`: what this installation can do — libtorch, CUDA, threads, backbones, cache.
 use crate::eval::Report;
-use crate::features::{onnx, BackboneSpec};
-use crate::runtime::{EngineChoice, Runtime};
+use crate::features::{onnx, openvino, BackboneSpec};
+use crate::runtime::{EngineChoice, PrecisionChoice, Runtime};
 use crate::util::FilePath;
 use serde::Serialize;
 
@@ -22,6 +22,12 @@ pub struct DoctorReport {
     pub libtorch_cuda_loaded: bool,
     /// ONNX Runtime: "1.32.0 (/path/libonnxruntime.so.1.32.0)", or why it is not available.
     pub onnxruntime: std::result::Result<String, crate::error::Unavailable>,
+    /// OpenVINO: "2026.4.1-… (/path/libopenvino_c.so.2641)", or why it is not available.
+    pub openvino: std::result::Result<String, crate::error::Unavailable>,
+    /// The CPU computes bf16 natively (avx512_bf16 or AMX): `--precision auto` means bf16.
+    pub native_bf16: bool,
+    /// What decodes JPEGs, and how (`--decode`).
+    pub jpeg_decoder: String,
     /// `--engine` and what it means for frozen extraction here.
     pub engine: String,
     pub default_device: String,
@@ -70,6 +76,15 @@ impl Report for DoctorReport {
             Ok(v) => format!("ONNX Runtime: {v}\n"),
             Err(why) => format!("ONNX Runtime: not available ({why})\n"),
         };
+        s += &match &self.openvino {
+            Ok(v) => format!("OpenVINO: {v}\n"),
+            Err(why) => format!("OpenVINO: not available ({why})\n"),
+        };
+        s += &format!(
+            "CPU native bf16: {}\n",
+            if self.native_bf16 { "yes" } else { "no" }
+        );
+        s += &format!("JPEG decoder: {}\n", self.jpeg_decoder);
         s += &format!("engine: {}\n", self.engine);
         s += &format!("default device: {}\n", self.default_device);
         s += &format!(
@@ -147,16 +162,33 @@ fn backbone_status(sidecar: &std::path::Path) -> String {
 
 fn engine_line(rt: &Runtime) -> String {
     let onnx_ok = onnx::library().is_ok();
-    // What runs frozen extraction, and whether ONNX Runtime may be (part of) it.
+    let openvino_ok = openvino::library().is_ok();
+    let bf16 = match rt.precision {
+        PrecisionChoice::Bf16 => true,
+        PrecisionChoice::Fp32 => false,
+        PrecisionChoice::Auto => openvino::cpu_has_native_bf16(),
+    };
+    let precision = if bf16 { "bf16" } else { "fp32" };
+    // What runs frozen extraction, and whether an engine with its own layout may be it.
     let (what, onnx) = match (rt.engine, rt.device == tch::Device::Cpu, onnx_ok) {
-        (EngineChoice::Torch, _, _) => ("libtorch", false),
-        (_, false, _) => ("libtorch (ONNX Runtime runs on the CPU only)", false),
-        (EngineChoice::Auto, true, true) => (
-            "ONNX Runtime for backbones with an ONNX export, else libtorch",
+        (EngineChoice::Torch, _, _) => ("libtorch".to_string(), false),
+        (_, false, _) => (
+            "libtorch (ONNX Runtime and OpenVINO run on the CPU only)".to_string(),
+            false,
+        ),
+        (EngineChoice::Auto, true, _) if bf16 && openvino_ok => (
+            "OpenVINO bf16 for backbones with an ONNX export, else libtorch".to_string(),
             true,
         ),
-        (EngineChoice::Auto, true, false) => ("libtorch (ONNX Runtime not available)", false),
-        (EngineChoice::Onnx, true, _) => ("ONNX Runtime", true),
+        (EngineChoice::Auto, true, true) => (
+            "ONNX Runtime for backbones with an ONNX export, else libtorch".to_string(),
+            true,
+        ),
+        (EngineChoice::Auto, true, false) => {
+            ("libtorch (ONNX Runtime not available)".to_string(), false)
+        }
+        (EngineChoice::Onnx, true, _) => ("ONNX Runtime".to_string(), true),
+        (EngineChoice::OpenVino, true, _) => (format!("OpenVINO {precision}"), true),
     };
     let choice = format!("{:?}", rt.engine).to_lowercase();
     let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
@@ -194,6 +226,9 @@ pub fn doctor(rt: &Runtime) -> DoctorReport {
             .then(|| format!("available (version {})", tch::utils::version_cudnn())),
         libtorch_cuda_loaded: maps.contains("libtorch_cuda.so"),
         onnxruntime: onnx::library().map(|l| format!("{} ({})", l.version, l.path.display())),
+        openvino: openvino::library().map(|l| format!("{} ({})", l.version, l.path.display())),
+        native_bf16: openvino::cpu_has_native_bf16(),
+        jpeg_decoder: crate::data::jpeg::describe(),
         engine: engine_line(rt),
         default_device: crate::device::describe(rt.device),
         threads: rt.threads,

@@ -71,7 +71,7 @@ impl Report for ExtractReport {
                 format!(
                     " ({:.1} img/s, {})",
                     st.images_per_second,
-                    st.engine.label()
+                    st.engine.label_with(st.precision)
                 )
             } else {
                 String::new()
@@ -151,7 +151,7 @@ pub fn extract(rt: &Runtime, s: &ExtractSettings) -> Result<ExtractReport> {
         report.files = Some(files.map(|f| f.into_owned()).collect());
         return Ok(report);
     }
-    let spec = spec.for_engine(rt.engine, rt.device)?;
+    let spec = spec.for_engine(rt.engine, rt.precision, rt.device)?;
     let cache = s.cache.open_view(&spec, View::Center)?;
     let mut opts = ExtractOptions::new(rt, &spec, s.batch_size, s.amp, View::Center);
     opts.keep_features = false;

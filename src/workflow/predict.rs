@@ -250,8 +250,10 @@ struct SavedInputs {
 
 impl SavedInputs {
     fn add(&mut self, x: &Tensor, probs: &[Vec<f32>], cfg: &crate::data::PreprocessConfig) {
-        self.inputs
-            .push(crate::data::preprocess::denormalize_tensor(x, cfg));
+        // Back on the 1/255 grid the 8-bit pixels came from, as ToTensor's `div(255)` puts
+        // them (undoing the normalisation alone leaves last-bit differences).
+        let unit = crate::data::preprocess::denormalize_tensor(x, cfg);
+        self.inputs.push((unit * 255.0).round() / 255.0);
         let flat: Vec<f32> = probs.iter().flatten().copied().collect();
         self.probabilities
             .push(Tensor::from_slice(&flat).view([probs.len() as i64, -1]));

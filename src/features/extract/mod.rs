@@ -133,6 +133,7 @@ pub fn extract(
             dim: expected_dim.unwrap_or(0),
             stats: ExtractStats {
                 engine: spec.engine,
+                precision: spec.precision,
                 workers: worker_count.unwrap_or(0),
                 images: paths.len(),
                 ..Default::default()

@@ -1,7 +1,7 @@
 //! What extraction is asked to do, and what it returns.
 use crate::data::View;
 use crate::error::PerImage;
-use crate::features::backbone::{BackboneSpec, Engine};
+use crate::features::backbone::{BackboneSpec, Engine, Precision};
 use crate::runtime::Runtime;
 use serde::Serialize;
 use tch::Device;
@@ -46,17 +46,17 @@ impl ExtractOptions {
             batch_size,
             decode_threads: match spec.engine {
                 Engine::Torch => rt.decode_threads,
-                Engine::Onnx => rt.onnx_decode_threads,
+                Engine::Onnx | Engine::OpenVino => rt.onnx_decode_threads,
             },
             device: rt.device,
             progress: rt.progress,
-            amp,
+            amp: amp || spec.precision == Precision::Bf16,
             view,
             threads: rt.threads,
             keep_features: true,
             workers: match spec.engine {
                 Engine::Torch => None,
-                Engine::Onnx => rt.onnx_workers,
+                Engine::Onnx | Engine::OpenVino => rt.onnx_workers,
             },
             decode_nice: rt.decode_nice,
             debug_timing: rt.debug_timing,
@@ -69,6 +69,8 @@ impl ExtractOptions {
 pub struct ExtractStats {
     /// The library that ran the backbone.
     pub engine: Engine,
+    /// The precision it ran in.
+    pub precision: Precision,
     pub images: usize,
     pub cached: usize,
     pub computed: usize,

@@ -233,7 +233,7 @@ fn extract(
     spec: &BackboneSpec,
     listed: &Listed,
 ) -> Result<(features::Extracted, FeatureCache)> {
-    let spec = spec.for_engine(rt.engine, rt.device)?;
+    let spec = spec.for_engine(rt.engine, rt.precision, rt.device)?;
     let cache = s.cache.open_view(&spec, View::Center)?;
     let mut opts = ExtractOptions::new(rt, &spec, s.batch_size, s.amp, View::Center);
     opts.keep_features = !s.cache.enabled || listed.samples.len() <= s.stream_above;

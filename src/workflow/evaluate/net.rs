@@ -135,7 +135,7 @@ impl EvalNet {
         let judge = run.load_judge(accept, device)?;
         let kind = match run.split_spec()? {
             None => NetKind::Frozen {
-                spec: run.on_engine(spec, rt.engine, device)?,
+                spec: run.on_engine(spec, rt.engine, rt.precision, device)?,
             },
             Some(split) => {
                 let top = run.load_top(&split, device)?;

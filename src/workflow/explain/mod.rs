@@ -105,8 +105,8 @@ impl Report for ExplainReport {
             for c in &im.classes {
                 let method = c.method.label();
                 let engine = match c.engine {
-                    crate::features::Engine::Onnx => " (ONNX Runtime)",
-                    crate::features::Engine::Torch => "",
+                    crate::features::Engine::Torch => String::new(),
+                    other => format!(" ({})", other.label()),
                 };
                 s += &format!(
                     "  {} p={:.3}: {method} at {}{engine} -> {}\n",

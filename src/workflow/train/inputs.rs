@@ -294,7 +294,7 @@ fn extract_views(
     warnings: &mut Vec<String>,
 ) -> Result<AllViews> {
     // Resolved once: the ONNX file is hashed once, however many views there are.
-    let spec = &spec.for_engine(rt.engine, rt.device)?;
+    let spec = &spec.for_engine(rt.engine, rt.precision, rt.device)?;
     let paths: Vec<PathBuf> = dataset.all().into_iter().map(|x| x.path).collect();
     let (plain, plain_cache) = extract_view(rt, s, spec, &paths, View::Center, warnings)?;
     let train_paths: Vec<PathBuf> = dataset.train.iter().map(|x| x.path.clone()).collect();

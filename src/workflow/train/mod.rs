@@ -142,6 +142,7 @@ struct RunFacts<'a> {
     cache_dir: Option<PathBuf>,
     finetune: Option<run::FinetuneRecord>,
     engine: features::Engine,
+    precision: features::Precision,
     calibrated: Option<&'a super::calibrate::Calibrated>,
 }
 
@@ -185,6 +186,8 @@ fn run_config(
             device: crate::device::describe(rt.device),
             cache_dir: facts.cache_dir.map(FilePath),
             engine: facts.engine,
+            precision: facts.precision,
+            decode: crate::runtime::process_settings().decode,
             stream: s.stream,
         },
         views: s.views,
@@ -409,6 +412,7 @@ fn config_of(
         cache_dir: inputs.views.cache_dir.clone(),
         finetune,
         engine: inputs.views.plain.stats.engine,
+        precision: inputs.views.plain.stats.precision,
         calibrated: trained.calibrated.as_ref(),
     };
     Ok(run_config(

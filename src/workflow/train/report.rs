@@ -198,7 +198,7 @@ pub fn extraction_line(ex: &Extracted) -> String {
         },
         human_duration(st.seconds),
         if st.computed > 0 {
-            format!(" ({})", st.engine.label())
+            format!(" ({})", st.engine.label_with(st.precision))
         } else {
             String::new()
         }

@@ -16,11 +16,11 @@
 //! A run is written into a hidden staging folder beside its destination and moved into
 //! place only when every file is complete: an error, a full disk or an interrupt leaves
 //! no half-written run behind.
-use crate::data::{Layout, PreprocessConfig};
+mod config;
 use crate::error::{Result, TlError};
-use crate::features::cut::{BackboneCut, FeatureNet, TrainableTop, Unfreeze};
+use crate::features::cut::{BackboneCut, FeatureNet, TrainableTop};
 use crate::features::BackboneSpec;
-use crate::head::{EpochMetrics, FinetuneConfig, Head, HeadConfig, TrainConfig, UnknownJudge};
+use crate::head::{EpochMetrics, Head, UnknownJudge};
 use crate::util::fs::{to_json_pretty, StagedDir};
 use crate::util::{write_atomic, write_json_atomic, FilePath};
 use serde::{Deserialize, Serialize};
@@ -37,132 +37,7 @@ pub const REPORT: &str = "report.json";
 pub const REPORT_HTML: &str = "report.html";
 pub const UNKNOWN: &str = "unknown.safetensors";
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BackboneRecord {
-    /// What the user passed to `--backbone`.
-    pub spec: String,
-    pub name: String,
-    pub architecture: String,
-    pub sidecar: Option<FilePath>,
-    pub features_file: FilePath,
-    pub features_sha256: String,
-    pub feature_dim: i64,
-    pub pretrained: Option<bool>,
-    /// sha256 of the backbone's ONNX export (`NAME.features.onnx`) when it has one: ONNX
-    /// Runtime computes the features with that file, so it is pinned like the `.pt`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub onnx_sha256: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DataRecord {
-    pub root: FilePath,
-    pub layout: Layout,
-    /// The fraction held out when the split was drawn by `tl` (with the run's seed).
-    pub val_split: Option<f64>,
-    pub val_dir: Option<FilePath>,
-    pub train_images: usize,
-    pub val_images: usize,
-    /// The review file whose decisions were applied (`tl train --review`), and its sha256.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub review: Option<ReviewRecord>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ReviewRecord {
-    pub file: FilePath,
-    pub sha256: String,
-    pub excluded: usize,
-    pub relabelled: usize,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ExtractRecord {
-    pub batch_size: usize,
-    pub threads: usize,
-    pub device: String,
-    pub cache_dir: Option<FilePath>,
-    /// The library that computed the features (libtorch for runs made before engines).
-    #[serde(default)]
-    pub engine: crate::features::Engine,
-    /// The head was trained on rows streamed from the cache (`--stream`).
-    #[serde(default)]
-    pub stream: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunConfig {
-    pub tl_version: String,
-    pub created_at: String,
-    pub seed: u64,
-    pub backbone: BackboneRecord,
-    pub preprocess: PreprocessConfig,
-    pub data: DataRecord,
-    pub head: HeadConfig,
-    pub train: TrainConfig,
-    pub extract: ExtractRecord,
-    /// Views per training image (`--views`; 1 = the eval transform only).
-    #[serde(default = "one")]
-    pub views: usize,
-    /// Present when the top of the backbone was fine-tuned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finetune: Option<FinetuneRecord>,
-    /// Temperature scaling fitted on the validation images (runs made before it: none, T = 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calibration: Option<CalibrationRecord>,
-    /// The judge of images unlike the training ones (runs made before it: none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unknown: Option<UnknownRecord>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CalibrationRecord {
-    /// Logits are divided by it before the softmax.
-    pub temperature: f64,
-    /// The images it was fitted on (the validation images; 0: none, T = 1).
-    pub images: usize,
-}
-
-/// How `unknown` is decided: see `head::unknown`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UnknownRecord {
-    /// `knn-cosine`: 1 − mean cosine similarity of the k nearest training features.
-    pub method: String,
-    pub k: i64,
-    /// Share of the calibration images accepted at `threshold`.
-    pub accept: f64,
-    /// Above it an image is unknown.
-    pub threshold: f64,
-    /// Training images kept as references, and of how many.
-    pub references: usize,
-    pub training_images: usize,
-    /// `validation`, or `training (leave-one-out)` for runs without validation images.
-    pub calibrated_on: String,
-    pub calibration_images: usize,
-    /// The file in the run folder.
-    pub file: String,
-}
-
-fn one() -> usize {
-    1
-}
-
-/// What was fine-tuned, from which files, and how.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FinetuneRecord {
-    pub unfreeze: Unfreeze,
-    /// Trained blocks, and the first of them (bottom-most).
-    pub blocks: usize,
-    pub first_block: String,
-    pub top_file: FilePath,
-    pub top_sha256: String,
-    pub trunk_file: Option<FilePath>,
-    pub trunk_sha256: Option<String>,
-    /// The fine-tuned parameters, in the run folder.
-    pub weights: String,
-    pub config: FinetuneConfig,
-    pub best_epoch: usize,
-}
+pub use config::*;
 
 /// One image of the recorded split: where it was and what it held.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,20 +305,19 @@ impl Run {
         &self,
         backbone: BackboneSpec,
         choice: crate::runtime::EngineChoice,
+        precision: crate::runtime::PrecisionChoice,
         device: tch::Device,
     ) -> Result<BackboneSpec> {
-        let spec = backbone.for_engine(choice, device)?;
-        if let (crate::features::Engine::Onnx, Some(then)) =
-            (spec.engine, &self.config.backbone.onnx_sha256)
-        {
+        let spec = backbone.for_engine(choice, precision, device)?;
+        let on_export = spec.engine != crate::features::Engine::Torch;
+        if let (true, Some(then)) = (on_export, &self.config.backbone.onnx_sha256) {
             let now = spec.verified_features_hash()?;
             if &now != then {
                 return Err(TlError::corrupt(
                     &spec.features_path,
                     format!(
-                        "ONNX export changed since this run was trained (sha256 {}… now, {}… at training); restore it, re-train, or use --engine torch",
-                        &now[..12.min(now.len())],
-                        &then[..12.min(then.len())]
+                        "ONNX export changed since this run was trained {}; restore it, re-train, or use --engine torch",
+                        hashes(&now, then)
                     ),
                 ));
             }
@@ -497,9 +371,8 @@ impl Run {
             return Err(TlError::corrupt(
                 &spec.features_path,
                 format!(
-                    "backbone changed since this run was trained (sha256 {}… now, {}… at training); re-train or restore the file",
-                    &hash[..12],
-                    rec.features_sha256.get(..12).unwrap_or(&rec.features_sha256)
+                    "backbone changed since this run was trained {}; re-train or restore the file",
+                    hashes(&hash, &rec.features_sha256)
                 ),
             ));
         }
@@ -518,6 +391,12 @@ impl Run {
         }
         Ok(spec)
     }
+}
+
+/// "(sha256 abc… now, def… at training)".
+fn hashes(now: &str, then: &str) -> String {
+    let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+    format!("(sha256 {}… now, {}… at training)", short(now), short(then))
 }
 
 /// `runs/<timestamp>-<backbone>`, numbered if that exists, created empty now: creating a
@@ -581,13 +460,10 @@ fn write_files<R: Serialize>(dir: &Path, c: &RunContents<R>) -> Result<()> {
         judge.save(&dir.join(UNKNOWN))?;
     }
     write_json_atomic(&dir.join(SPLIT), c.split)?;
-    let mut metrics = String::new();
-    for m in c.metrics {
-        let line = serde_json::to_string(m)
-            .map_err(|e| TlError::corrupt(dir.join(METRICS), e.to_string()))?;
-        metrics.push_str(&line);
-        metrics.push('\n');
-    }
+    let metrics: String = (c.metrics.iter())
+        .map(|m| serde_json::to_string(m).map(|line| line + "\n"))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| TlError::corrupt(dir.join(METRICS), e.to_string()))?;
     write_atomic(&dir.join(METRICS), metrics.as_bytes())?;
     let report = to_json_pretty(c.report)
         .map_err(|e| TlError::corrupt(dir.join(REPORT), format!("cannot write JSON: {e}")))?;

@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Issue #28 on this CPU (BENCHMARKS.md §22): tl's bf16/OpenVINO engine and Pillow-exact,
+DCT-scaled JPEG decoding against what a Python user would write. Contenders alternated in
+each round; medians.
+
+  backbone  the backbone alone on ready tensors (batch 32, 2 threads): `tl bench` with its
+            defaults (--engine auto --precision auto) against OpenVINO in Python with its
+            defaults (PERFORMANCE_HINT=LATENCY; bf16 where the CPU has it) and ONNX Runtime,
+            on the same ONNX file; MobileNetV2 (real weights) and ResNet50 (random weights:
+            speed only)
+  extract   cold extraction of the 1,300 cats_dogs photos, decoding included: `tl extract`
+            (defaults) against torchvision ImageFolder + eval transform + DataLoader (0, 1, 2
+            workers) feeding ONNX Runtime or OpenVINO (model compiled before the clock
+            starts); OpenVINO's backbone-only rate measured in the same round
+  large     40 photos of 4000x3000 (cats_dogs photos upscaled, JPEG q90): tl --decode draft
+            (default), --decode full, and the decoder tl had before (the image crate,
+            TL_LIBJPEG pointing nowhere), against PIL + Image.draft and PIL in full
+  accuracy  val accuracy fp32 vs bf16 and full vs draft: cats_dogs (--val-split 0.5, seed 0)
+            and pets (--val-split 0.5, seeds 0-2); the 40 large photos through the cats_dogs
+            run; features cosine, OpenVINO bf16 against ONNX Runtime fp32, on the cats_dogs
+            photos (inputs by PIL, equal to tl's: tests/parity.rs)
+
+    scripts/bench/run.sh cpu [--rounds 3] [backbone extract large accuracy]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import core as B  # noqa: E402
+
+OUT = B.ROOT / "out" / "bench-cpu"
+BB = B.ROOT / "backbones"
+CATS_DOGS = B.DATA / "cats_dogs"
+PETS = B.DATA / "pets"
+
+PY_BACKBONE = """
+import json, time, numpy as np
+engine, path, threads, batches = {engine!r}, {path!r}, {threads}, {batches}
+x = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+if engine == "openvino":
+    import openvino as ov
+    core = ov.Core()
+    m = core.compile_model(core.read_model(path), "CPU", {{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}})
+    run = lambda: m(x)
+    extra = {{"precision": str(m.get_property("INFERENCE_PRECISION_HINT")), "version": ov.__version__}}
+else:
+    import onnxruntime as ort
+    o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1
+    s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    run = lambda: s.run(None, {{"image": x}})
+    extra = {{"version": ort.__version__}}
+for _ in range(2): run()
+t = time.perf_counter()
+for _ in range(batches): run()
+print(json.dumps({{"images_per_second": batches * 32 / (time.perf_counter() - t), **extra}}))
+"""
+
+PY_PIPELINE = """
+import json, time, torch, numpy as np
+from PIL import Image
+from torchvision import datasets, transforms as T
+engine, path, data, workers, threads, draft = {engine!r}, {path!r}, {data!r}, {workers}, {threads}, {draft}
+torch.set_num_threads(1)
+def load(p):
+    im = Image.open(p)
+    if draft:
+        im.draft("RGB", (256, 256))
+    return im.convert("RGB")
+tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+ds = datasets.ImageFolder(data, transform=tf, loader=load)
+dl = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=workers)
+if engine == "openvino":
+    import openvino as ov
+    core = ov.Core()
+    m = core.compile_model(core.read_model(path), "CPU", {{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}})
+    run = lambda x: m(x)
+else:
+    import onnxruntime as ort
+    o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1
+    s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    run = lambda x: s.run(None, {{"image": x}})
+t = time.perf_counter()
+n = 0
+for x, _ in dl:
+    run(x.numpy()); n += len(x)
+print(json.dumps({{"images_per_second": n / (time.perf_counter() - t), "images": n}}))
+"""
+
+
+def py(code: str, env: dict | None = None) -> dict:
+    proc = subprocess.run([B.PY, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})))
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_flags() -> str:
+    flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags)
+
+
+def onnx_of(arch: str) -> str:
+    return str(BB / f"{arch}.features.onnx")
+
+
+def tl_bench(arch: str, batches: int) -> dict:
+    _, proc = B.run_tl(["bench", "-b", arch, "--batches", str(batches), "--matmul-size", "0", "--json"])
+    return json.loads(proc.stdout)
+
+
+def bench_backbone(args) -> dict:
+    out = {}
+    for arch, batches in (("mobilenet_v2", 10), ("resnet50", 3)):
+        if not (BB / f"{arch}.json").is_file():
+            weights = ["--weights", "none"] if arch == "resnet50" else []
+            subprocess.run([B.PY, str(B.ROOT / "scripts" / "export_backbones.py"), arch, *weights], check=True)
+        runs = {"tl": [], "python_openvino": [], "python_ort": []}
+        for i in range(args.rounds):
+            rep = tl_bench(arch, batches)
+            runs["tl"].append(rep["images_per_second"])
+            for eng in ("openvino", "ort"):
+                r = py(PY_BACKBONE.format(engine=eng, path=onnx_of(arch), threads=B.THREADS, batches=batches))
+                runs[f"python_{eng}"].append(r["images_per_second"])
+            B.log(f"  {arch} #{i + 1}: tl ({rep['engine']} {rep['precision']}) {runs['tl'][-1]:.1f}, "
+                  f"Python OpenVINO {runs['python_openvino'][-1]:.1f}, Python ORT {runs['python_ort'][-1]:.1f} img/s")
+        med = {k: B.median(v) for k, v in runs.items()}
+        out[arch] = {"medians": med, "tl_engine": f"{rep['engine']} {rep['precision']}",
+                     "tl_over_python_openvino": med["tl"] / med["python_openvino"], "runs": runs}
+        B.log(f"{arch}: tl {med['tl']:.1f} img/s = {out[arch]['tl_over_python_openvino']:.3f}x OpenVINO's default")
+    return out
+
+
+def tl_extract(data: Path, extra: tuple[str, ...] = (), env: dict | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        old = dict(os.environ)
+        os.environ.update(env or {})
+        try:
+            _, proc = B.run_tl([*extra, "extract", "-b", "mobilenet_v2", str(data), "--cache-dir", cache, "--json"])
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+    return json.loads(proc.stdout)["extraction"]
+
+
+def pipelines(data: Path, draft: bool, engines=("ort", "openvino"), workers=(0, 1, 2)) -> dict:
+    out = {}
+    for eng in engines:
+        for w in workers:
+            r = py(PY_PIPELINE.format(engine=eng, path=onnx_of("mobilenet_v2"), data=str(data), workers=w,
+                                      threads=B.THREADS, draft=draft))
+            out[f"{eng}_w{w}"] = r["images_per_second"]
+    return out
+
+
+def bench_extract(args) -> dict:
+    if not CATS_DOGS.is_dir():
+        return {"skipped": f"{CATS_DOGS} not present"}
+    runs = {"tl": [], "python_best": [], "openvino_backbone_only": [], "python": []}
+    for i in range(args.rounds):
+        st = tl_extract(CATS_DOGS)
+        runs["tl"].append(st["images_per_second"])
+        p = pipelines(CATS_DOGS, draft=False)
+        runs["python"].append(p)
+        runs["python_best"].append(max(p.values()))
+        ov = py(PY_BACKBONE.format(engine="openvino", path=onnx_of("mobilenet_v2"), threads=B.THREADS, batches=10))
+        runs["openvino_backbone_only"].append(ov["images_per_second"])
+        B.log(f"  cold #{i + 1}: tl ({st['engine']} {st.get('precision', '')}) {runs['tl'][-1]:.1f} img/s; Python "
+              + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
+              + f"; OpenVINO backbone only {runs['openvino_backbone_only'][-1]:.1f}")
+    med = {k: B.median(v) for k, v in runs.items() if k != "python"}
+    return {"medians": med, "tl_over_best_python": med["tl"] / med["python_best"],
+            "tl_over_openvino_backbone_only": med["tl"] / med["openvino_backbone_only"], "runs": runs}
+
+
+def large_photos() -> Path:
+    """40 photos of 4000x3000: the first 20 cats and 20 dogs, upscaled (bicubic), JPEG q90."""
+    from PIL import Image
+    root = OUT / "large"
+    if (root / "done").is_file():
+        return root
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for f in sorted((CATS_DOGS / cls).iterdir())[:20]:
+            Image.open(f).convert("RGB").resize((4000, 3000), Image.BICUBIC).save(root / cls / f"{f.stem}.jpg", quality=90)
+    (root / "done").write_text("ok")
+    return root
+
+
+def bench_large(args) -> dict:
+    if not CATS_DOGS.is_dir():
+        return {"skipped": f"{CATS_DOGS} not present"}
+    data = large_photos()
+    runs = {"tl_draft": [], "tl_full": [], "tl_before": [], "python_draft_best": [], "python_full_best": []}
+    for i in range(args.rounds):
+        runs["tl_draft"].append(tl_extract(data, ("--decode", "draft"))["images_per_second"])
+        runs["tl_full"].append(tl_extract(data, ("--decode", "full"))["images_per_second"])
+        before = tl_extract(data, ("--decode", "full", "--engine", "onnx"), {"TL_LIBJPEG": "/nonexistent/libjpeg.so"})
+        runs["tl_before"].append(before["images_per_second"])
+        runs["python_draft_best"].append(max(pipelines(data, True, ("openvino",), (1, 2)).values()))
+        runs["python_full_best"].append(max(pipelines(data, False, ("openvino",), (1, 2)).values()))
+        B.log(f"  large #{i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()) + " img/s")
+    med = {k: B.median(v) for k, v in runs.items()}
+    return {"medians": med, "draft_over_before": med["tl_draft"] / med["tl_before"],
+            "draft_over_python_draft": med["tl_draft"] / med["python_draft_best"], "runs": runs}
+
+
+def val_accuracy(data: Path, extra: tuple[str, ...], seed: int, cache: Path) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        B.run_tl([*extra, "train", "-b", "mobilenet_v2", str(data), "--val-split", "0.5", "--seed", str(seed),
+                  "--out", f"{tmp}/run", "-q", "--cache-dir", str(cache)])
+        rep = json.loads(Path(f"{tmp}/run/report.json").read_text())
+    return 100 * rep["val_accuracy"]
+
+
+def features_cosine() -> dict:
+    import numpy as np
+    code = """
+import json, numpy as np, openvino as ov, onnxruntime as ort
+from PIL import Image
+from pathlib import Path
+from torchvision import transforms as T
+tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+files = sorted(p for c in ("cat", "dog") for p in (Path({data!r}) / c).iterdir())
+core = ov.Core()
+m = core.compile_model(core.read_model({path!r}), "CPU", {{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "bf16"}})
+s = ort.InferenceSession({path!r}, providers=["CPUExecutionProvider"])
+cos = []
+for i in range(0, len(files), 32):
+    x = np.stack([tf(Image.open(f).convert("RGB")).numpy() for f in files[i:i + 32]])
+    a = next(iter(m(x).values())); b = s.run(None, {{"image": x}})[0]
+    cos += list((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+cos = np.array(cos)
+print(json.dumps({{"mean": float(cos.mean()), "min": float(cos.min()), "share_at_least_0.998": float((cos >= 0.998).mean()), "images": len(cos)}}))
+"""
+    return py(code.format(data=str(CATS_DOGS), path=onnx_of("mobilenet_v2")))
+
+
+def bench_accuracy(args) -> dict:
+    out = {}
+    settings = {"fp32_full": ("--precision", "fp32", "--decode", "full"),
+                "fp32_draft": ("--precision", "fp32", "--decode", "draft"),
+                "bf16_draft": ("--precision", "bf16", "--decode", "draft")}
+    with tempfile.TemporaryDirectory() as cache:
+        for name, data, seeds in (("cats_dogs", CATS_DOGS, (0,)), ("pets", PETS, (0, 1, 2))):
+            if not data.is_dir():
+                out[name] = {"skipped": f"{data} not present"}
+                continue
+            out[name] = {k: [val_accuracy(data, v, s, Path(cache)) for s in seeds] for k, v in settings.items()}
+            B.log(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in out[name].items()))
+        if CATS_DOGS.is_dir():
+            large = large_photos()
+            with tempfile.TemporaryDirectory() as tmp:
+                B.run_tl(["train", "-b", "mobilenet_v2", str(CATS_DOGS), "--out", f"{tmp}/run", "-q", "--precision", "fp32",
+                          "--decode", "full", "--cache-dir", cache])
+                for mode in ("full", "draft"):
+                    _, proc = B.run_tl(["--precision", "fp32", "--decode", mode, "eval", f"{tmp}/run", str(large), "--json"])
+                    rep = json.loads(proc.stdout)
+                    out.setdefault("large_40", {})[mode] = 100 * rep["report"]["accuracy"]
+            B.log(f"  large photos (cats_dogs run, fp32): {out['large_40']}")
+    out["features_cosine_bf16_vs_fp32"] = features_cosine()
+    B.log(f"  features cosine (OpenVINO bf16 vs ORT fp32, cats_dogs): {out['features_cosine_bf16_vs_fp32']}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("parts", nargs="*", default=["backbone", "extract", "large", "accuracy"])
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {"cpu": cpu_flags(), "threads": B.THREADS, "date": time.strftime("%Y-%m-%d %H:%M")}
+    B.log(f"CPU flags: {results['cpu']}; {B.THREADS} threads")
+    _, proc = B.run_tl(["doctor"])
+    B.log("\n".join(l for l in proc.stdout.splitlines() if l.split(":")[0] in ("OpenVINO", "ONNX Runtime", "CPU native bf16", "JPEG decoder", "engine")))
+    for part in args.parts:
+        B.log(f"== {part}")
+        results[part] = {"backbone": bench_backbone, "extract": bench_extract, "large": bench_large,
+                         "accuracy": bench_accuracy}[part](args)
+        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    B.log(f"results: {OUT / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
