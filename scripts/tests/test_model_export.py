@@ -116,6 +116,31 @@ def contract_inputs(images: list[Path], contract: dict) -> torch.Tensor:
     return torch.stack(xs)
 
 
+def test_inputs_equal_pil_with_and_without_draft_on_large_photos(tmp_path):
+    """`--decode draft` (the default) and `--decode full`: the tensor tl feeds the network
+    equals PIL + torchvision's, with and without `Image.draft`, on photos large enough to be
+    drafted by 2, 4 and 8 (and a PNG, which is never drafted)."""
+    from PIL import Image
+    rng = np.random.default_rng(5)
+    images = []
+    for i, (w, h) in enumerate([(1024, 768), (2100, 1600), (4000, 3000), (300, 2600)]):
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        img = np.stack([128 + 100 * np.sin(xx / (40 + 9 * c) + yy / (70 - 11 * c) + i) for c in range(3)], -1)
+        img += rng.normal(0, 8, img.shape)
+        path = tmp_path / f"large{i}.jpg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+        images.append(path)
+    Image.open(images[0]).save(tmp_path / "large.png")
+    images.append(tmp_path / "large.png")
+    for decode in ("draft", "full"):
+        saved = tmp_path / f"{decode}.safetensors"
+        tl("--decode", decode, "predict", "-b", TINY, *images, "-q", "--json", "--save-inputs", saved)
+        x = load_file(str(saved))["inputs"]
+        want = contract_inputs(images, {"decode": decode, "resize": 256, "crop": 224,
+                                        "python": "im.draft" if decode == "draft" else ""})
+        assert torch.equal(x, want), f"--decode {decode}: max {float((x - want).abs().max()):.3g}"
+
+
 def real_photos(tmp: Path) -> list[Path]:
     if not CATS_DOGS.is_dir():
         pytest.skip(f"SKIPPED: {CATS_DOGS} not present (20 real photos needed)")

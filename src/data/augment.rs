@@ -129,7 +129,12 @@ pub fn load_view_into(
     view: View,
     out: &mut [f32],
 ) -> Result<()> {
-    let img = super::decode::decode_rgb_bytes(bytes, path)?;
+    // The eval transform and its mirror may draft (`--decode`); random crops see every pixel.
+    let draft = match view {
+        View::Augmented(_) => None,
+        View::Center | View::Flip => super::preprocess::draft_side(cfg),
+    };
+    let img = super::decode::decode_rgb_bytes_draft(bytes, path, draft)?;
     match view {
         View::Center => super::preprocess::preprocess_into(&img, cfg, out),
         View::Flip => {

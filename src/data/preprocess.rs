@@ -169,6 +169,15 @@ pub fn normalize_into(hwc: &[u8], cfg: &PreprocessConfig, out: &mut [f32]) {
     }
 }
 
+/// The side a JPEG may be drafted down to before the eval transform: the resize under
+/// `--decode draft`, none under `--decode full`.
+pub fn draft_side(cfg: &PreprocessConfig) -> Option<u32> {
+    match crate::runtime::process_settings().decode {
+        DecodeMode::Full => None,
+        DecodeMode::Draft => Some(cfg.resize),
+    }
+}
+
 /// Decode a file's bytes and preprocess the image into `out` (JPEGs drafted to the resize
 /// under `--decode draft`).
 pub fn load_bytes_into(
@@ -177,11 +186,7 @@ pub fn load_bytes_into(
     cfg: &PreprocessConfig,
     out: &mut [f32],
 ) -> Result<()> {
-    let draft = match crate::runtime::process_settings().decode {
-        DecodeMode::Full => None,
-        DecodeMode::Draft => Some(cfg.resize),
-    };
-    let img = super::decode::decode_rgb_bytes_draft(bytes, path, draft)?;
+    let img = super::decode::decode_rgb_bytes_draft(bytes, path, draft_side(cfg))?;
     preprocess_into(&img, cfg, out);
     Ok(())
 }
