@@ -75,6 +75,19 @@ fn openvino_fp32_matches_onnx_runtime_and_bf16_is_close_and_cached_apart() {
         fp32 >= 0.9999,
         "OpenVINO f32 vs ONNX Runtime: worst cosine {fp32}"
     );
+    if !tl::features::openvino::cpu_has_native_bf16() {
+        let (bf, _) = run(
+            "bf16",
+            &["--engine", "openvino", "--precision", "bf16"],
+            &[],
+        );
+        assert_eq!(bf["precision"], "fp32", "no native bf16: fp32");
+        return common::skip(
+            "openvino_fp32_matches_onnx_runtime_and_bf16_is_close_and_cached_apart (bf16 part)",
+            "this CPU has no native bf16 (avx512_bf16 or AMX)",
+            common::Lacks::Machine,
+        );
+    }
     // bf16: computed again (nothing taken from the fp32 entries), then cached.
     let (bf, bf_x) = run(
         "bf16",
@@ -140,7 +153,8 @@ fn bf16_where_it_cannot_run_is_an_error_or_a_note() {
         stderr.contains("libopenvino_c.so") && stderr.contains("not found"),
         "{stderr}"
     );
-    // Asked for bf16 with `auto`: one note, then ONNX Runtime in fp32.
+    // Asked for bf16 with `auto`: one note (no OpenVINO, or no native bf16), then ONNX
+    // Runtime in fp32.
     let o = run(&["--precision", "bf16"], "auto-bf16");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");

@@ -64,11 +64,16 @@ impl BackboneSpec {
             };
         }
         let onnx_path = self.onnx_export();
-        let bf16 = match precision {
-            PrecisionChoice::Bf16 => true,
-            PrecisionChoice::Fp32 => false,
-            PrecisionChoice::Auto => cpu_has_native_bf16(),
-        };
+        // Emulated bf16 would be slower than fp32: only where the CPU computes it natively.
+        let native = cpu_has_native_bf16();
+        let bf16 = precision != PrecisionChoice::Fp32 && native;
+        let cpu_only = matches!(choice, EngineChoice::Auto | EngineChoice::OpenVino);
+        if precision == PrecisionChoice::Bf16 && !native && cpu_only {
+            say_once(
+                &BF16_FALLBACK_SAID,
+                "note: this CPU has no native bf16 (avx512_bf16 or AMX); extracting in fp32",
+            );
+        }
         match choice {
             EngineChoice::Torch | EngineChoice::Onnx if precision == PrecisionChoice::Bf16 => {
                 Err(TlError::invalid(format!(

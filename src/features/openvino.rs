@@ -168,7 +168,10 @@ impl OpenVinoModel {
         // OpenVINO's own cache of compiled models (keyed by the model, its settings and
         // OpenVINO's version; a damaged entry is recompiled): MobileNetV2 loads in ~35 ms
         // instead of ~100 ms, which counts on short runs. Without it, compiled afresh.
+        // OpenVINO guards its cache within a process only: an flock on the folder keeps
+        // concurrent `tl` processes (shards) from reading an entry another one is writing.
         let cached = model_cache_dir().and_then(|dir| {
+            let _lock = crate::util::fs::FileLock::exclusive(Path::new(&dir)).ok()?;
             core.set_property(&DeviceType::CPU, &RwPropertyKey::CacheDir, &dir)
                 .and_then(|_| core.compile_model(&model, DeviceType::CPU))
                 .ok()
