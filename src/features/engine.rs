@@ -102,6 +102,10 @@ impl BackboneSpec {
         bf16: bool,
         precision: PrecisionChoice,
     ) -> Result<BackboneSpec> {
+        // Without an export (a trunk, a bare TorchScript file) libtorch is the only choice.
+        if onnx_path.is_none() {
+            return Ok(self.clone());
+        }
         if bf16 {
             let ov = openvino::library().map(|_| ());
             match self.usable_export(onnx_path.clone(), ov) {
