@@ -258,6 +258,29 @@ impl FrozenModel {
     }
 }
 
+impl FrozenModel {
+    /// For an engine whose input is filled in place (OpenVINO), the buffer of a batch of `n`
+    /// images; `None`: the engine takes its input by copy ([`FrozenModel::run`]).
+    pub fn input_buffer(&mut self, n: usize, cfg: &PreprocessConfig) -> Option<Result<&mut [f32]>> {
+        let side = cfg.crop as usize;
+        match self {
+            FrozenModel::OpenVino(m) => Some(m.input_buffer([n, 3, side, side])),
+            _ => None,
+        }
+    }
+
+    /// Features of the `n` images written into [`FrozenModel::input_buffer`].
+    pub fn run_input(&mut self, n: usize) -> Result<Vec<f32>> {
+        match self {
+            FrozenModel::OpenVino(m) => {
+                let (shape, values) = m.run_input()?;
+                features_only(&m.path, n, shape, values)
+            }
+            _ => Err(TlError::invalid("this engine takes its input by copy")),
+        }
+    }
+}
+
 /// An engine's output, refused unless it is `[n, features]`.
 fn features_only(path: &Path, n: usize, shape: Vec<usize>, values: Vec<f32>) -> Result<Vec<f32>> {
     if shape.len() != 2 || shape[0] != n {

@@ -197,6 +197,13 @@ impl OpenVinoModel {
 
     /// Run one batch; returns the output's shape and values (always f32).
     pub fn run(&mut self, data: &[f32], shape: [usize; 4]) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.input_buffer(shape)?.copy_from_slice(data);
+        self.run_input()
+    }
+
+    /// The input tensor for a batch of `shape`, to be filled in place (decoders write into
+    /// it: no copy of the batch) before [`Self::run_input`].
+    pub fn input_buffer(&mut self, shape: [usize; 4]) -> Result<&mut [f32]> {
         let path = self.path.clone();
         let fail = |what: &str, e: openvino::InferenceError| ov_error(&path, what, e);
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -208,10 +215,16 @@ impl OpenVinoModel {
         let Some((_, input)) = self.input.as_mut() else {
             return Err(TlError::invalid("no input tensor"));
         };
-        input
-            .get_data_mut::<f32>()
-            .map_err(|e| fail("input", e))?
-            .copy_from_slice(data);
+        input.get_data_mut::<f32>().map_err(|e| fail("input", e))
+    }
+
+    /// Run the batch in the input tensor.
+    pub fn run_input(&mut self) -> Result<(Vec<usize>, Vec<f32>)> {
+        let path = self.path.clone();
+        let fail = |what: &str, e: openvino::InferenceError| ov_error(&path, what, e);
+        let Some((_, input)) = self.input.as_ref() else {
+            return Err(TlError::invalid("no input tensor"));
+        };
         self.request
             .set_input_tensor(input)
             .map_err(|e| fail("input", e))?;

@@ -35,8 +35,23 @@ pub(super) fn decode_into_batch(
     cfg: &PreprocessConfig,
     view: View,
 ) -> DecodedBatch {
+    let mut data = vec![0f32; items.len() * cfg.numel()];
+    let mut batch = decode_into(&items, paths, cfg, view, &mut data);
+    data.truncate(batch.indices.len() * cfg.numel());
+    batch.data = data;
+    batch
+}
+
+/// [`decode_into_batch`] into `data` (`items.len()` slots, e.g. an engine's input tensor):
+/// the kept images fill its first `indices.len()` slots; `data` is left out of the result.
+pub(super) fn decode_into(
+    items: &[(usize, Vec<u8>)],
+    paths: &[PathBuf],
+    cfg: &PreprocessConfig,
+    view: View,
+    data: &mut [f32],
+) -> DecodedBatch {
     let numel = cfg.numel();
-    let mut data = vec![0f32; items.len() * numel];
     let results: Vec<PerImage<()>> = data
         .par_chunks_mut(numel)
         .zip(items.par_iter())
@@ -51,7 +66,7 @@ pub(super) fn decode_into_batch(
         failures: Vec::new(),
     };
     let mut kept = 0;
-    for (j, (r, (i, _))) in results.into_iter().zip(&items).enumerate() {
+    for (j, (r, (i, _))) in results.into_iter().zip(items).enumerate() {
         match r {
             Ok(()) => {
                 if kept != j {
@@ -63,8 +78,6 @@ pub(super) fn decode_into_batch(
             Err(e) => batch.failures.push((*i, e)),
         }
     }
-    data.truncate(kept * numel);
-    batch.data = data;
     batch
 }
 
