@@ -22,6 +22,18 @@ pub enum EngineChoice {
     OpenVino,
 }
 
+impl EngineChoice {
+    /// The `--engine` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Torch => "torch",
+            EngineChoice::Onnx => "onnx",
+            EngineChoice::OpenVino => "openvino",
+        }
+    }
+}
+
 /// The precision of frozen feature extraction (`--precision`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

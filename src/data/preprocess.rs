@@ -178,19 +178,6 @@ pub fn draft_side(cfg: &PreprocessConfig) -> Option<u32> {
     }
 }
 
-/// Decode a file's bytes and preprocess the image into `out` (JPEGs drafted to the resize
-/// under `--decode draft`).
-pub fn load_bytes_into(
-    bytes: &[u8],
-    path: &Path,
-    cfg: &PreprocessConfig,
-    out: &mut [f32],
-) -> Result<()> {
-    let img = super::decode::decode_rgb_bytes_draft(bytes, path, draft_side(cfg))?;
-    preprocess_into(&img, cfg, out);
-    Ok(())
-}
-
 /// The eval transform of one image as a `[1,3,crop,crop]` tensor: what `tl predict` feeds
 /// the network.
 pub fn resized_tensor(img: &RgbImage, cfg: &PreprocessConfig) -> Tensor {

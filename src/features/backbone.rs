@@ -313,6 +313,11 @@ impl BackboneSpec {
         })
     }
 
+    /// Whether extraction on CUDA runs under autocast: `--amp`, or `--precision bf16`.
+    pub fn autocast(&self, amp: bool) -> bool {
+        amp || self.precision == Precision::Bf16
+    }
+
     pub fn preprocess(&self) -> PreprocessConfig {
         self.sidecar
             .as_ref()

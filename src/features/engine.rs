@@ -25,16 +25,6 @@ fn say_once(flag: &AtomicBool, line: &str) {
     }
 }
 
-/// The `--engine` value that names `choice`.
-fn engine_flag(choice: EngineChoice) -> &'static str {
-    match choice {
-        EngineChoice::Auto => "auto",
-        EngineChoice::Torch => "torch",
-        EngineChoice::Onnx => "onnx",
-        EngineChoice::OpenVino => "openvino",
-    }
-}
-
 impl BackboneSpec {
     /// This backbone as the chosen engine runs it, in the chosen precision: the ONNX export
     /// on OpenVINO or ONNX Runtime, or itself on libtorch. `auto` on the CPU, for a backbone
@@ -51,16 +41,15 @@ impl BackboneSpec {
             return match choice {
                 EngineChoice::Onnx | EngineChoice::OpenVino => Err(TlError::invalid(format!(
                     "--engine {} runs on the CPU; use --engine torch (or auto) with CUDA",
-                    engine_flag(choice)
+                    choice.flag()
                 ))),
-                _ => Ok(self.on(
-                    Engine::Torch,
-                    self.features_path.clone(),
-                    match precision {
-                        PrecisionChoice::Bf16 => Precision::Bf16,
-                        _ => Precision::Fp32,
-                    },
-                )),
+                _ => {
+                    let mut spec = self.clone();
+                    if precision == PrecisionChoice::Bf16 {
+                        spec.precision = Precision::Bf16; // autocast
+                    }
+                    Ok(spec)
+                }
             };
         }
         let onnx_path = self.onnx_export();
@@ -78,18 +67,18 @@ impl BackboneSpec {
             EngineChoice::Torch | EngineChoice::Onnx if precision == PrecisionChoice::Bf16 => {
                 Err(TlError::invalid(format!(
                     "--precision bf16 on the CPU runs on OpenVINO; use --engine openvino (or auto), or --precision fp32 with --engine {}",
-                    engine_flag(choice)
+                    choice.flag()
                 )))
             }
             EngineChoice::Torch => Ok(self.clone()),
             EngineChoice::OpenVino => {
                 let path = self.usable_export(onnx_path, openvino::library().map(|_| ()))?;
                 let precision = if bf16 { Precision::Bf16 } else { Precision::Fp32 };
-                Ok(self.on(Engine::OpenVino, path, precision))
+                Ok(self.on_export(Engine::OpenVino, path, precision))
             }
             EngineChoice::Onnx => {
                 let path = self.usable_export(onnx_path, onnx::library().map(|_| ()))?;
-                Ok(self.on(Engine::Onnx, path, Precision::Fp32))
+                Ok(self.on_export(Engine::Onnx, path, Precision::Fp32))
             }
             EngineChoice::Auto => self.auto_engine(onnx_path, bf16, precision),
         }
@@ -109,7 +98,7 @@ impl BackboneSpec {
         if bf16 {
             let ov = openvino::library().map(|_| ());
             match self.usable_export(onnx_path.clone(), ov) {
-                Ok(path) => return Ok(self.on(Engine::OpenVino, path, Precision::Bf16)),
+                Ok(path) => return Ok(self.on_export(Engine::OpenVino, path, Precision::Bf16)),
                 Err(why) if precision == PrecisionChoice::Bf16 => {
                     say_once(
                         &BF16_FALLBACK_SAID,
@@ -120,7 +109,7 @@ impl BackboneSpec {
             }
         }
         match self.usable_export(onnx_path, onnx::library().map(|_| ())) {
-            Ok(path) => Ok(self.on(Engine::Onnx, path, Precision::Fp32)),
+            Ok(path) => Ok(self.on_export(Engine::Onnx, path, Precision::Fp32)),
             Err(why) => {
                 say_once(
                     &FALLBACK_SAID,
@@ -166,23 +155,14 @@ impl BackboneSpec {
         Ok(path)
     }
 
-    fn on(&self, engine: Engine, path: PathBuf, precision: Precision) -> BackboneSpec {
-        let mut spec = if engine == Engine::Torch {
-            self.clone()
-        } else {
-            self.as_onnx(path)
-        };
-        spec.engine = engine;
-        spec.precision = precision;
-        spec
-    }
-
-    fn as_onnx(&self, path: std::path::PathBuf) -> BackboneSpec {
+    /// This backbone as its ONNX export `path`, run by `engine` in `precision`.
+    fn on_export(&self, engine: Engine, path: PathBuf, precision: Precision) -> BackboneSpec {
         let mut spec = self.clone();
         spec.features_path = path;
         spec.classifier_path = None;
         spec.features_hash = Default::default();
-        spec.engine = Engine::Onnx;
+        spec.engine = engine;
+        spec.precision = precision;
         spec
     }
 

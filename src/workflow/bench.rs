@@ -78,7 +78,7 @@ pub fn bench(rt: &Runtime, s: &BenchSettings) -> Result<BenchReport> {
         .map_err(|e| TlError::torch("allocating the input batch", e))?;
     let data = Vec::<f32>::try_from(&x.view([-1]))
         .map_err(|e| TlError::torch("reading the input batch", e))?;
-    let amp = (s.amp || spec.precision == crate::features::Precision::Bf16) && rt.device.is_cuda();
+    let amp = spec.autocast(s.amp) && rt.device.is_cuda();
     let n = s.batch_size as usize;
     // As extraction runs it: host data in, features out (on CUDA, copies included).
     let mut run = |batches: usize| -> Result<()> {

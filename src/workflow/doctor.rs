@@ -190,7 +190,7 @@ fn engine_line(rt: &Runtime) -> String {
         (EngineChoice::Onnx, true, _) => ("ONNX Runtime".to_string(), true),
         (EngineChoice::OpenVino, true, _) => (format!("OpenVINO {precision}"), true),
     };
-    let choice = format!("{:?}", rt.engine).to_lowercase();
+    let choice = rt.engine.flag();
     let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let layout = match (onnx, rt.onnx_workers) {
         (false, _) => String::new(),

@@ -50,7 +50,7 @@ impl ExtractOptions {
             },
             device: rt.device,
             progress: rt.progress,
-            amp: amp || spec.precision == Precision::Bf16,
+            amp: spec.autocast(amp),
             view,
             threads: rt.threads,
             keep_features: true,
