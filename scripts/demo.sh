@@ -36,11 +36,11 @@ PYEOF
 fi
 
 step "1. export MobileNetV2 (TorchScript, frozen, channels-last; and ONNX) -> backbones/"
-current() { "$PY" -c "import json,sys; d=json.load(open('backbones/mobilenet_v2.json')); sys.exit(0 if d.get('cuts') and d.get('onnx', {}).get('features') and d.get('layers') else 1)"; }
+current() { "$PY" -c "import json,sys; d=json.load(open('backbones/mobilenet_v2.json')); sys.exit(0 if d.get('cuts') and d.get('onnx', {}).get('features_bf16') and d.get('layers') else 1)"; }
 if [ -f backbones/mobilenet_v2.json ] && current; then
     echo "backbones/mobilenet_v2.json exists; reusing it"
 elif [ -f "$TL_DEMO_WEIGHTS" ]; then
-    # An export made before fine-tuning (cut points), the ONNX engine or layer files existed: export it again.
+    # An export made before fine-tuning (cut points), the ONNX engine, layer files or the bf16 export existed: export it again.
     "$PY" scripts/export_backbones.py mobilenet_v2 --weights "$TL_DEMO_WEIGHTS" --force
 else
     echo "no local weights at $TL_DEMO_WEIGHTS: trying the torchvision download"

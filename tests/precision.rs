@@ -261,3 +261,114 @@ fn decode_mode_is_recorded_warned_about_and_stated_in_the_export() {
         );
     }
 }
+
+/// `tiny` exported into `dir` with its bf16 export's weights rounded by calibration in every
+/// layer (`--bf16-layers`): a `NAME.features.bf16.onnx` apart from `NAME.features.onnx`.
+fn export_tiny_with_bf16_file(dir: &Path) -> serde_json::Value {
+    let python = std::env::var("TL_PYTHON").unwrap_or_else(|_| {
+        common::root()
+            .join(".venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let status = std::process::Command::new(python)
+        .arg(common::root().join("scripts/export_backbones.py"))
+        .args([
+            "tiny",
+            "--weights",
+            "none",
+            "--cuts",
+            "none",
+            "--bf16-layers",
+            "0,1,2",
+        ])
+        .arg("--out")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    read_json(&dir.join("tiny.json"))
+}
+
+#[test]
+fn openvino_bf16_runs_the_bf16_export_and_the_run_pins_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tl = Tl::new();
+    let data = tmp.path().join("data");
+    color_dataset(&data, &["red", "blue", "green"], 8, 34);
+    let store = tmp.path().join("bb");
+    let sidecar = export_tiny_with_bf16_file(&store);
+    let bf16 = &sidecar["onnx"]["features_bf16"];
+    assert_eq!(bf16["file"], "tiny.features.bf16.onnx");
+    assert_eq!(bf16["rerounded_index"], serde_json::json!([0, 1, 2]));
+    assert_ne!(bf16["sha256"], sidecar["onnx"]["features"]["sha256"]);
+    let backbone = store.join("tiny.json").display().to_string();
+    let run = |name: &str, flags: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        args.extend(["train", "-b", &backbone, "-q", "--epochs", "2", "--json"].map(String::from));
+        args.extend([
+            data.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&tl.ok(&args)).unwrap();
+        (
+            report["extraction"].clone(),
+            read_json(&out.join("config.json")),
+        )
+    };
+    let (_, config) = run("fp32", &["--precision", "fp32"]);
+    // Every run of an export with a bf16 file pins it, whatever engine it ran.
+    assert_eq!(config["backbone"]["onnx_bf16_sha256"], bf16["sha256"]);
+    if !tl::features::openvino::cpu_has_native_bf16() {
+        return common::skip(
+            "openvino_bf16_runs_the_bf16_export_and_the_run_pins_it (bf16 part)",
+            "this CPU has no native bf16 (avx512_bf16 or AMX)",
+            common::Lacks::Machine,
+        );
+    }
+    let flags = ["--engine", "openvino", "--precision", "bf16"];
+    let (ex, config) = run("bf16", &flags);
+    assert_eq!(
+        (ex["precision"].as_str(), ex["computed"].as_u64()),
+        (Some("bf16"), Some(24))
+    );
+    assert_eq!(config["extract"]["engine"], "openvino");
+    // Without the bf16 file in the sidecar, bf16 runs the plain export: other weights, so
+    // other features, cached apart (all 24 computed again).
+    let mut plain = sidecar.clone();
+    plain["onnx"]
+        .as_object_mut()
+        .unwrap()
+        .remove("features_bf16");
+    std::fs::write(store.join("tiny.json"), plain.to_string()).unwrap();
+    let (ex, _) = run("bf16-plain", &flags);
+    assert_eq!(
+        (ex["precision"].as_str(), ex["computed"].as_u64()),
+        (Some("bf16"), Some(24))
+    );
+    std::fs::write(store.join("tiny.json"), sidecar.to_string()).unwrap();
+    let (ex, _) = run("bf16-again", &flags);
+    assert_eq!(
+        (ex["cached"].as_u64(), ex["computed"].as_u64()),
+        (Some(24), Some(0))
+    );
+    // A bf16 file that changed after training is refused by name.
+    let predict = |run: &str| {
+        let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        args.extend(["predict".into(), tmp.path().join(run).display().to_string()]);
+        args.push(data.join("red").display().to_string());
+        args
+    };
+    tl.ok(&predict("bf16"));
+    let path = store.join("tiny.features.bf16.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.push(0);
+    std::fs::write(&path, bytes).unwrap();
+    let err = tl.fails(&predict("bf16"));
+    common::assert_clean_error(&err);
+    assert!(err.contains("tiny.features.bf16.onnx"), "{err}");
+    eprintln!("{err}");
+}

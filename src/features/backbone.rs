@@ -11,81 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{CModule, Device};
 
-pub const SIDECAR_FORMAT: &str = "tl-backbone/1";
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Sidecar {
-    pub format: String,
-    pub name: String,
-    pub architecture: String,
-    pub feature_dim: i64,
-    #[serde(default)]
-    pub num_classes: i64,
-    pub resize_size: u32,
-    pub crop_size: u32,
-    #[serde(default = "default_interpolation")]
-    pub interpolation: String,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    #[serde(default)]
-    pub class_names: Vec<String>,
-    #[serde(default)]
-    pub weights: serde_json::Value,
-    pub features_file: String,
-    #[serde(default)]
-    pub features_sha256: Option<String>,
-    #[serde(default)]
-    pub classifier_file: Option<String>,
-    #[serde(default)]
-    pub classifier_sha256: Option<String>,
-    /// The blocks `--finetune` counts, bottom to top (empty: exported without cuts).
-    #[serde(default)]
-    pub blocks: Vec<String>,
-    #[serde(default)]
-    pub cuts: Vec<CutPoint>,
-    /// The same networks as ONNX (`--engine onnx`); absent in older exports.
-    #[serde(default)]
-    pub onnx: OnnxExports,
-    /// Every block's output (`tl dream --layer`); absent in older exports.
-    #[serde(default)]
-    pub layers: Option<LayersFile>,
-    /// `NAME.linear.safetensors`: the classifier's last layer (features → logits); absent in
-    /// older exports.
-    #[serde(default)]
-    pub linear: Option<LinearFile>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LinearFile {
-    pub file: String,
-    pub sha256: String,
-}
-
-/// `NAME.layers.pt`: normalised images → the output of every block, bottom to top.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LayersFile {
-    pub file: String,
-    pub sha256: String,
-    pub names: Vec<String>,
-    pub channels: Vec<i64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct OnnxExports {
-    pub features: Option<OnnxFile>,
-    pub classifier: Option<OnnxFile>,
-    /// The last block's output `[N,C,h,w]` (`tl explain`'s CAM); absent in older exports.
-    #[serde(default)]
-    pub last_layer: Option<OnnxFile>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct OnnxFile {
-    pub file: String,
-    pub sha256: String,
-    #[serde(default)]
-    pub opset: u32,
-}
+pub use super::sidecar::{
+    Bf16File, CutPoint, LayersFile, LinearFile, OnnxExports, OnnxFile, Sidecar, SIDECAR_FORMAT,
+};
 
 /// The library that runs a frozen feature extractor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,48 +40,6 @@ impl Engine {
         match precision {
             Precision::Fp32 => self.label().to_string(),
             p => format!("{} {}", self.label(), p.label()),
-        }
-    }
-}
-
-/// Where the backbone was split for fine-tuning: a frozen trunk (absent when every block
-/// is trainable) and a trainable top of the last `blocks` blocks.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CutPoint {
-    pub blocks: usize,
-    #[serde(default)]
-    pub first_block: String,
-    pub top_file: String,
-    #[serde(default)]
-    pub top_sha256: Option<String>,
-    #[serde(default)]
-    pub top_parameters: i64,
-    #[serde(default)]
-    pub trunk_file: Option<String>,
-    #[serde(default)]
-    pub trunk_sha256: Option<String>,
-    /// The trunk's output per image, `[channels, height, width]`, for the crop size.
-    #[serde(default)]
-    pub trunk_shape: Vec<i64>,
-}
-
-fn default_interpolation() -> String {
-    "bilinear".into()
-}
-
-impl Sidecar {
-    pub fn pretrained(&self) -> bool {
-        self.weights
-            .get("pretrained")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(true)
-    }
-    pub fn preprocess(&self) -> PreprocessConfig {
-        PreprocessConfig {
-            resize: self.resize_size,
-            crop: self.crop_size,
-            mean: self.mean,
-            std: self.std,
         }
     }
 }
@@ -354,7 +240,10 @@ impl BackboneSpec {
         }
         let expected = self.sidecar.as_ref().and_then(|s| match self.engine {
             Engine::Torch => s.features_sha256.as_deref(),
-            Engine::Onnx | Engine::OpenVino => s.onnx.features.as_ref().map(|f| f.sha256.as_str()),
+            Engine::Onnx | Engine::OpenVino => {
+                let file = self.features_path.file_name()?.to_str()?;
+                s.onnx.sha256_of(file)
+            }
         });
         let hash = verified_hash(&self.features_path, expected, self.sidecar_path.as_deref())?;
         Ok(self.features_hash.get_or_init(|| hash).clone())

@@ -14,6 +14,7 @@ pub mod onnx;
 pub mod openvino;
 pub mod pack;
 pub mod rows;
+pub mod sidecar;
 
 pub use crate::data::View;
 pub use backbone::{BackboneSpec, Engine, Precision};

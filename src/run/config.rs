@@ -23,6 +23,10 @@ pub struct BackboneRecord {
     /// Runtime computes the features with that file, so it is pinned like the `.pt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx_sha256: Option<String>,
+    /// sha256 of its bf16 export (`NAME.features.bf16.onnx`, OpenVINO's in bf16) when it has
+    /// one (runs made before: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_bf16_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -310,8 +310,25 @@ impl Run {
     ) -> Result<BackboneSpec> {
         let spec = backbone.for_engine(choice, precision, device)?;
         let on_export = spec.engine != crate::features::Engine::Torch;
-        if let (true, Some(then)) = (on_export, &self.config.backbone.onnx_sha256) {
-            let now = spec.verified_features_hash()?;
+        let rec = &self.config.backbone;
+        // The bf16 export is pinned by its own hash; runs made before it by the export it
+        // was made from.
+        let pinned = match (spec.runs_bf16_export(), &rec.onnx_bf16_sha256) {
+            (true, Some(then)) => Some((spec.verified_features_hash()?, then)),
+            (true, None) => spec
+                .sidecar
+                .as_ref()
+                .and_then(|s| s.onnx.features.as_ref())
+                .map(|f| f.sha256.clone())
+                .zip(rec.onnx_sha256.as_ref()),
+            (false, _) if on_export => rec
+                .onnx_sha256
+                .as_ref()
+                .map(|then| spec.verified_features_hash().map(|now| (now, then)))
+                .transpose()?,
+            (false, _) => None,
+        };
+        if let Some((now, then)) = pinned {
             if &now != then {
                 return Err(TlError::corrupt(
                     &spec.features_path,

@@ -82,6 +82,11 @@ fn backbone_record(
             .as_ref()
             .and_then(|x| x.onnx.features.as_ref())
             .map(|f| f.sha256.clone()),
+        onnx_bf16_sha256: spec
+            .sidecar
+            .as_ref()
+            .and_then(|x| x.onnx.features_bf16.as_ref())
+            .map(|f| f.sha256.clone()),
     }
 }
 
