@@ -442,6 +442,10 @@ pub fn sidecar_files(sidecar: &Path) -> Result<Vec<(PathBuf, Option<String>)>> {
     let dir = sidecar.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     collect_files(&value, dir, &mut out);
+    // A file may be named twice (the bf16 export is the plain one when no layer needed
+    // rounding by calibration): once each, or publishing would move it twice.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|(path, _)| seen.insert(path.clone()));
     Ok(out)
 }
 
@@ -513,7 +517,8 @@ mod tests {
             "classifier_file": "m.classifier.pt", "classifier_sha256": "bb",
             "weights": {"file": "/somewhere/else.pth", "sha256": "cc"},
             "cuts": [{"top_file": "m.top1.pt", "trunk_file": "m.trunk1.pt", "trunk_sha256": "dd"}],
-            "onnx": {"features": {"file": "m.features.onnx", "sha256": "ee"}},
+            "onnx": {"features": {"file": "m.features.onnx", "sha256": "ee"},
+                     "features_bf16": {"file": "m.features.onnx", "sha256": "ee"}},
             "layers": {"file": "../escape.pt", "sha256": "ff"}
         });
         std::fs::write(&sidecar, json.to_string()).unwrap();
