@@ -18,6 +18,9 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 /// Exact search up to this many images; HNSW above.
 pub const EXACT_UP_TO: usize = 20_000;
 
+/// Rows inserted into the HNSW graph one at a time before the threads start.
+const SEQUENTIAL_ROWS: usize = 2_000;
+
 /// How the neighbours were found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -177,7 +180,14 @@ pub fn graph_search(flat: &[f32], d: usize, k: usize) -> Result<Neighbors> {
     index
         .reserve_capacity_and_threads(n, rayon::current_num_threads())
         .map_err(err)?;
-    (0..n)
+    // The first rows one at a time: threads inserting into a nearly empty graph can leave
+    // it poorly connected (once, 600 random rows found 553 of their exact nearest
+    // neighbours instead of the usual 597-600); the rest in parallel.
+    let seeded = n.min(SEQUENTIAL_ROWS);
+    for i in 0..seeded {
+        index.add(i as u64, row(i)).map_err(err)?;
+    }
+    (seeded..n)
         .into_par_iter()
         .try_for_each(|i| index.add(i as u64, row(i)).map_err(err))?;
     let found: Vec<Vec<(u64, f32)>> = (0..n)
