@@ -83,32 +83,29 @@ def test_well_conditioned_rows_lose_nothing():
 
 
 class Planted(nn.Module):
-    """A small net whose second layer has large weights that cancel: it takes the difference
-    of two nearly equal channels, times 37.37."""
+    """A small net whose second layer, a depthwise 3x3 convolution, has large weights that
+    sum to almost nothing: on smooth inputs its outputs are small differences of large
+    products (as in MobileNetV2's first depthwise convolution)."""
 
-    def __init__(self):
+    def __init__(self, seed: int = 5):
         super().__init__()
-        g = torch.Generator().manual_seed(5)
-        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.mix = nn.Conv2d(8, 8, 1)
+        torch.manual_seed(seed)  # the layers' default initialisation
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.conv3 = nn.Conv2d(8, 16, 1)
         with torch.no_grad():
-            w = self.conv1.weight
-            w[1::2] = w[0::2] + 0.01 * torch.randn(w[0::2].shape, generator=g)
+            self.conv1.weight.abs_()
             self.conv1.bias.fill_(1.0)
-            pairs = torch.zeros(8, 8)
-            for o in range(8):
-                pairs[o, 2 * (o % 4)], pairs[o, 2 * (o % 4) + 1] = 1.0, -1.0
-            noise = 0.3 * torch.randn(8, 8, generator=g)
-            self.mix.weight.copy_((37.37 * pairs + noise).view(8, 8, 1, 1))
+            laplace = torch.tensor([[1.0, -2.0, 1.0], [2.0, -4.0, 2.0], [1.0, -2.0, 1.0]])
+            self.dw.weight.copy_(37.37 * laplace + 0.3 * torch.randn(8, 1, 3, 3))
 
     def forward(self, x):
-        x = torch.relu(self.mix(torch.relu(self.conv1(x))))
+        x = torch.relu(self.dw(torch.relu(self.conv1(x))))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.conv3(x), 1), 1)
 
 
-def planted_export(tmp_path: Path) -> dict:
-    model = Planted().eval()
+def planted_export(tmp_path: Path, seed: int = 5) -> dict:
+    model = Planted(seed).eval()
     x = torch.randn(2, 3, CROP, CROP)
     with torch.no_grad():
         want = model(x)
@@ -140,24 +137,26 @@ def test_a_planted_sensitive_layer_is_found_and_rounded_by_calibration(tmp_path)
     assert record["file"] == "planted.features.bf16.onnx"
     assert eb.sha256_file(tmp_path / record["file"]) == record["sha256"]
     cos = record["features_cosine_weights_in_bf16"]
-    assert 1 - cos["calibrated"] <= (1 - cos["nearest"]) / 2, cos
-    # Only that layer's weights changed, to bf16 values next to the exact ones.
+    assert 1 - cos["calibrated"] <= (1 - cos["nearest"]) / 10, cos
+    # Only those layers' weights changed, to bf16 values next to the exact ones.
     plain = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / entry["file"])).graph.initializer}
     new = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / record["file"])).graph.initializer}
     layers = eb.weighted_layers(onnx.load(str(tmp_path / entry["file"])))
-    changed = [name for name in plain if not np.array_equal(plain[name], new[name])]
-    assert changed == [layers[1].input[1]]
-    w = plain[changed[0]]
-    assert is_bf16(new[changed[0]]) and np.all(np.abs(new[changed[0]] - w) <= np.abs(w) * 2.0 ** -7)
+    changed = sorted(name for name in plain if not np.array_equal(plain[name], new[name]))
+    assert changed == sorted(layers[i].input[1] for i in record["rerounded_index"])
+    for name in changed:
+        w = plain[name]
+        assert is_bf16(new[name]) and np.all(np.abs(new[name] - w) <= np.abs(w) * 2.0 ** -7)
     if not cpu_has_native_bf16():
         pytest.skip("OpenVINO part: this CPU has no native bf16 (avx512_bf16 or AMX)")
     pytest.importorskip("openvino")
-    # OpenVINO in bf16 on images the calibration never saw: closer to fp32 than before.
+    # OpenVINO in bf16 on images the calibration never saw: ten times closer to fp32.
     x = eb.calibration_images(24, CROP)[8:]
     exact = openvino_features(tmp_path / entry["file"], "f32", x)
     before = eb.mean_cosine(openvino_features(tmp_path / entry["file"], "bf16", x), exact)
     after = eb.mean_cosine(openvino_features(tmp_path / record["file"], "bf16", x), exact)
-    assert 1 - after <= (1 - before) / 2, (before, after)
+    print(f"OpenVINO bf16 vs f32, mean cosine: nearest {before:.5f}, calibrated {after:.5f}")
+    assert 1 - after <= (1 - before) / 10, (before, after)
 
 
 def test_no_layer_to_round_names_the_plain_export(tmp_path):
