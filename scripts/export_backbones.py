@@ -56,6 +56,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
@@ -424,7 +425,6 @@ BF16_MAX_PATCHES = 50000
 
 def to_bf16(a):
     """Round float32 values to the nearest bf16 (ties to even), as float32."""
-    import numpy as np
     bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     bits = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) & np.uint32(0xFFFF0000)
     return bits.astype(np.uint32).view(np.float32)
@@ -432,7 +432,6 @@ def to_bf16(a):
 
 def bf16_other_neighbour(w, near):
     """The bf16 value on the other side of `w` from `near` (its nearest bf16)."""
-    import numpy as np
     bits = near.view(np.uint32)
     away = (bits + np.uint32(0x10000)).view(np.float32)  # one bf16 step further from zero
     toward = (bits - np.uint32(0x10000)).view(np.float32)
@@ -455,7 +454,6 @@ def calibration_images(n: int, size: int):
 
 
 def mean_cosine(a, b) -> float:
-    import numpy as np
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
     num = (a * b).sum(1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
@@ -481,7 +479,6 @@ def layer_groups(node, w, x):
     y[:, o] = patches @ rows[o] (+ bias) for each output o of a group. `w` is the weight
     initializer, `x` the layer's input on the calibration images. Returns the groups and a
     function that puts re-rounded rows back into the initializer's layout."""
-    import numpy as np
     a = onnx_attrs(node)
     if node.op_type == "Conv":
         groups = int(a.get("group", 1))
@@ -511,7 +508,6 @@ def round_rows(rows, patches):
     """bf16 values for `rows` [O, n] (all sharing input `patches` [P, n]) that minimise each
     row's output error on the patches: coordinate descent over the choice of bf16 neighbour,
     from the nearest rounding. Returns (values, error before, error after), errors summed."""
-    import numpy as np
     if len(patches) > BF16_MAX_PATCHES:
         pick = np.random.default_rng(0).choice(len(patches), BF16_MAX_PATCHES, replace=False)
         patches = patches[pick]
@@ -579,14 +575,13 @@ class Bf16Plan:
     def nearest(self, nodes) -> dict:
         return {n.input[1]: to_bf16(self.exact[n.input[1]]) for n in nodes}
 
-    def choose(self, force: list | None) -> list:
+    def choose(self, force: list | None, total: float) -> list:
         """The layers to re-round: `force` (numbers in graph order), or those whose nearest
-        rounding alone causes a large share of the error of rounding them all."""
+        rounding alone causes a large share of `total`, the error of rounding them all."""
         if force is not None:
             if any(not 0 <= i < len(self.layers) for i in force):
                 raise ExportError(f"--bf16-layers: layer numbers must be below {len(self.layers)}")
             return [self.layers[i] for i in force]
-        total = self.error(self.nearest(self.layers))
         if total < BF16_MIN_ERROR:
             return []
         fits = [n for n in self.layers if self.exact[n.input[1]][0].size <= BF16_MAX_FAN_IN]
@@ -620,15 +615,16 @@ def export_bf16(features_onnx: dict | None, out_dir: Path, name: str, crop: int,
     src = out_dir / features_onnx["file"]
     model = onnx.load(str(src))
     plan = Bf16Plan(model, calibration_images(BF16_CALIBRATION_IMAGES, crop))
-    chosen = plan.choose(force)
     nearest = plan.nearest(plan.layers)
+    nearest_error = plan.error(nearest)
+    chosen = plan.choose(force, nearest_error)
     rerounded = plan.reround(chosen) if chosen else {}
     record = {
         "rerounded": [n.name for n in chosen],
         "rerounded_index": [plan.layers.index(n) for n in chosen],
         "layers": len(plan.layers),
         "calibration_images": len(plan.x),
-        "features_cosine_weights_in_bf16": {"nearest": 1 - plan.error(nearest),
+        "features_cosine_weights_in_bf16": {"nearest": 1 - nearest_error,
                                             "calibrated": 1 - plan.error({**nearest, **rerounded})},
     }
     if not chosen:

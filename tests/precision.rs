@@ -265,13 +265,7 @@ fn decode_mode_is_recorded_warned_about_and_stated_in_the_export() {
 /// `tiny` exported into `dir` with its bf16 export's weights rounded by calibration in every
 /// layer (`--bf16-layers`): a `NAME.features.bf16.onnx` apart from `NAME.features.onnx`.
 fn export_tiny_with_bf16_file(dir: &Path) -> serde_json::Value {
-    let python = std::env::var("TL_PYTHON").unwrap_or_else(|_| {
-        common::root()
-            .join(".venv/bin/python")
-            .display()
-            .to_string()
-    });
-    let status = std::process::Command::new(python)
+    let status = std::process::Command::new(common::python())
         .arg(common::root().join("scripts/export_backbones.py"))
         .args([
             "tiny",

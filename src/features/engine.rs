@@ -8,7 +8,7 @@
 //! every weight rounded to the nearest, at the same speed (BENCHMARKS.md §22). The cache keys
 //! them apart: a key holds the model file's sha256, and bf16 features have a namespace of
 //! their own.
-use super::backbone::{BackboneSpec, Engine, LoadedModule};
+use super::backbone::{BackboneSpec, Engine, LoadedModule, OnnxExports};
 use super::onnx::{self, OnnxModel};
 use super::openvino::{self, cpu_has_native_bf16, OpenVinoModel, Precision};
 use crate::data::PreprocessConfig;
@@ -126,17 +126,27 @@ impl BackboneSpec {
 
     /// The ONNX export the sidecar lists (feature extractors only).
     fn onnx_export(&self) -> Option<PathBuf> {
+        self.sidecar_export(|x| x.features.as_ref().map(|f| f.file.as_str()))
+    }
+
+    /// The bf16 export the sidecar lists (feature extractors only).
+    fn bf16_export(&self) -> Option<PathBuf> {
+        self.sidecar_export(|x| x.features_bf16.as_ref().map(|f| f.file.as_str()))
+    }
+
+    /// The export file `pick` names in the sidecar, beside the sidecar.
+    fn sidecar_export(&self, pick: impl Fn(&OnnxExports) -> Option<&str>) -> Option<PathBuf> {
         let file = self
             .sidecar
             .as_ref()
             .filter(|_| self.output_rank == 2)
-            .and_then(|s| s.onnx.features.as_ref())?;
+            .and_then(|s| pick(&s.onnx))?;
         let sidecar_dir = self
             .sidecar_path
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
-        Some(sidecar_dir.join(&file.file))
+        Some(sidecar_dir.join(file))
     }
 
     /// The ONNX export, when it is there and the engine's library loads; else why not.
@@ -157,17 +167,6 @@ impl BackboneSpec {
         }
         library?;
         Ok(path)
-    }
-
-    /// The bf16 export the sidecar lists (feature extractors only).
-    fn bf16_export(&self) -> Option<PathBuf> {
-        let file = self
-            .sidecar
-            .as_ref()
-            .filter(|_| self.output_rank == 2)
-            .and_then(|s| s.onnx.features_bf16.as_ref())?;
-        let sidecar = self.sidecar_path.as_deref()?;
-        Some(crate::util::fs::parent_dir(sidecar).join(&file.file))
     }
 
     /// Whether this spec runs the bf16 export (OpenVINO in bf16, where the sidecar has one).

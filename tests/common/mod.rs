@@ -14,9 +14,7 @@ pub fn fixtures() -> PathBuf {
     DIR.get_or_init(|| {
         let dir = root().join("tests/fixtures/generated");
         if !dir.join("parity.json").is_file() {
-            let python = std::env::var("TL_PYTHON")
-                .unwrap_or_else(|_| root().join(".venv/bin/python").display().to_string());
-            let status = Command::new(&python)
+            let status = Command::new(python())
                 .arg(root().join("scripts/dev/make_fixtures.py"))
                 .status()
                 .expect("running make_fixtures.py (run scripts/setup.sh first)");
@@ -25,6 +23,13 @@ pub fn fixtures() -> PathBuf {
         dir
     })
     .clone()
+}
+
+/// The Python with torch: `$TL_PYTHON`, else the project's `.venv`.
+pub fn python() -> PathBuf {
+    std::env::var_os("TL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"))
 }
 
 pub fn tiny() -> PathBuf {
