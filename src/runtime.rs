@@ -124,11 +124,22 @@ pub struct RuntimeSettings {
     /// ONNX Runtime extraction workers (`TL_EXTRACT_WORKERS`; None: the default layout;
     /// Some(0): one session fed by decoder threads). For benchmarks.
     pub extract_workers: Option<usize>,
+    /// Images per engine call in the worker layout (`TL_ENGINE_BATCH`; None:
+    /// [`DEFAULT_ENGINE_BATCH`]). For benchmarks.
+    pub engine_batch: Option<usize>,
     /// Nice level of the decoder threads (`TL_DECODE_NICE`; None: 5 on CPU, 0 with CUDA).
     pub decode_nice: Option<i32>,
     /// Report where extraction's time goes (`TL_DEBUG_TIMING`).
     pub debug_timing: bool,
 }
+
+/// Images per engine call in the worker layout. A worker decodes this many images and runs
+/// them at once instead of a whole batch of 32: the activations of 4 images stay in the
+/// caches, those of 32 do not (MobileNetV2 bf16: 96 MB of them at 32). Two one-thread
+/// workers on 2 cores (Zen 5, backbone only, medians of 5): OpenVINO bf16 751 img/s at 4
+/// against 514-556 at 32, OpenVINO f32 353 vs 305, ONNX Runtime 346 vs 264; 1 and 2 are
+/// slower than 4 again (633, 714). BENCHMARKS.md §22c.
+pub const DEFAULT_ENGINE_BATCH: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct Runtime {
@@ -150,6 +161,8 @@ pub struct Runtime {
     /// Where backbones are looked up, and exported on first use.
     pub backbones: BackboneStore,
     pub progress: bool,
+    /// [`RuntimeSettings::engine_batch`], resolved.
+    pub engine_batch: usize,
     /// [`RuntimeSettings::decode_nice`]
     pub decode_nice: Option<i32>,
     /// [`RuntimeSettings::debug_timing`]
@@ -190,6 +203,7 @@ impl Runtime {
             },
             backbones: s.backbones.clone(),
             progress: s.progress,
+            engine_batch: s.engine_batch.unwrap_or(DEFAULT_ENGINE_BATCH).max(1),
             decode_nice: s.decode_nice,
             debug_timing: s.debug_timing,
         })
@@ -207,6 +221,7 @@ impl Runtime {
             backbones: BackboneStore::folder(backbones),
             progress: false,
             extract_workers: None,
+            engine_batch: None,
             decode_nice: None,
             debug_timing: false,
         })

@@ -88,6 +88,9 @@ pub struct GlobalArgs {
     /// benchmarks.
     #[arg(long, global = true, env = "TL_EXTRACT_WORKERS", hide = true)]
     pub extract_workers: Option<usize>,
+    /// Images per engine call of an extraction worker [default: 4]; for benchmarks.
+    #[arg(long, global = true, env = "TL_ENGINE_BATCH", hide = true)]
+    pub engine_batch: Option<usize>,
     /// Nice level of the decoder threads [default: 5 on CPU, 0 with CUDA]; for benchmarks.
     #[arg(
         long,
@@ -281,6 +284,7 @@ fn runtime(g: &GlobalArgs) -> anyhow::Result<Runtime> {
         }),
         progress: !g.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         extract_workers: g.extract_workers,
+        engine_batch: g.engine_batch,
         decode_nice: g.decode_nice,
         debug_timing: g.debug_timing,
     })?)

@@ -25,6 +25,9 @@ pub struct ExtractOptions {
     /// session of `threads / n` threads (ONNX Runtime; see `workers` in this file). `None`: one
     /// backbone on the calling thread, fed by `decode_threads` decoders.
     pub workers: Option<usize>,
+    /// Images per engine call in the worker layout ([`crate::runtime::Runtime::engine_batch`]):
+    /// a worker decodes a few images and runs them while their pixels are still in cache.
+    pub engine_batch: usize,
     /// [`crate::runtime::RuntimeSettings::decode_nice`]
     pub decode_nice: Option<i32>,
     /// [`crate::runtime::RuntimeSettings::debug_timing`]
@@ -58,6 +61,7 @@ impl ExtractOptions {
                 Engine::Torch => None,
                 Engine::Onnx | Engine::OpenVino => rt.onnx_workers,
             },
+            engine_batch: rt.engine_batch,
             decode_nice: rt.decode_nice,
             debug_timing: rt.debug_timing,
         }

@@ -1,7 +1,7 @@
 //! The ONNX Runtime layout of extraction: worker threads, each with its own session, take
 //! chunks of files in turn; the calling thread collects their results and alone writes the
 //! cache.
-use super::batch::{check_dim, decode_into, decode_into_batch, lookup_chunk, Chunk};
+use super::batch::{check_dim, decode_into, lookup_chunk, Chunk, DecodedBatch};
 use super::options::ExtractOptions;
 use crate::data::preprocess::PreprocessConfig;
 use crate::error::{Result, TlError};
@@ -137,7 +137,7 @@ fn work_on(
     own: &rayon::ThreadPool,
     module: &mut Option<FrozenModel>,
 ) -> Result<Done> {
-    let (paths, opts, cfg) = (shared.paths, shared.opts, &shared.cfg);
+    let (paths, opts) = (shared.paths, shared.opts);
     let (chunk, to_decode) =
         own.install(|| lookup_chunk(range, paths, shared.cache, shared.expected_dim));
     let mut done = Done {
@@ -157,35 +157,63 @@ fn work_on(
             false,
         )?),
     };
-    let (items, numel) = (to_decode.len(), cfg.numel());
-    // OpenVINO: decoded straight into its input tensor (a batch is 19 MB: no copy of it).
-    let (decoded, copied) = match m.input_buffer(items, cfg) {
+    // The chunk goes through the engine a few images at a time, each part decoded just
+    // before it runs: see `ExtractOptions::engine_batch`.
+    let mut scratch = Vec::new();
+    for part in to_decode.chunks(opts.engine_batch.max(1)) {
+        let (decoded, computed, seconds) = decode_and_run(shared, part, own, m, &mut scratch)?;
+        let d = &mut done.chunk.decoded;
+        d.indices.extend(decoded.indices);
+        d.failures.extend(decoded.failures);
+        done.computed.extend(computed);
+        done.forward_seconds += seconds;
+    }
+    Ok(done)
+}
+
+/// Decode `part` and run the backbone on what decoded: the kept images, their features
+/// (`indices` order) and the seconds spent in the backbone.
+fn decode_and_run(
+    shared: &Shared,
+    part: &[(usize, Vec<u8>)],
+    own: &rayon::ThreadPool,
+    m: &mut FrozenModel,
+    scratch: &mut Vec<f32>,
+) -> Result<(DecodedBatch, Vec<f32>, f64)> {
+    let (paths, opts, cfg) = (shared.paths, shared.opts, &shared.cfg);
+    let (items, numel) = (part.len(), cfg.numel());
+    // OpenVINO: decoded straight into its input tensor (no copy of the batch).
+    let (decoded, in_tensor) = match m.input_buffer(items, cfg) {
         Some(buf) => {
             let buf = buf?;
-            let decoded = own.install(|| decode_into(&to_decode, paths, cfg, opts.view, buf));
-            let kept = decoded.indices.len();
+            let decoded = own.install(|| decode_into(part, paths, cfg, opts.view, buf));
             // A failure leaves a shorter batch: run that one by copy.
-            let copied = (kept < items).then(|| buf[..kept * numel].to_vec());
-            (decoded, copied)
+            let whole = decoded.indices.len() == items;
+            if !whole {
+                scratch.clear();
+                scratch.extend_from_slice(&buf[..decoded.indices.len() * numel]);
+            }
+            (decoded, whole)
         }
         None => {
-            let mut decoded = own.install(|| decode_into_batch(to_decode, paths, cfg, opts.view));
-            let data = std::mem::take(&mut decoded.data); // the collector needs no pixels
-            (decoded, Some(data))
+            scratch.resize(items * numel, 0.0);
+            let decoded = own.install(|| decode_into(part, paths, cfg, opts.view, scratch));
+            (decoded, false)
         }
     };
     let n = decoded.indices.len();
-    if n > 0 {
-        let t = Instant::now();
-        done.computed = match &copied {
-            Some(data) => m.run(data, n, cfg, opts.device, opts.amp)?,
-            None => m.run_input(n)?,
-        };
-        done.forward_seconds = t.elapsed().as_secs_f64();
-        check_dim(m, done.computed.len() / n, shared.expected_dim)?;
+    if n == 0 {
+        return Ok((decoded, Vec::new(), 0.0));
     }
-    done.chunk.decoded = decoded;
-    Ok(done)
+    let t = Instant::now();
+    let computed = if in_tensor {
+        m.run_input(n)?
+    } else {
+        m.run(&scratch[..n * numel], n, cfg, opts.device, opts.amp)?
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    check_dim(m, computed.len() / n, shared.expected_dim)?;
+    Ok((decoded, computed, seconds))
 }
 
 /// Hands out ranges of file indices: whole batches while there are plenty, then smaller ones
