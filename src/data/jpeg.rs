@@ -8,7 +8,9 @@
 //! the photos measured; BENCHMARKS.md §13 found libjpeg-turbo 12 % faster too).
 //!
 //! `draft` scales in the DCT by 1/2, 1/4 or 1/8, exactly as `Image.draft('RGB', (s, s))`:
-//! the largest factor that keeps both sides at least `s`.
+//! the largest factor that keeps both sides at least `s`. At 1/8 (photos at least 8x the
+//! side: 4000x3000 for 256) [`super::jpeg_eighth`] decodes instead where it can, to the same
+//! bytes in about 2/3 of libjpeg's time.
 //!
 //! The libjpeg API is the v6.2 ABI (`libjpeg.so.62`); the two structs it needs are written
 //! out below up to the last field read, padded to the library's size and checked at
@@ -229,6 +231,34 @@ pub fn draft_scale(width: u32, height: u32, target: u32) -> u32 {
 /// file (the message is libjpeg's).
 pub fn decode(bytes: &[u8], draft: Option<u32>) -> Option<Result<image::RgbImage, String>> {
     let api = api().ok()?;
+    if let Some(side) = draft {
+        // Photos at least 8x the side: the DC-path decoder, libjpeg's pixels in less time.
+        let eighth = super::jpeg_eighth::frame_size(bytes)
+            .is_some_and(|(w, h)| draft_scale(w, h, side) == 8 && pixels_ok(w, h));
+        if let Some(img) = eighth.then(|| super::jpeg_eighth::decode(bytes)).flatten() {
+            return Some(Ok(img));
+        }
+    }
+    let scale = |w, h| draft.map_or(1, |side| draft_scale(w, h, side));
+    decode_with(api, bytes, &scale)
+}
+
+/// libjpeg at 1/`denom` (1, 2, 4 or 8), whatever the image's size; for tests and
+/// benchmarks of [`super::jpeg_eighth`].
+pub fn decode_libjpeg_scaled(bytes: &[u8], denom: u32) -> Option<Result<image::RgbImage, String>> {
+    decode_with(api().ok()?, bytes, &|_, _| denom)
+}
+
+fn pixels_ok(width: u32, height: u32) -> bool {
+    let pixels = (width as u64) * (height as u64);
+    pixels > 0 && pixels * 4 <= MAX_DECODE_BYTES
+}
+
+fn decode_with(
+    api: &Api,
+    bytes: &[u8],
+    scale: &dyn Fn(u32, u32) -> u32,
+) -> Option<Result<image::RgbImage, String>> {
     // SAFETY: an all-zero struct is what jpeg_CreateDecompress expects to fill (it zeroes
     // it itself); every pointer handed over outlives the calls.
     let mut err: ErrorMgr = unsafe { std::mem::zeroed() };
@@ -246,7 +276,7 @@ pub fn decode(bytes: &[u8], draft: Option<u32>) -> Option<Result<image::RgbImage
             std::mem::size_of::<Decompress>(),
         );
         (*cinfo_ptr).client_data = (&mut warnings as *mut Warnings).cast();
-        read(api, cinfo_ptr, bytes, draft)
+        read(api, cinfo_ptr, bytes, scale)
     }));
     // SAFETY: destroy frees the library's pools whatever state the object is in.
     unsafe { (api.destroy)(cinfo_ptr) };
@@ -266,7 +296,7 @@ unsafe fn read(
     api: &Api,
     cinfo: Cinfo,
     bytes: &[u8],
-    draft: Option<u32>,
+    scale: &dyn Fn(u32, u32) -> u32,
 ) -> Result<image::RgbImage, String> {
     (api.mem_src)(cinfo, bytes.as_ptr(), bytes.len() as c_ulong);
     (api.read_header)(cinfo, 1);
@@ -280,16 +310,13 @@ unsafe fn read(
         return Err("grayscale image with more than one component".into());
     }
     let (width, height) = ((*cinfo).image_width, (*cinfo).image_height);
-    let pixels = (width as u64) * (height as u64);
-    if pixels == 0 || pixels * 4 > MAX_DECODE_BYTES {
+    if !pixels_ok(width, height) {
         return Err(format!("{width}x{height} pixels is empty or too large"));
     }
-    if let Some(side) = draft {
-        let scale = draft_scale(width, height, side);
-        if scale > 1 {
-            (*cinfo).scale_num = 1;
-            (*cinfo).scale_denom = scale;
-        }
+    let denom = scale(width, height);
+    if denom > 1 {
+        (*cinfo).scale_num = 1;
+        (*cinfo).scale_denom = denom;
     }
     (api.start)(cinfo);
     let (w, h, channels) = (

@@ -5,6 +5,7 @@ pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod jpeg;
+pub mod jpeg_eighth;
 pub mod preprocess;
 pub mod resample;
 pub mod review;
