@@ -69,6 +69,9 @@ pub struct ProcessSettings {
     pub libjpeg: Option<PathBuf>,
     /// How large JPEGs are decoded (`--decode`).
     pub decode: DecodeMode,
+    /// Leave 1/8-scale JPEGs to libjpeg instead of [`crate::data::jpeg_eighth`]
+    /// (`TL_JPEG_EIGHTH=off`; the same pixels, for benchmarks).
+    pub libjpeg_only: bool,
 }
 
 /// How JPEGs are decoded before the resize (`--decode`, `TL_DECODE`).

@@ -24,6 +24,16 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Whether Pillow's libjpeg is there to compare with (else `test` is skipped).
+fn libjpeg(test: &str) -> bool {
+    let there = tl::data::jpeg::available();
+    if !there {
+        let why = "no libjpeg-turbo found (the .venv's Pillow; TL_LIBJPEG)";
+        common::skip(test, why, common::Lacks::Machine);
+    }
+    there
+}
+
 /// (decoded here, left to libjpeg); panics on the first difference.
 fn compare(paths: &[PathBuf]) -> (usize, usize) {
     let (mut same, mut left) = (0, 0);
@@ -63,8 +73,13 @@ fn compare(paths: &[PathBuf]) -> (usize, usize) {
 
 #[test]
 fn real_photos_decode_to_libjpegs_pixels() {
+    let test = "real_photos_decode_to_libjpegs_pixels";
+    if !libjpeg(test) {
+        return;
+    }
     let Some(data) = common::shared_data() else {
-        eprintln!("SKIPPED: ../shared/data not present");
+        let why = "../shared/data not present; checked on generated files only";
+        common::skip(test, why, common::Lacks::SharedData);
         return;
     };
     let paths = files(&data);
@@ -154,6 +169,9 @@ fn generated(name: &str) -> Vec<PathBuf> {
 
 #[test]
 fn generated_jpegs_decode_to_libjpegs_pixels_or_are_left_to_it() {
+    if !libjpeg("generated_jpegs_decode_to_libjpegs_pixels_or_are_left_to_it") {
+        return;
+    }
     let paths = generated("generated");
     let (yes, no): (Vec<_>, Vec<_>) = paths
         .iter()
@@ -178,6 +196,9 @@ fn generated_jpegs_decode_to_libjpegs_pixels_or_are_left_to_it() {
 /// decoder returns an image, libjpeg accepts the file and makes the same image.
 #[test]
 fn damaged_jpegs_decode_as_libjpeg_does_or_are_left_to_it() {
+    if !libjpeg("damaged_jpegs_decode_as_libjpeg_does_or_are_left_to_it") {
+        return;
+    }
     let paths = generated("damaged");
     let seeds: Vec<Vec<u8>> = paths
         .iter()

@@ -11,10 +11,14 @@ each round; medians.
   extract   cold extraction of the 1,300 cats_dogs photos, decoding included: `tl extract`
             (defaults) against torchvision ImageFolder + eval transform + DataLoader (0, 1, 2
             workers) feeding ONNX Runtime or OpenVINO (model compiled before the clock
-            starts); OpenVINO's backbone-only rate measured in the same round
+            starts); OpenVINO's backbone-only rate measured in the same round, with its
+            defaults (batch 32, 2 threads) and as tl's workers run it (2 one-thread models,
+            4 images per call); tl with 32 images per engine call (TL_ENGINE_BATCH=32)
   large     200 photos of 4000x3000 (cats_dogs photos upscaled, JPEG q90): tl --decode draft
-            (default), --decode full, and the decoder tl had before (the image crate,
-            TL_LIBJPEG pointing nowhere), against PIL + Image.draft and PIL in full
+            (default; 1/8 by src/data/jpeg_eighth), the same with libjpeg at 1/8
+            (TL_JPEG_EIGHTH=off), --decode full, and tl as it was before (the image crate,
+            TL_LIBJPEG pointing nowhere; ONNX Runtime, 32 images per call), against PIL +
+            Image.draft and PIL in full
   accuracy  val accuracy fp32 vs bf16 and full vs draft: cats_dogs (--val-split 0.5, seed 0)
             and pets (--val-split 0.5, seeds 0-2), and as controls fp32 on OpenVINO and
             libtorch (ONNX Runtime is fp32's default engine); the features cosine of tl's bf16 and fp32
@@ -65,6 +69,29 @@ for _ in range(2): run()
 t = time.perf_counter()
 for _ in range(batches): run()
 print(json.dumps({{"images_per_second": batches * 32 / (time.perf_counter() - t), **extra}}))
+"""
+
+# The backbone as tl's extraction workers run it, in Python: one one-thread OpenVINO model
+# per worker, unpinned (pinned, both models' threads can land on one core), defaults
+# otherwise (bf16 where the CPU has it), `batch` images per call.
+PY_BACKBONE_WORKERS = """
+import json, time, threading, numpy as np, openvino as ov
+path, workers, batch, images = {path!r}, {workers}, {batch}, {images}
+x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+core = ov.Core()
+reqs = []
+for _ in range(workers):
+    m = core.compile_model(core.read_model(path), "CPU", {{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+                                                          "ENABLE_CPU_PINNING": False}})
+    r = m.create_infer_request(); r.infer(x); r.infer(x); reqs.append(r)
+calls = images // workers // batch
+def work(r):
+    for _ in range(calls): r.infer(x)
+threads = [threading.Thread(target=work, args=(r,)) for r in reqs]
+t = time.perf_counter()
+for th in threads: th.start()
+for th in threads: th.join()
+print(json.dumps({{"images_per_second": calls * batch * workers / (time.perf_counter() - t)}}))
 """
 
 PY_PIPELINE = """
@@ -169,21 +196,30 @@ def pipelines(data: Path, draft: bool, engines=("ort", "openvino"), workers=(0, 
 def bench_extract(args) -> dict:
     if not CATS_DOGS.is_dir():
         return {"skipped": f"{CATS_DOGS} not present"}
-    runs = {"tl": [], "python_best": [], "openvino_backbone_only": [], "python": []}
+    runs = {"tl": [], "tl_engine_batch_32": [], "python_best": [], "openvino_backbone_only": [],
+            "openvino_backbone_only_2x1_threads_batch_4": [], "python": []}
     for i in range(args.rounds):
         st = tl_extract(CATS_DOGS)
         runs["tl"].append(st["images_per_second"])
+        runs["tl_engine_batch_32"].append(tl_extract(CATS_DOGS, env={"TL_ENGINE_BATCH": "32"})["images_per_second"])
         p = pipelines(CATS_DOGS, draft=False)
         runs["python"].append(p)
         runs["python_best"].append(max(p.values()))
         ov = py(PY_BACKBONE.format(engine="openvino", path=onnx_of("mobilenet_v2"), threads=B.THREADS, batches=10))
         runs["openvino_backbone_only"].append(ov["images_per_second"])
-        B.log(f"  cold #{i + 1}: tl ({st['engine']} {st.get('precision', '')}) {runs['tl'][-1]:.1f} img/s; Python "
+        ov = py(PY_BACKBONE_WORKERS.format(path=onnx_of("mobilenet_v2"), workers=2, batch=4, images=320))
+        runs["openvino_backbone_only_2x1_threads_batch_4"].append(ov["images_per_second"])
+        B.log(f"  cold #{i + 1}: tl ({st['engine']} {st.get('precision', '')}) {runs['tl'][-1]:.1f} img/s "
+              f"(engine batch 32: {runs['tl_engine_batch_32'][-1]:.1f}); Python "
               + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
-              + f"; OpenVINO backbone only {runs['openvino_backbone_only'][-1]:.1f}")
+              + f"; OpenVINO backbone only {runs['openvino_backbone_only'][-1]:.1f}, as tl's workers "
+              f"(2 models x 1 thread, batch 4) {runs['openvino_backbone_only_2x1_threads_batch_4'][-1]:.1f}")
     med = {k: B.median(v) for k, v in runs.items() if k != "python"}
     return {"medians": med, "tl_over_best_python": med["tl"] / med["python_best"],
-            "tl_over_openvino_backbone_only": med["tl"] / med["openvino_backbone_only"], "runs": runs}
+            "tl_over_openvino_backbone_only": med["tl"] / med["openvino_backbone_only"],
+            "tl_over_openvino_backbone_only_as_tl_runs_it":
+                med["tl"] / med["openvino_backbone_only_2x1_threads_batch_4"],
+            "engine_batch_4_over_32": med["tl"] / med["tl_engine_batch_32"], "runs": runs}
 
 
 LARGE_PER_CLASS = 100
@@ -242,17 +278,22 @@ def bench_large(args) -> dict:
     if not CATS_DOGS.is_dir():
         return {"skipped": f"{CATS_DOGS} not present"}
     data = large_photos()
-    runs = {"tl_draft": [], "tl_full": [], "tl_before": [], "python_draft_best": [], "python_full_best": []}
+    runs = {"tl_draft": [], "tl_draft_libjpeg": [], "tl_full": [], "tl_before": [], "python_draft_best": [],
+            "python_full_best": []}
     for i in range(args.rounds):
         runs["tl_draft"].append(tl_extract(data, ("--decode", "draft"))["images_per_second"])
+        runs["tl_draft_libjpeg"].append(
+            tl_extract(data, ("--decode", "draft"), {"TL_JPEG_EIGHTH": "off"})["images_per_second"])
         runs["tl_full"].append(tl_extract(data, ("--decode", "full"))["images_per_second"])
-        before = tl_extract(data, ("--decode", "full", "--engine", "onnx"), {"TL_LIBJPEG": "/nonexistent/libjpeg.so"})
+        before = tl_extract(data, ("--decode", "full", "--engine", "onnx"),
+                            {"TL_LIBJPEG": "/nonexistent/libjpeg.so", "TL_ENGINE_BATCH": "32"})
         runs["tl_before"].append(before["images_per_second"])
         runs["python_draft_best"].append(max(pipelines(data, True, ("openvino",), (1, 2)).values()))
         runs["python_full_best"].append(max(pipelines(data, False, ("openvino",), (1, 2)).values()))
         B.log(f"  large #{i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()) + " img/s")
     med = {k: B.median(v) for k, v in runs.items()}
     return {"medians": med, "draft_over_before": med["tl_draft"] / med["tl_before"],
+            "eighth_decoder_over_libjpeg": med["tl_draft"] / med["tl_draft_libjpeg"],
             "draft_over_python_draft": med["tl_draft"] / med["python_draft_best"], "runs": runs}
 
 

@@ -306,6 +306,7 @@ fn process_settings(g: &GlobalArgs) -> tl::runtime::ProcessSettings {
         openvino: path("TL_OPENVINO"),
         libjpeg: path("TL_LIBJPEG"),
         decode: g.decode.setting(),
+        libjpeg_only: std::env::var("TL_JPEG_EIGHTH").is_ok_and(|v| v == "off"),
     }
 }
 

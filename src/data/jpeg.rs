@@ -164,9 +164,19 @@ fn open() -> Result<Api, String> {
 
 /// One line for `tl doctor`: which library decodes JPEGs, or why the fallback does.
 pub fn describe() -> String {
-    let mode = crate::runtime::process_settings().decode.label();
+    let settings = crate::runtime::process_settings();
+    let mode = settings.decode.label();
+    let eighth = match settings.decode {
+        crate::runtime::DecodeMode::Draft if !settings.libjpeg_only => {
+            "; 1/8 by tl's DC-path decoder, the same pixels"
+        }
+        _ => "",
+    };
     match api() {
-        Ok(api) => format!("libjpeg-turbo from {} (decode {mode})", api.path.display()),
+        Ok(api) => format!(
+            "libjpeg-turbo from {} (decode {mode}{eighth})",
+            api.path.display()
+        ),
         Err(why) => format!("the image crate ({why}; decode {mode})"),
     }
 }
@@ -231,7 +241,8 @@ pub fn draft_scale(width: u32, height: u32, target: u32) -> u32 {
 /// file (the message is libjpeg's).
 pub fn decode(bytes: &[u8], draft: Option<u32>) -> Option<Result<image::RgbImage, String>> {
     let api = api().ok()?;
-    if let Some(side) = draft {
+    let eighth_allowed = !crate::runtime::process_settings().libjpeg_only;
+    if let Some(side) = draft.filter(|_| eighth_allowed) {
         // Photos at least 8x the side: the DC-path decoder, libjpeg's pixels in less time.
         let eighth = super::jpeg_eighth::frame_size(bytes)
             .is_some_and(|(w, h)| draft_scale(w, h, side) == 8 && pixels_ok(w, h));
