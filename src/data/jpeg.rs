@@ -10,7 +10,7 @@
 //! `draft` scales in the DCT by 1/2, 1/4 or 1/8, exactly as `Image.draft('RGB', (s, s))`:
 //! the largest factor that keeps both sides at least `s`. At 1/8 (photos at least 8x the
 //! side: 4000x3000 for 256) [`super::jpeg_eighth`] decodes instead where it can, to the same
-//! bytes in about 2/3 of libjpeg's time.
+//! bytes in 0.6-0.8 of libjpeg's time (BENCHMARKS.md §22c).
 //!
 //! The libjpeg API is the v6.2 ABI (`libjpeg.so.62`); the two structs it needs are written
 //! out below up to the last field read, padded to the library's size and checked at

@@ -158,8 +158,8 @@ pub fn decode(bytes: &[u8]) -> Option<RgbImage> {
         .collect();
     for (i, seg) in segments.iter().enumerate() {
         let mcus = i * interval..((i + 1) * interval).min(total);
-        let mut bits = Bits::new(&data, seg.start);
-        decode_interval(&mut bits, &plans, mcus, mcus_x, &mut planes)?;
+        let start = Bits::new(&data, seg.start);
+        let bits = decode_interval(start, &plans, mcus, mcus_x, &mut planes)?;
         if bits.consumed_since(seg.start) > seg.len() * 8 {
             return None; // libjpeg would pad with zeros and warn: let it
         }
@@ -174,29 +174,16 @@ pub fn decode(bytes: &[u8]) -> Option<RgbImage> {
     ))
 }
 
-/// The MCUs of one restart interval into the planes (DC predictions start at 0).
-fn decode_interval(
-    bits: &mut Bits,
+/// The MCUs of one restart interval into the planes (DC predictions start at 0); the
+/// reader comes back where the interval ended. Taken by value: its fields stay in
+/// registers through the loop.
+fn decode_interval<'a>(
+    mut bits: Bits<'a>,
     plans: &[Plan],
     mcus: std::ops::Range<usize>,
     mcus_x: usize,
     planes: &mut [Vec<u8>],
-) -> Option<()> {
-    // A local copy: its fields stay in registers through the loop.
-    let mut local = *bits;
-    let result = mcu_loop(&mut local, plans, mcus, mcus_x, planes);
-    *bits = local;
-    result
-}
-
-#[inline(always)]
-fn mcu_loop(
-    bits: &mut Bits,
-    plans: &[Plan],
-    mcus: std::ops::Range<usize>,
-    mcus_x: usize,
-    planes: &mut [Vec<u8>],
-) -> Option<()> {
+) -> Option<Bits<'a>> {
     let mut preds = [0i32; 3];
     for mcu in mcus {
         let (mx, my) = (mcu % mcus_x, mcu / mcus_x);
@@ -229,7 +216,7 @@ fn mcu_loop(
             }
         }
     }
-    Some(())
+    Some(bits)
 }
 
 /// YCbCr planes to RGB (`ycc_rgb_convert`, jdcolor.c), each plane replicated to full size.
