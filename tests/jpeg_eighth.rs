@@ -6,24 +6,6 @@ use std::process::Command;
 use tl::data::jpeg::decode_libjpeg_scaled;
 use tl::data::jpeg_eighth;
 
-/// Every file under `dir` (recursively).
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Whether Pillow's libjpeg is there to compare with (else `test` is skipped).
 fn libjpeg(test: &str) -> bool {
     let there = tl::data::jpeg::available();
@@ -82,7 +64,7 @@ fn real_photos_decode_to_libjpegs_pixels() {
         common::skip(test, why, common::Lacks::SharedData);
         return;
     };
-    let paths = files(&data);
+    let paths = common::walk(&data);
     let (same, left) = compare(&paths);
     eprintln!(
         "{} files: {same} identical to libjpeg at 1/8, {left} left to libjpeg",
@@ -97,7 +79,7 @@ fn real_photos_decode_to_libjpegs_pixels() {
 #[ignore]
 fn timing_on_large() {
     let dir = std::env::var("TL_LARGE").unwrap();
-    let paths: Vec<_> = files(Path::new(&dir))
+    let paths: Vec<_> = common::walk(Path::new(&dir))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
@@ -164,7 +146,7 @@ fn generated(name: &str) -> Vec<PathBuf> {
         .status()
         .expect("running the project's Python");
     assert!(status.success());
-    files(&dir)
+    common::walk(&dir)
 }
 
 #[test]

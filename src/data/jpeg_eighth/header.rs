@@ -32,10 +32,39 @@ fn be16(b: &[u8], i: usize) -> Option<usize> {
     Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize)
 }
 
-/// The image size from the frame header, if the file is a JPEG this module may decode.
-pub fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    let h = parse(bytes)?;
-    Some((h.width as u32, h.height as u32))
+/// The marker segment at `i` (fill bytes skipped): its marker, length field, contents, and
+/// where the next one starts.
+fn segment(b: &[u8], mut i: usize) -> Option<(u8, usize, &[u8], usize)> {
+    if *b.get(i)? != 0xFF {
+        return None;
+    }
+    while *b.get(i + 1)? == 0xFF {
+        i += 1;
+    }
+    let marker = *b.get(i + 1)?;
+    let len = be16(b, i + 2)?;
+    if len < 2 {
+        return None;
+    }
+    Some((marker, len, b.get(i + 4..i + 2 + len)?, i + 2 + len))
+}
+
+/// The image size from a sequential frame header: a walk over the segments that builds no
+/// tables, since every draft decode asks it ([`parse`] then decides what may be decoded).
+pub fn frame_size(b: &[u8]) -> Option<(u32, u32)> {
+    if b.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let mut i = 2;
+    loop {
+        let (marker, len, seg, next) = segment(b, i)?;
+        match marker {
+            0xC0 | 0xC1 if len >= 7 => return Some((be16(seg, 3)? as u32, be16(seg, 1)? as u32)),
+            // Other frame types, or the scan before any frame.
+            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDA => return None,
+            _ => i = next,
+        }
+    }
 }
 
 /// The markers up to the scan; `None` where this module leaves the file to libjpeg.
@@ -57,18 +86,7 @@ pub(super) fn parse(b: &[u8]) -> Option<Header> {
     let (mut jfif, mut adobe) = (false, None);
     let mut i = 2;
     loop {
-        if *b.get(i)? != 0xFF {
-            return None;
-        }
-        while *b.get(i + 1)? == 0xFF {
-            i += 1;
-        }
-        let marker = *b.get(i + 1)?;
-        let len = be16(b, i + 2)?;
-        if len < 2 {
-            return None;
-        }
-        let seg = b.get(i + 4..i + 2 + len)?;
+        let (marker, len, seg, next) = segment(b, i)?;
         // Lengths as libjpeg requires them (jdmarker.c); markers it would refuse, other
         // frame types, DAC, DNL, a second SOF or SOI and an early EOI: left to libjpeg.
         match marker {
@@ -81,12 +99,12 @@ pub(super) fn parse(b: &[u8]) -> Option<Header> {
             0xE1..=0xEF | 0xFE => {}
             0xDA if len == 12 => {
                 scan(seg, &mut h)?;
-                h.data_start = i + 2 + len;
+                h.data_start = next;
                 break;
             }
             _ => return None,
         }
-        i += 2 + len;
+        i = next;
     }
     // libjpeg's colour space guess (jdapimin.c): only YCbCr is decoded here.
     let ids: Vec<u8> = h.components.iter().map(|c| c.id).collect();

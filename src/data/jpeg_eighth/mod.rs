@@ -124,6 +124,7 @@ pub fn decode(bytes: &[u8]) -> Option<RgbImage> {
         sizes[c] = s;
         expand[c] = (max_h / hi, max_v / vi);
     }
+    let widths = [0, 1, 2].map(|c| mcus_x * comps[c].h * sizes[c]);
     let mut skips: [Option<Vec<u32>>; 4] = [None, None, None, None];
     for &c in &hdr.scan {
         let ac = comps[c].ac;
@@ -143,7 +144,7 @@ pub fn decode(bytes: &[u8]) -> Option<RgbImage> {
             h: comp.h,
             v: comp.v,
             size: sizes[c],
-            width: mcus_x * comp.h * sizes[c],
+            width: widths[c],
         });
     }
     let total = mcus_x * mcus_y;
@@ -154,7 +155,7 @@ pub fn decode(bytes: &[u8]) -> Option<RgbImage> {
     };
     let (data, segments) = unstuff(bytes, hdr.data_start, total.div_ceil(interval))?;
     let mut planes: Vec<Vec<u8>> = (0..3)
-        .map(|c| vec![0u8; mcus_x * comps[c].h * sizes[c] * mcus_y * comps[c].v * sizes[c]])
+        .map(|c| vec![0u8; widths[c] * mcus_y * comps[c].v * sizes[c]])
         .collect();
     for (i, seg) in segments.iter().enumerate() {
         let mcus = i * interval..((i + 1) * interval).min(total);
@@ -164,7 +165,6 @@ pub fn decode(bytes: &[u8]) -> Option<RgbImage> {
             return None; // libjpeg would pad with zeros and warn: let it
         }
     }
-    let widths = [0, 1, 2].map(|c| mcus_x * comps[c].h * sizes[c]);
     Some(to_rgb(
         &planes,
         widths,
