@@ -50,7 +50,7 @@ fn segment(b: &[u8], mut i: usize) -> Option<(u8, usize, &[u8], usize)> {
 }
 
 /// The image size from a sequential frame header: a walk over the segments that builds no
-/// tables, since every draft decode asks it ([`parse`] then decides what may be decoded).
+/// tables, since every draft decode asks it (the full parse then decides what may be decoded).
 pub fn frame_size(b: &[u8]) -> Option<(u32, u32)> {
     if b.get(..2)? != [0xFF, 0xD8] {
         return None;
